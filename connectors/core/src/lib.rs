@@ -1,0 +1,20 @@
+//! The connector contract shared by every Tributary source.
+//!
+//! A configured source is one DataFusion catalog. A connector implements [`Source`]
+//! (schema and table discovery, a table provider per table, a health probe);
+//! [`SourceCatalog`] turns it into a lazily discovered, cached [`CatalogProvider`].
+//!
+//! [`CatalogProvider`]: datafusion::catalog::CatalogProvider
+
+mod catalog;
+pub mod config;
+mod error;
+mod secret;
+mod source;
+pub mod types;
+
+pub use catalog::{CatalogOptions, SourceCatalog};
+pub use config::SourceContext;
+pub use error::{Error, Result};
+pub use secret::Secret;
+pub use source::{Health, HealthReport, HealthStatus, Source};

@@ -1,0 +1,323 @@
+//! The query engine: one DataFusion session with a catalog per configured source.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use object_store::memory::InMemory;
+use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
+use tributary_files::FilesSource;
+use tributary_tpch::TpchSource;
+use url::Url;
+
+use crate::config::{Config, SourceConfig, SourceKind};
+
+/// Why the engine could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A source's settings are wrong (the message names the key).
+    #[error("{origin}: {error}")]
+    Source {
+        /// The config file, or `built-in demo`.
+        origin: String,
+        /// What is wrong.
+        error: tributary_core::Error,
+    },
+    /// DataFusion refused a setting.
+    #[error("{0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// The engine: a DataFusion session whose catalogs are the configured sources.
+#[derive(Clone)]
+pub struct Engine {
+    ctx: SessionContext,
+    catalogs: Vec<SourceCatalog>,
+}
+
+impl Engine {
+    /// Builds the session and registers every source as a catalog. No source is contacted:
+    /// discovery happens when a query first needs it.
+    pub fn new(config: &Config) -> Result<Engine, EngineError> {
+        let mut session = SessionConfig::new().with_information_schema(true);
+        // A folder table holds every file below it, so globs can span folders
+        // (`logs/2024-*/*.parquet`); hive `key=value` folders are read either way.
+        session
+            .options_mut()
+            .execution
+            .listing_table_ignore_subdirectory = false;
+        for (key, value) in &config.server.datafusion {
+            session.options_mut().set(key, &value.0)?;
+        }
+        if let Some(catalog) = &config.server.default_catalog {
+            let schema = config.server.default_schema.as_deref().unwrap_or("public");
+            session = session
+                .with_default_catalog_and_schema(catalog, schema)
+                .with_create_default_catalog_and_schema(false);
+        }
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = config.server.memory_limit {
+            runtime = runtime.with_memory_limit(usize::try_from(limit).unwrap_or(usize::MAX), 1.0);
+        }
+        let runtime = runtime.build_arc()?;
+        // One shared in-memory store, so `memory://` tables written by one part of the
+        // process (tests, materializations) are readable by the others.
+        let memory = Url::parse("memory:///").expect("a valid URL");
+        runtime.register_object_store(&memory, Arc::new(InMemory::new()));
+
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let options = CatalogOptions {
+            metadata_ttl: config.server.metadata_ttl,
+            probe_timeout: config.server.probe_timeout,
+        };
+
+        let mut catalogs = Vec::with_capacity(config.sources.len());
+        for source in &config.sources {
+            let context = SourceContext {
+                name: source.name.clone(),
+                key: source.key.clone(),
+                config_dir: config.dir.clone(),
+                state: ctx.state(),
+            };
+            let built = build_source(&context, source).map_err(|error| EngineError::Source {
+                origin: config.origin(),
+                error,
+            })?;
+            let catalog = SourceCatalog::new(&source.name, built, options.clone());
+            ctx.register_catalog(&source.name, Arc::new(catalog.clone()));
+            catalogs.push(catalog);
+        }
+        Ok(Engine { ctx, catalogs })
+    }
+
+    /// The DataFusion session.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The source catalogs, in config order.
+    pub fn catalogs(&self) -> &[SourceCatalog] {
+        &self.catalogs
+    }
+
+    /// Splits `sql` into statements, in the session's SQL dialect.
+    pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
+        let state = self.ctx.state();
+        let dialect_name = &state.config().options().sql_parser.dialect;
+        let dialect = dialect_from_str(dialect_name).ok_or_else(|| {
+            DataFusionError::Plan(format!("unsupported SQL dialect {dialect_name}"))
+        })?;
+        DFParser::parse_sql_with_dialect(sql, dialect.as_ref())
+    }
+
+    /// Plans one statement. Statements that list names (`information_schema`, `SHOW
+    /// TABLES`) first refresh discovery of every source, so they see every table; Tributary
+    /// is read-only, so DDL and DML are refused.
+    pub async fn plan(&self, statement: Statement) -> Result<DataFrame> {
+        let state = self.ctx.state();
+        let lists_names = state
+            .resolve_table_references(&statement)?
+            .iter()
+            .any(|t| t.schema() == Some("information_schema"));
+        if lists_names {
+            self.discover_all().await;
+        }
+        let plan = state.statement_to_plan(statement).await?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .verify_plan(&plan)
+            .map_err(|e| {
+                DataFusionError::Plan(format!("Tributary is read-only: {}", e.message()))
+            })?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    /// Plans a single SQL statement.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let mut statements = self.parse(sql)?;
+        match (statements.pop_front(), statements.is_empty()) {
+            (Some(statement), true) => self.plan(statement).await,
+            (None, _) => Err(DataFusionError::Plan("no SQL statement given".into())),
+            (Some(_), false) => Err(DataFusionError::Plan(
+                "expected one SQL statement, got several".into(),
+            )),
+        }
+    }
+
+    /// Fills every catalog's name cache. A source that fails is logged and left out of
+    /// the listing instead of failing the statement.
+    pub async fn discover_all(&self) {
+        let results = futures::future::join_all(self.catalogs.iter().map(|c| c.discover())).await;
+        for (catalog, result) in self.catalogs.iter().zip(results) {
+            if let Err(e) = result {
+                tracing::warn!(source = catalog.name(), error = %e, "discovery failed; its tables are not listed");
+            }
+        }
+    }
+
+    /// Probes every source concurrently.
+    pub async fn check(&self) -> Vec<HealthReport> {
+        futures::future::join_all(self.catalogs.iter().map(|c| c.check())).await
+    }
+
+    /// Describes how a query runs: what each source is asked for, the optimized logical
+    /// plan and the physical plan.
+    pub async fn explain(&self, sql: &str) -> Result<Explanation> {
+        let df = self.sql(sql).await?;
+        let state = self.ctx.state();
+        let optimized = state.optimize(df.logical_plan())?;
+        let physical = state.create_physical_plan(df.logical_plan()).await?;
+        Ok(Explanation {
+            scans: scans_of(&optimized, &state)?,
+            leaves: leaves_of(&physical),
+            logical: optimized.display_indent().to_string(),
+            physical: displayable(physical.as_ref()).indent(true).to_string(),
+        })
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.catalogs.iter().map(|c| c.name()).collect();
+        f.debug_struct("Engine").field("catalogs", &names).finish()
+    }
+}
+
+fn build_source(
+    context: &SourceContext,
+    config: &SourceConfig,
+) -> tributary_core::Result<Arc<dyn Source>> {
+    Ok(match &config.kind {
+        SourceKind::Files(files) => Arc::new(FilesSource::new(context, files.clone())?),
+        SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(&config.key, tpch.clone())?),
+    })
+}
+
+/// What one table scan asks of its source.
+#[derive(Debug, Clone)]
+pub struct ScanRequest {
+    /// `catalog.schema.table`.
+    pub table: String,
+    /// Columns read; all when `None`.
+    pub columns: Option<Vec<String>>,
+    /// Filters handed to the source, with whether the source applies them exactly
+    /// (`exact`) or DataFusion checks them again (`inexact`).
+    pub filters: Vec<(String, &'static str)>,
+    /// Row limit handed to the source.
+    pub limit: Option<usize>,
+}
+
+/// The explanation of a query.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// What each table scan asks of its source.
+    pub scans: Vec<ScanRequest>,
+    /// The physical source operators, one line each.
+    pub leaves: Vec<String>,
+    /// The optimized logical plan.
+    pub logical: String,
+    /// The physical plan.
+    pub physical: String,
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "== What each source receives ==")?;
+        for scan in &self.scans {
+            writeln!(f, "{}", scan.table)?;
+            match &scan.columns {
+                Some(c) => writeln!(f, "  columns: {}", c.join(", "))?,
+                None => writeln!(f, "  columns: all")?,
+            }
+            if scan.filters.is_empty() {
+                writeln!(f, "  filters: none")?;
+            }
+            for (filter, how) in &scan.filters {
+                writeln!(f, "  filter:  {filter}  [{how}]")?;
+            }
+            match scan.limit {
+                Some(n) => writeln!(f, "  limit:   {n}")?,
+                None => writeln!(f, "  limit:   none")?,
+            }
+        }
+        for leaf in &self.leaves {
+            writeln!(f, "  -> {leaf}")?;
+        }
+        writeln!(f, "\n== Logical plan ==\n{}", self.logical)?;
+        write!(f, "\n== Physical plan ==\n{}", self.physical)
+    }
+}
+
+fn scans_of(plan: &LogicalPlan, state: &SessionState) -> Result<Vec<ScanRequest>> {
+    let defaults = &state.config().options().catalog;
+    let mut scans = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let schema = scan.source.schema();
+            let columns = scan.projection.as_ref().map(|p| {
+                p.iter()
+                    .map(|&i| schema.field(i).name().clone())
+                    .collect::<Vec<_>>()
+            });
+            let refs: Vec<_> = scan.filters.iter().collect();
+            let support = scan.source.supports_filters_pushdown(&refs)?;
+            let filters = scan
+                .filters
+                .iter()
+                .zip(support)
+                .map(|(f, s)| {
+                    let how = match s {
+                        datafusion::logical_expr::TableProviderFilterPushDown::Exact => "exact",
+                        _ => "inexact: DataFusion checks it again",
+                    };
+                    (f.to_string(), how)
+                })
+                .collect();
+            scans.push(ScanRequest {
+                table: scan
+                    .table_name
+                    .clone()
+                    .resolve(&defaults.default_catalog, &defaults.default_schema)
+                    .to_string(),
+                columns,
+                filters,
+                limit: scan.fetch,
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(scans)
+}
+
+fn leaves_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let mut leaves = Vec::new();
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        let children = node.children();
+        if children.is_empty() {
+            leaves.push(
+                displayable(node.as_ref())
+                    .one_line()
+                    .to_string()
+                    .trim()
+                    .to_string(),
+            );
+        }
+        stack.extend(children.into_iter().rev().cloned());
+    }
+    leaves
+}

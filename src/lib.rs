@@ -1,0 +1,13 @@
+//! Tributary: a SQL federation engine. One SQL endpoint over databases, files and APIs,
+//! built on Apache DataFusion and Arrow.
+//!
+//! - [`config`]: the YAML configuration.
+//! - [`engine`]: the DataFusion session with one catalog per source.
+//! - [`output`]: writing results as a table, CSV, JSON or Parquet.
+
+pub mod config;
+pub mod engine;
+pub mod output;
+
+pub use config::Config;
+pub use engine::Engine;

@@ -1,0 +1,146 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::parquet::arrow::ArrowWriter;
+use tributary::{Config, Engine};
+
+/// Loads `yaml` as a config file written into `dir`, and builds the engine.
+pub fn engine(dir: &Path, yaml: &str) -> Engine {
+    let path = dir.join("tributary.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    Engine::new(&config).unwrap_or_else(|e| panic!("engine: {e}"))
+}
+
+/// Runs one statement and returns its batches.
+pub async fn run(engine: &Engine, sql: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+    engine.sql(sql).await?.collect().await
+}
+
+/// Runs one statement and renders the result as a text table.
+pub async fn table(engine: &Engine, sql: &str) -> String {
+    let batches = run(engine, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// Runs one statement and returns its error message.
+pub async fn error(engine: &Engine, sql: &str) -> String {
+    match run(engine, sql).await {
+        Ok(b) => panic!("{sql} succeeded: {}", pretty_format_batches(&b).unwrap()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Rows that exercise what formats get wrong: NULLs, unicode, quotes, separators,
+/// decimals and time zones.
+pub fn people() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+        Field::new("balance", DataType::Decimal128(12, 2), true),
+        Field::new("born", DataType::Date32, true),
+        Field::new(
+            "seen",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+        Arc::new(StringArray::from(vec![
+            Some("Ada"),
+            Some("Zoë \"Z\" O'Brien, Jr."),
+            None,
+            Some("東京 %_\\"),
+        ])),
+        Arc::new(Float64Array::from(vec![
+            Some(1.5),
+            None,
+            Some(-0.25),
+            Some(1e10),
+        ])),
+        Arc::new(
+            Decimal128Array::from(vec![Some(12345), Some(-1), None, Some(99_999_999_999)])
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        Arc::new(Date32Array::from(vec![
+            Some(0),
+            Some(19_000),
+            None,
+            Some(-365),
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![
+                Some(1_700_000_000_000_000),
+                None,
+                Some(0),
+                Some(-1_000_000),
+            ])
+            .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+/// Writes `batch` as a Parquet file at `path`, creating folders.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let file = create(path);
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Writes `batch` as CSV with a header at `path`.
+pub fn write_csv(path: &Path, batch: &RecordBatch) {
+    let mut writer = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(create(path));
+    writer.write(batch).unwrap();
+}
+
+/// Writes `batch` as newline-delimited JSON at `path`.
+pub fn write_ndjson(path: &Path, batch: &RecordBatch) {
+    let mut writer = arrow::json::LineDelimitedWriter::new(create(path));
+    writer.write(batch).unwrap();
+    writer.finish().unwrap();
+}
+
+/// Writes `batch` as an Arrow IPC file at `path`.
+pub fn write_arrow(path: &Path, batch: &RecordBatch) {
+    let mut writer =
+        arrow::ipc::writer::FileWriter::try_new(create(path), &batch.schema()).unwrap();
+    writer.write(batch).unwrap();
+    writer.finish().unwrap();
+}
+
+/// Writes `batch` as an Avro object container file at `path`.
+pub fn write_avro(path: &Path, batch: &RecordBatch) {
+    let mut writer =
+        arrow_avro::writer::AvroWriter::new(create(path), batch.schema().as_ref().clone()).unwrap();
+    writer.write(batch).unwrap();
+    writer.finish().unwrap();
+}
+
+fn create(path: &Path) -> std::fs::File {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::File::create(path).unwrap()
+}
+
+/// The `tributary` binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tributary"))
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the engine and the `tributary` binary against real files, object
+//! stores and services. Run them with `scripts/test`, which starts what they need.
+
+mod cli;
+mod common;
+mod config_errors;
+mod demo;
+mod docs;
+mod files;
+mod object_stores;
