@@ -337,3 +337,39 @@ async fn a_broken_source_only_fails_the_queries_that_touch_it() {
     );
     assert_eq!(health[1].status, tributary_core::HealthStatus::Healthy);
 }
+
+#[tokio::test]
+async fn errors_while_reading_name_the_table_and_path() {
+    let dir = TempDir::new().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    // The bad value comes after the rows schema inference reads, so it fails mid-scan.
+    let mut csv = String::from("id,name\n");
+    for i in 0..5000 {
+        csv.push_str(&format!("{i},n{i}\n"));
+    }
+    csv.push_str("oops,bad\n");
+    std::fs::write(lake.join("late.csv"), csv).unwrap();
+    let engine = engine(
+        dir.path(),
+        "sources:\n  - name: lake\n    kind: files\n    url: lake\n",
+    );
+    let e = error(&engine, "SELECT sum(id) FROM lake.main.late").await;
+    assert!(
+        e.contains("source `lake`: table `main.late` at file://"),
+        "{e}"
+    );
+    assert!(e.contains("lake/late.csv"), "{e}");
+    assert!(e.contains("'oops'"), "{e}");
+    // The scan stays transparent: its plan still shows the file scan and what it reads.
+    let plan = engine
+        .explain("SELECT name FROM lake.main.late WHERE id = 7")
+        .await
+        .unwrap()
+        .to_string();
+    assert!(
+        plan.contains("SourceScanExec: source=lake, table=main.late"),
+        "{plan}"
+    );
+    assert!(plan.contains("DataSourceExec"), "{plan}");
+}

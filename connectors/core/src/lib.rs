@@ -9,6 +9,7 @@
 mod catalog;
 pub mod config;
 mod error;
+mod scan;
 mod secret;
 mod source;
 pub mod types;
@@ -16,5 +17,6 @@ pub mod types;
 pub use catalog::{CatalogOptions, SourceCatalog};
 pub use config::SourceContext;
 pub use error::{Error, Result};
+pub use scan::{ScanTag, SourceScanExec, TaggedTable};
 pub use secret::Secret;
 pub use source::{Health, HealthReport, HealthStatus, Source};

@@ -13,7 +13,7 @@ use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
 use tributary_core::config::OptionValue;
-use tributary_core::{Error, Health, Result, Source, SourceContext};
+use tributary_core::{Error, Health, Result, ScanTag, Source, SourceContext, TaggedTable};
 use url::Url;
 
 use crate::format::{FileKind, build_format, classify};
@@ -318,7 +318,14 @@ impl FilesSource {
             .with_listing_options(options)
             .with_schema(schema);
         let table = ListingTable::try_new(config).map_err(|e| fail(e.into()))?;
-        Ok(Arc::new(table))
+        Ok(Arc::new(TaggedTable::new(
+            Arc::new(table),
+            ScanTag {
+                source: self.name.clone(),
+                table: format!("{}.{}", spec.schema, spec.name),
+                location: spec.location.to_string(),
+            },
+        )))
     }
 }
 
