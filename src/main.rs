@@ -22,9 +22,9 @@ struct Cli {
     #[arg(long, short, global = true, env = "TRIBUTARY_CONFIG")]
     config: Option<PathBuf>,
 
-    /// Scale factor of the demo data, used when no config file is given.
-    #[arg(long, global = true, default_value_t = 0.01)]
-    demo_scale: f64,
+    /// Scale factor of the demo data (default 0.01), used when no config file is given.
+    #[arg(long, global = true, value_parser = positive_scale)]
+    demo_scale: Option<f64>,
 
     /// Log filter, e.g. `info` or `tributary=debug,datafusion=info`.
     #[arg(long, global = true, env = "TRIBUTARY_LOG", default_value = "warn")]
@@ -111,10 +111,21 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
+fn positive_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(sf) if sf.is_finite() && sf > 0.0 => Ok(sf),
+        _ => Err(format!("expected a positive number, got `{text}`")),
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, String> {
-    match &cli.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string()),
-        None => Ok(Config::demo(cli.demo_scale)),
+    match (&cli.config, cli.demo_scale) {
+        (Some(_), Some(_)) => Err(
+            "--demo-scale applies to the built-in demo, not to a config file (add a `kind: tpch` source with `scale_factor` instead)"
+                .into(),
+        ),
+        (Some(path), None) => Config::load(path).map_err(|e| e.to_string()),
+        (None, scale) => Ok(Config::demo(scale.unwrap_or(0.01))),
     }
 }
 

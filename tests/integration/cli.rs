@@ -163,6 +163,14 @@ fn errors_exit_non_zero_with_a_message() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
 
+    let o = tributary(&["--demo-scale", "0", "query", "SELECT 1"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("expected a positive number, got `0`"),
+        "{}",
+        stderr(&o)
+    );
+
     let o = tributary(&[
         "--demo-scale",
         "0.001",

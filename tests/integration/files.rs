@@ -119,6 +119,11 @@ async fn declared_tables_folders_globs_options_and_columns() {
     )
     .unwrap();
     std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::fs::write(
+        root.join("export.json"),
+        r#"[{"id": 1, "tags": "a"}, {"id": 2, "tags": null}, {"id": 3, "tags": "c\"d"}]"#,
+    )
+    .unwrap();
 
     let engine = engine(
         dir.path(),
@@ -143,6 +148,9 @@ sources:
           - { name: id, type: bigint, nullable: false }
           - { name: label, type: varchar }
           - { name: price, type: "decimal(10,2)" }
+      - name: exported
+        path: export.json
+        format_options: { newline_delimited: false }
       - name: nothing_yet
         schema: staging
         path: empty/
@@ -177,6 +185,14 @@ sources:
 | 2  | gadget; large | 10.00 | Decimal128(10, 2) |
 | 3  |               |       | Decimal128(10, 2) |
 +----+---------------+-------+-------------------+"
+    );
+    assert_eq!(
+        table(
+            &engine,
+            "SELECT id, tags FROM lake.analytics.exported ORDER BY id"
+        )
+        .await,
+        "+----+------+\n| id | tags |\n+----+------+\n| 1  | a    |\n| 2  |      |\n| 3  | c\"d  |\n+----+------+"
     );
     // An empty folder with declared columns is an empty table, not an error.
     assert_eq!(
