@@ -10,8 +10,8 @@ use datafusion::catalog::TableProvider;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::execution::SessionState;
 use futures::TryStreamExt;
-use object_store::ObjectStore;
 use object_store::path::Path as StorePath;
+use object_store::{ListResult, ObjectStore};
 use tributary_core::config::OptionValue;
 use tributary_core::{Error, Health, Result, ScanTag, Source, SourceContext, TaggedTable};
 use url::Url;
@@ -153,15 +153,20 @@ impl FilesSource {
             .get_store(url)?)
     }
 
-    /// The files and folders directly under the root, as tables of the default schema.
-    async fn discovered(&self) -> Result<Vec<TableSpec>> {
+    /// One level of the root folder: its files and subfolders.
+    async fn list_root(&self) -> Result<ListResult> {
         let store = self.store(&self.root)?;
         let prefix =
             StorePath::from_url_path(self.root.path()).map_err(|e| Error::External(e.into()))?;
-        let listing = store
+        store
             .list_with_delimiter(Some(&prefix))
             .await
-            .map_err(|e| Error::Unavailable(format!("cannot list {}: {e}", self.root)))?;
+            .map_err(|e| Error::Unavailable(format!("cannot list {}: {e}", self.root)))
+    }
+
+    /// The files and folders directly under the root, as tables of the default schema.
+    async fn discovered(&self) -> Result<Vec<TableSpec>> {
+        let listing = self.list_root().await?;
 
         let mut found = BTreeMap::new();
         let folders = listing.common_prefixes.iter().filter_map(|p| {
@@ -377,13 +382,7 @@ impl Source for FilesSource {
                 )));
             }
         }
-        let store = self.store(&self.root)?;
-        let prefix =
-            StorePath::from_url_path(self.root.path()).map_err(|e| Error::External(e.into()))?;
-        let listing = store
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| Error::Unavailable(format!("cannot list {}: {e}", self.root)))?;
+        let listing = self.list_root().await?;
         Ok(Health::ok(format!(
             "{}: {} entries",
             self.root,
