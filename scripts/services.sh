@@ -71,6 +71,18 @@ start_postgres() {
   fi
   wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null
+  # One role that must give its password, for the tests of authentication failures; its
+  # rule goes before the trust rules (pg_hba.conf is first match).
+  psql -h 127.0.0.1 -U postgres -d postgres -Atqc "
+    DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tributary_auth') THEN
+        CREATE ROLE tributary_auth LOGIN PASSWORD 'tributary-test-password';
+      END IF;
+    END \$\$;" >/dev/null
+  if ! as_root grep -q '^host all tributary_auth 127.0.0.1/32 scram-sha-256' "$hba"; then
+    as_root sed -i '0,/^host[[:space:]]/s//host all tributary_auth 127.0.0.1\/32 scram-sha-256\nhost /' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+  fi
   log "PostgreSQL $version is up on 127.0.0.1:5432"
 }
 

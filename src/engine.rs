@@ -4,17 +4,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
+use tributary_postgres::PostgresSource;
 use tributary_tpch::TpchSource;
 use url::Url;
 
@@ -54,6 +58,9 @@ impl Engine {
             .options_mut()
             .execution
             .listing_table_ignore_subdirectory = false;
+        // An optimizer rule that fails (e.g. sub-plan pushdown meeting a plan shape it
+        // cannot handle) is skipped: the query still runs, only less is pushed down.
+        session.options_mut().optimizer.skip_failed_rules = true;
         for (key, value) in &config.server.datafusion {
             session.options_mut().set(key, &value.0)?;
         }
@@ -73,10 +80,14 @@ impl Engine {
         let memory = Url::parse("memory:///").expect("a valid URL");
         runtime.register_object_store(&memory, Arc::new(InMemory::new()));
 
+        // Sub-plans that touch one SQL source run there: the federation rule runs after
+        // DataFusion's own rules, so filters and projections are already in place.
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))
+            .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let options = CatalogOptions {
@@ -203,6 +214,7 @@ fn build_source(
 ) -> tributary_core::Result<Arc<dyn Source>> {
     Ok(match &config.kind {
         SourceKind::Files(files) => Arc::new(FilesSource::new(context, files.clone())?),
+        SourceKind::Postgres(pg) => Arc::new(PostgresSource::new(context, pg.clone())?),
         SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(&config.key, tpch.clone())?),
     })
 }
@@ -217,6 +229,9 @@ pub struct ScanRequest {
     /// Filters handed to the source, with whether the source applies them exactly
     /// (`exact`) or DataFusion checks them again (`inexact`).
     pub filters: Vec<(String, &'static str)>,
+    /// Filters DataFusion evaluates after the scan, each with why the source did not
+    /// take it.
+    pub not_pushed: Vec<(String, String)>,
     /// Row limit handed to the source.
     pub limit: Option<usize>,
 }
@@ -249,6 +264,9 @@ impl std::fmt::Display for Explanation {
             for (filter, how) in &scan.filters {
                 writeln!(f, "  filter:  {filter}  [{how}]")?;
             }
+            for (filter, why) in &scan.not_pushed {
+                writeln!(f, "  kept in DataFusion: {filter}  [{why}]")?;
+            }
             match scan.limit {
                 Some(n) => writeln!(f, "  limit:   {n}")?,
                 None => writeln!(f, "  limit:   none")?,
@@ -264,9 +282,37 @@ impl std::fmt::Display for Explanation {
 
 fn scans_of(plan: &LogicalPlan, state: &SessionState) -> Result<Vec<ScanRequest>> {
     let defaults = &state.config().options().catalog;
+    // Predicates left in a filter right above a scan are the ones the source did not take.
+    let mut kept: Vec<(*const LogicalPlan, Vec<Expr>)> = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Filter(filter) = node
+            && matches!(filter.input.as_ref(), LogicalPlan::TableScan(_))
+        {
+            let conjuncts = split_conjunction(&filter.predicate)
+                .into_iter()
+                .cloned()
+                .collect();
+            kept.push((Arc::as_ptr(&filter.input), conjuncts));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
     let mut scans = Vec::new();
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
+            let provider = source_as_provider(&scan.source).ok();
+            let not_pushed = kept
+                .iter()
+                .filter(|(ptr, _)| std::ptr::eq(*ptr, node))
+                .flat_map(|(_, conjuncts)| conjuncts)
+                .filter(|c| !scan.filters.contains(c))
+                .map(|c| {
+                    let reason = match &provider {
+                        Some(p) => tributary_core::remote::why_not_pushed(p.as_ref(), c),
+                        None => "the source cannot apply it".to_string(),
+                    };
+                    (c.to_string(), reason)
+                })
+                .collect();
             let schema = scan.source.schema();
             let columns = scan.projection.as_ref().map(|p| {
                 p.iter()
@@ -295,6 +341,7 @@ fn scans_of(plan: &LogicalPlan, state: &SessionState) -> Result<Vec<ScanRequest>
                     .to_string(),
                 columns,
                 filters,
+                not_pushed,
                 limit: scan.fetch,
             });
         }

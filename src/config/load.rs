@@ -210,6 +210,7 @@ fn parse_source(i: usize, value: Value) -> Result<SourceConfig, KeyError> {
     let rest = Value::Mapping(map);
     let kind = match kind.as_str() {
         "files" => SourceKind::Files(deserialize(rest, &key)?),
+        "postgres" | "postgresql" => SourceKind::Postgres(deserialize(rest, &key)?),
         "tpch" => SourceKind::Tpch(deserialize(rest, &key)?),
         other => {
             return Err((
@@ -372,10 +373,10 @@ materializations:
             e.contains("sources[0].tables[0].columns[0].type: `notatype` is not"),
             "{e}"
         );
-        let e = parse("sources:\n  - name: a\n    kind: postgresql\n").unwrap_err();
+        let e = parse("sources:\n  - name: a\n    kind: oracle\n").unwrap_err();
         assert!(
             e.contains(
-                "sources[0].kind: unknown source kind `postgresql`, expected one of: files, tpch"
+                "sources[0].kind: unknown source kind `oracle`, expected one of: files, postgres, tpch"
             ),
             "{e}"
         );

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tributary_core::config::{OptionValue, de};
 use tributary_files::FilesConfig;
+use tributary_postgres::PostgresConfig;
 use tributary_tpch::TpchConfig;
 
 pub use load::ConfigError;
@@ -100,18 +101,21 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// `kind: files`.
     Files(FilesConfig),
+    /// `kind: postgres`.
+    Postgres(PostgresConfig),
     /// `kind: tpch`.
     Tpch(TpchConfig),
 }
 
 impl SourceKind {
     /// The kinds `kind:` accepts.
-    pub const NAMES: &'static [&'static str] = &["files", "tpch"];
+    pub const NAMES: &'static [&'static str] = &["files", "postgres", "tpch"];
 
     /// The `kind:` value.
     pub fn name(&self) -> &'static str {
         match self {
             SourceKind::Files(_) => "files",
+            SourceKind::Postgres(_) => "postgres",
             SourceKind::Tpch(_) => "tpch",
         }
     }

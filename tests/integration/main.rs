@@ -8,3 +8,4 @@ mod demo;
 mod docs;
 mod files;
 mod object_stores;
+mod postgres;

@@ -9,6 +9,7 @@
 mod catalog;
 pub mod config;
 mod error;
+pub mod remote;
 mod scan;
 mod secret;
 mod source;

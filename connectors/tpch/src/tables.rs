@@ -114,6 +114,57 @@ impl TpchTable {
         }
     }
 
+    /// Calls `row` with each row of part `part` (1-based) of `parts` in TPC-H's `.tbl` text
+    /// form (`|` after every field), for loading the data into other systems.
+    pub fn for_each_row(
+        self,
+        scale: f64,
+        part: i32,
+        parts: i32,
+        mut row: impl FnMut(&dyn std::fmt::Display),
+    ) {
+        match self {
+            TpchTable::Region => RegionGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::Nation => NationGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::Supplier => SupplierGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::Customer => CustomerGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::Part => PartGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::PartSupp => PartSuppGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::Orders => OrderGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+            TpchTable::LineItem => LineItemGenerator::new(scale, part, parts)
+                .iter()
+                .for_each(|r| row(&r)),
+        }
+    }
+
+    /// The primary-key columns TPC-H defines.
+    pub fn primary_key(self) -> &'static [&'static str] {
+        match self {
+            TpchTable::Region => &["r_regionkey"],
+            TpchTable::Nation => &["n_nationkey"],
+            TpchTable::Supplier => &["s_suppkey"],
+            TpchTable::Customer => &["c_custkey"],
+            TpchTable::Part => &["p_partkey"],
+            TpchTable::PartSupp => &["ps_partkey", "ps_suppkey"],
+            TpchTable::Orders => &["o_orderkey"],
+            TpchTable::LineItem => &["l_orderkey", "l_linenumber"],
+        }
+    }
+
     /// Generates part `part` (1-based) of `parts` in batches of `batch_size` rows.
     pub fn generate(self, scale: f64, part: i32, parts: i32, batch_size: usize) -> Batches {
         match self {

@@ -1,0 +1,605 @@
+//! Sub-plan pushdown: joins, aggregates and `ORDER BY … LIMIT` that touch only one SQL
+//! source run on that source as one query.
+//!
+//! `datafusion-federation` finds, after DataFusion's own optimizations, the largest parts of
+//! a plan that read from a single source, and hands each to that source's optimizer, which
+//! is [`SubPlanRule`] here. The rule federates the largest pieces whose every node and
+//! expression the source evaluates exactly as DataFusion would (the same rules as filter
+//! pushdown, plus rules for joins, grouping and ordering, and workarounds for shapes the
+//! unparser writes wrongly); the rest stays in DataFusion, reading through [`RemoteTable`]
+//! scans. Plain scans are never federated: the remote scan splits them into parallel parts.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, JoinType, NullEquality, Result, not_impl_err};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, SortExpr,
+};
+use datafusion::optimizer::optimizer::Optimizer;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::sql::unparser::Unparser;
+use datafusion::sql::unparser::dialect::Dialect;
+use datafusion_federation::sql::{
+    RemoteTableRef, SQLExecutor, SQLFederationPlanner, SQLFederationProvider, SQLTableSource,
+};
+use datafusion_federation::{FederatedPlanNode, FederatedTableProviderAdaptor};
+
+use super::pushdown::{ColumnTraits, NotPushed, check_expr};
+use super::{RemoteSource, RemoteTable};
+
+/// Rows per batch for federated queries (DataFusion does not pass its setting through).
+const FEDERATED_BATCH_SIZE: usize = 8192;
+
+/// Everything sub-plan pushdown needs for one source; shared by its tables.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    provider: Arc<SQLFederationProvider>,
+}
+
+impl Federation {
+    /// Sets up sub-plan pushdown for `source`.
+    pub fn new(source: Arc<dyn RemoteSource>) -> Self {
+        let executor: Arc<dyn SQLExecutor> = Arc::new(Executor {
+            source: Arc::clone(&source),
+        });
+        let planner = Arc::new(SQLFederationPlanner::new(Arc::clone(&executor)));
+        let rule = SubPlanRule { planner, source };
+        let provider = SQLFederationProvider {
+            optimizer: Arc::new(Optimizer::with_rules(vec![Arc::new(rule)])),
+            executor,
+        };
+        Federation {
+            provider: Arc::new(provider),
+        }
+    }
+
+    /// `table` as DataFusion should see it: scanned through the remote scan, and
+    /// recognised by the federation rule as belonging to this source.
+    pub fn table(&self, table: RemoteTable) -> Arc<dyn TableProvider> {
+        let info = table.info();
+        let source = SQLTableSource::new_with_schema(
+            Arc::clone(&self.provider),
+            RemoteTableRef::from(info.remote.clone()),
+            Arc::clone(&info.schema),
+        );
+        Arc::new(FederatedTableProviderAdaptor::new_with_provider(
+            Arc::new(source),
+            Arc::new(table),
+        ))
+    }
+}
+
+/// The remote table behind a provider registered by [`Federation::table`] (or a bare one).
+pub fn remote_table(provider: &dyn TableProvider) -> Option<&RemoteTable> {
+    if let Some(table) = provider.downcast_ref::<RemoteTable>() {
+        return Some(table);
+    }
+    provider
+        .downcast_ref::<FederatedTableProviderAdaptor>()
+        .and_then(|a| a.table_provider.as_deref())
+        .and_then(|p| p.downcast_ref::<RemoteTable>())
+}
+
+/// Runs federated queries through the source's reader.
+struct Executor {
+    source: Arc<dyn RemoteSource>,
+}
+
+#[async_trait]
+impl SQLExecutor for Executor {
+    fn name(&self) -> &str {
+        self.source.name()
+    }
+
+    fn compute_context(&self) -> Option<String> {
+        Some(self.source.compute_context())
+    }
+
+    fn dialect(&self) -> Arc<dyn Dialect> {
+        self.source.dialect()
+    }
+
+    fn execute(
+        &self,
+        query: &str,
+        schema: SchemaRef,
+        _filters: &[Arc<dyn PhysicalExpr>],
+    ) -> Result<SendableRecordBatchStream> {
+        self.source
+            .reader(1)
+            .read(0, query.to_string(), schema, FEDERATED_BATCH_SIZE)
+    }
+
+    async fn table_names(&self) -> Result<Vec<String>> {
+        not_impl_err!("tables are discovered by the source, not the federation layer")
+    }
+
+    async fn get_table_schema(&self, _table_name: &str) -> Result<SchemaRef> {
+        not_impl_err!("tables are discovered by the source, not the federation layer")
+    }
+}
+
+/// Chooses which parts of a single-source plan run on the source.
+#[derive(Debug)]
+struct SubPlanRule {
+    planner: Arc<SQLFederationPlanner>,
+    source: Arc<dyn RemoteSource>,
+}
+
+impl OptimizerRule for SubPlanRule {
+    fn name(&self) -> &str {
+        "tributary_sub_plan_pushdown"
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        if !self.source.pushdown() {
+            return Ok(Transformed::no(plan));
+        }
+        let analysis = self.analyze(&plan);
+        self.federate(plan, &analysis)
+    }
+}
+
+/// What the rule learned about one node and the plan below it.
+#[derive(Debug)]
+struct Analysis {
+    /// The traits of each output column.
+    traits: Vec<ColumnTraits>,
+    /// Why this node (or something below it) cannot run on the source; `None` if it can.
+    blocked: Option<NotPushed>,
+    /// Whether the plan below does more than scan one table (so federating it saves work).
+    worthwhile: bool,
+    children: Vec<Analysis>,
+}
+
+impl SubPlanRule {
+    fn analyze(&self, plan: &LogicalPlan) -> Analysis {
+        let children: Vec<Analysis> = plan.inputs().iter().map(|i| self.analyze(i)).collect();
+        let traits = self.output_traits(plan, &children);
+        let own = self.check_node(plan, &children);
+        let blocked = match own {
+            Err(reason) => Some(reason),
+            Ok(()) => children.iter().find_map(|c| c.blocked.clone()),
+        };
+        let worthwhile = matches!(
+            plan,
+            LogicalPlan::Join(_)
+                | LogicalPlan::Aggregate(_)
+                | LogicalPlan::Distinct(_)
+                | LogicalPlan::Sort(_)
+                | LogicalPlan::Union(_)
+        ) || children.iter().any(|c| c.worthwhile);
+        Analysis {
+            traits,
+            blocked,
+            worthwhile,
+            children,
+        }
+    }
+
+    /// Wraps the largest worthwhile pieces that can run on the source in a federated node.
+    fn federate(&self, plan: LogicalPlan, analysis: &Analysis) -> Result<Transformed<LogicalPlan>> {
+        if analysis.blocked.is_none() && analysis.worthwhile {
+            if let Err(e) = Unparser::new(self.source.dialect().as_ref()).plan_to_sql(&plan) {
+                tracing::debug!(source = self.source.name(), error = %e,
+                    "a sub-plan could not be written as SQL; DataFusion runs it");
+            } else {
+                let node = FederatedPlanNode::new(plan, Arc::clone(&self.planner) as _);
+                return Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(node),
+                })));
+            }
+        }
+        if analysis.children.is_empty() {
+            return Ok(Transformed::no(plan));
+        }
+        let mut changed = false;
+        let inputs = plan
+            .inputs()
+            .into_iter()
+            .zip(&analysis.children)
+            .map(|(input, child)| {
+                let t = self.federate(input.clone(), child)?;
+                changed |= t.transformed;
+                Ok(t.data)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !changed {
+            return Ok(Transformed::no(plan));
+        }
+        Ok(Transformed::yes(
+            plan.with_new_exprs(plan.expressions(), inputs)?,
+        ))
+    }
+
+    /// Column traits of a node's output, derived from its inputs'.
+    fn output_traits(&self, plan: &LogicalPlan, children: &[Analysis]) -> Vec<ColumnTraits> {
+        let width = plan.schema().fields().len();
+        let of_exprs = |exprs: &[Expr], input: &LogicalPlan, traits: &[ColumnTraits]| {
+            exprs
+                .iter()
+                .map(|e| expr_traits(e, input.schema(), traits))
+                .collect::<Vec<_>>()
+        };
+        let traits = match plan {
+            LogicalPlan::TableScan(scan) => {
+                let table = source_as_provider(&scan.source).ok();
+                let table = table.as_deref().and_then(remote_table);
+                scan.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| table.map(|t| t.info().traits(f.name())).unwrap_or_default())
+                    .collect()
+            }
+            LogicalPlan::Projection(p) => of_exprs(&p.expr, &p.input, &children[0].traits),
+            LogicalPlan::Aggregate(a) => {
+                let mut exprs = a.group_expr.clone();
+                exprs.extend(a.aggr_expr.iter().cloned());
+                of_exprs(&exprs, &a.input, &children[0].traits)
+            }
+            LogicalPlan::Join(j) => match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    children[0].traits.clone()
+                }
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                    children[1].traits.clone()
+                }
+                _ => [children[0].traits.clone(), children[1].traits.clone()].concat(),
+            },
+            LogicalPlan::Union(_) => (0..width)
+                .map(|i| ColumnTraits {
+                    opaque: children
+                        .iter()
+                        .any(|c| c.traits.get(i).is_none_or(|t| t.opaque)),
+                    bytewise_order: children
+                        .iter()
+                        .all(|c| c.traits.get(i).is_some_and(|t| t.bytewise_order)),
+                })
+                .collect(),
+            _ => children
+                .first()
+                .map(|c| c.traits.clone())
+                .unwrap_or_default(),
+        };
+        if traits.len() == width {
+            traits
+        } else {
+            // Unknown shape: treat every column as opaque so nothing is compared remotely.
+            vec![
+                ColumnTraits {
+                    opaque: true,
+                    bytewise_order: false
+                };
+                width
+            ]
+        }
+    }
+
+    /// Whether this node itself can run on the source.
+    fn check_node(&self, plan: &LogicalPlan, children: &[Analysis]) -> Result<(), NotPushed> {
+        let rules = self.source.rules();
+        let checker = |expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]| {
+            check_expr(expr, schema, rules, &|c: &Column| lookup(schema, traits, c))
+        };
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source)
+                    .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+                if remote_table(provider.as_ref()).is_none() {
+                    return Err(NotPushed::Unsupported("a table of another kind".into()));
+                }
+                Ok(())
+            }
+            LogicalPlan::Projection(p) => {
+                for e in &p.expr {
+                    checker(e, p.input.schema(), &children[0].traits)?;
+                    no_opaque_cast(e, p.input.schema(), &children[0].traits)?;
+                }
+                Ok(())
+            }
+            LogicalPlan::Filter(f) => {
+                if matches!(f.input.as_ref(), LogicalPlan::Limit(_)) {
+                    // The unparser would write `WHERE … LIMIT`, filtering before limiting.
+                    return Err(NotPushed::Unsupported("a filter over a limit".into()));
+                }
+                checker(&f.predicate, f.input.schema(), &children[0].traits)
+            }
+            LogicalPlan::SubqueryAlias(_) => Ok(()),
+            LogicalPlan::Limit(_) => Ok(()),
+            LogicalPlan::Sort(s) => {
+                if s.fetch.is_none() {
+                    return Err(NotPushed::Unsupported(
+                        "ORDER BY without LIMIT (DataFusion keeps the order)".into(),
+                    ));
+                }
+                for sort in &s.expr {
+                    self.orderable(sort, s.input.schema(), &children[0].traits)?;
+                }
+                Ok(())
+            }
+            LogicalPlan::Join(j) => self.check_join(j, children),
+            LogicalPlan::Aggregate(a) => self.check_aggregate(a, &children[0].traits),
+            LogicalPlan::Distinct(Distinct::All(input)) => {
+                for (i, field) in input.schema().fields().iter().enumerate() {
+                    let t = children[0].traits.get(i).copied().unwrap_or_default();
+                    groupable(field.data_type(), t, field.name())?;
+                }
+                Ok(())
+            }
+            LogicalPlan::Union(_) => Ok(()),
+            other => Err(NotPushed::Unsupported(format!(
+                "{} nodes",
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("these")
+            ))),
+        }
+    }
+
+    fn check_join(&self, j: &Join, children: &[Analysis]) -> Result<(), NotPushed> {
+        if j.null_aware {
+            return Err(NotPushed::Semantics(
+                "NOT IN over nullable values (the SQL written for it treats NULLs differently)"
+                    .into(),
+            ));
+        }
+        if j.null_equality == NullEquality::NullEqualsNull {
+            return Err(NotPushed::Unsupported(
+                "joins where NULL equals NULL".into(),
+            ));
+        }
+        // The unparser folds filters of simple join inputs into ON for outer joins, which
+        // is wrong on the side whose rows are kept.
+        let preserved = match j.join_type {
+            JoinType::Inner => (false, false),
+            JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                (true, false)
+            }
+            JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                (false, true)
+            }
+            JoinType::Full => (true, true),
+        };
+        if (preserved.0 && filtered_scan(&j.left)) || (preserved.1 && filtered_scan(&j.right)) {
+            return Err(NotPushed::Unsupported(
+                "an outer join over a filtered table (the SQL written for it would filter the join instead)"
+                    .into(),
+            ));
+        }
+        let rules = self.source.rules();
+        let (left, right) = (j.left.schema(), j.right.schema());
+        for (l, r) in &j.on {
+            for (e, schema, traits) in [
+                (l, left, &children[0].traits),
+                (r, right, &children[1].traits),
+            ] {
+                check_expr(e, schema, rules, &|c: &Column| lookup(schema, traits, c))?;
+                let t = expr_traits(e, schema, traits);
+                let data_type = e
+                    .get_type(schema)
+                    .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+                groupable(&data_type, t, &e.to_string())?;
+            }
+        }
+        if let Some(filter) = &j.filter {
+            let both = left
+                .as_ref()
+                .join(right)
+                .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+            let traits = [children[0].traits.clone(), children[1].traits.clone()].concat();
+            check_expr(filter, &both, rules, &|c: &Column| {
+                lookup(&both, &traits, c)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn check_aggregate(&self, a: &Aggregate, traits: &[ColumnTraits]) -> Result<(), NotPushed> {
+        let rules = self.source.rules();
+        let schema = a.input.schema();
+        let check =
+            |e: &Expr| check_expr(e, schema, rules, &|c: &Column| lookup(schema, traits, c));
+        for g in &a.group_expr {
+            check(g)?;
+            let data_type = g
+                .get_type(schema)
+                .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+            groupable(&data_type, expr_traits(g, schema, traits), &g.to_string())?;
+        }
+        for expr in &a.aggr_expr {
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
+                return Err(NotPushed::Unsupported(format!("aggregate `{expr}`")));
+            };
+            if !params.order_by.is_empty() || params.null_treatment.is_some() {
+                return Err(NotPushed::Unsupported("ordered aggregates".into()));
+            }
+            if let Some(filter) = &params.filter {
+                check(filter)?;
+            }
+            for arg in &params.args {
+                check(arg)?;
+                let arg_traits = expr_traits(arg, schema, traits);
+                let data_type = arg
+                    .get_type(schema)
+                    .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+                let numeric = data_type.is_integer() || is_decimal(&data_type);
+                let name = func.name();
+                match name {
+                    "count" => {
+                        if params.distinct {
+                            groupable(&data_type, arg_traits, &arg.to_string())?;
+                        }
+                    }
+                    "sum" if numeric && !arg_traits.opaque => {}
+                    "avg" if is_decimal(&data_type) && !arg_traits.opaque => {}
+                    "min" | "max" => {
+                        let sort = SortExpr::new(arg.clone(), true, false);
+                        self.orderable(&sort, schema, traits)?;
+                    }
+                    _ => {
+                        return Err(NotPushed::Function(format!(
+                            "{name}({data_type}) is not known to compute the same in {}",
+                            rules.dialect_name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether ordering by `sort` gives DataFusion's order: no floats (`-0.0`, NaN), no
+    /// opaque values, strings only in byte order.
+    fn orderable(
+        &self,
+        sort: &SortExpr,
+        schema: &DFSchema,
+        traits: &[ColumnTraits],
+    ) -> Result<(), NotPushed> {
+        let rules = self.source.rules();
+        check_expr(&sort.expr, schema, rules, &|c: &Column| {
+            lookup(schema, traits, c)
+        })?;
+        let t = expr_traits(&sort.expr, schema, traits);
+        let data_type = sort
+            .expr
+            .get_type(schema)
+            .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+        groupable(&data_type, t, &sort.expr.to_string())?;
+        if is_string(&data_type) && !t.bytewise_order {
+            return Err(NotPushed::Semantics(format!(
+                "ordering strings by `{}` follows the collation in {}, not byte order",
+                sort.expr, rules.dialect_name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether values of `data_type` with traits `t` group and compare for equality as in
+/// DataFusion.
+fn groupable(data_type: &DataType, t: ColumnTraits, what: &str) -> Result<(), NotPushed> {
+    if t.opaque {
+        return Err(NotPushed::Semantics(format!(
+            "`{what}` holds values the source compares differently"
+        )));
+    }
+    if matches!(
+        data_type,
+        DataType::Float16 | DataType::Float32 | DataType::Float64
+    ) {
+        return Err(NotPushed::Semantics(format!(
+            "grouping, joining or ordering floats (`{what}`): -0.0 and NaN compare differently"
+        )));
+    }
+    Ok(())
+}
+
+/// A cast of an opaque value changes it differently on the source (e.g. `char(n)` to text
+/// drops trailing blanks there).
+fn no_opaque_cast(
+    expr: &Expr,
+    schema: &DFSchema,
+    traits: &[ColumnTraits],
+) -> Result<(), NotPushed> {
+    let mut found = None;
+    let _ = expr.apply(|e| {
+        if let Expr::Cast(c) = e
+            && expr_traits(&c.expr, schema, traits).opaque
+        {
+            found = Some(e.to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match found {
+        Some(cast) => Err(NotPushed::Semantics(format!(
+            "`{cast}` converts a value the source represents differently"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A join input the unparser flattens into the join: `[alias →] filter* → scan` with
+/// filters or a limit.
+fn filtered_scan(plan: &LogicalPlan) -> bool {
+    let mut current = plan;
+    let mut filtered = false;
+    loop {
+        match current {
+            LogicalPlan::SubqueryAlias(a) => current = a.input.as_ref(),
+            LogicalPlan::Filter(f) => {
+                filtered = true;
+                current = f.input.as_ref();
+            }
+            LogicalPlan::TableScan(scan) => {
+                return filtered || !scan.filters.is_empty() || scan.fetch.is_some();
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The traits of an expression's value: a column's own (through casts and aliases), else
+/// opaque if any column it reads is.
+fn expr_traits(expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]) -> ColumnTraits {
+    match unalias(expr) {
+        Expr::Column(c) => lookup(schema, traits, c),
+        Expr::AggregateFunction(AggregateFunction { func, params })
+            if matches!(func.name(), "min" | "max") && params.args.len() == 1 =>
+        {
+            expr_traits(&params.args[0], schema, traits)
+        }
+        other => ColumnTraits {
+            opaque: other
+                .column_refs()
+                .iter()
+                .any(|c| lookup(schema, traits, c).opaque),
+            bytewise_order: false,
+        },
+    }
+}
+
+fn unalias(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(a) => unalias(&a.expr),
+        other => other,
+    }
+}
+
+fn lookup(schema: &DFSchema, traits: &[ColumnTraits], column: &Column) -> ColumnTraits {
+    schema
+        .index_of_column(column)
+        .ok()
+        .and_then(|i| traits.get(i).copied())
+        .unwrap_or(ColumnTraits {
+            opaque: true,
+            bytewise_order: false,
+        })
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_decimal(t: &DataType) -> bool {
+    matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
+}

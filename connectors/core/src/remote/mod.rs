@@ -1,0 +1,102 @@
+//! The shared scan of SQL-speaking sources (PostgreSQL, MySQL, Flight SQL).
+//!
+//! [`RemoteTable`] turns the projection, the filters the source evaluates exactly (see
+//! [`pushdown`]) and the limit into one `SELECT` per partition, written by DataFusion's
+//! unparser in the source's dialect; [`RemoteScanExec`] runs those queries through the
+//! connector's [`RemoteReader`] and streams the batches back. A connector provides a
+//! [`RemoteSource`]: its dialect and pushdown rules, how to split a large scan, and how to
+//! run a query and turn its rows into Arrow.
+
+mod exec;
+mod federate;
+pub mod pushdown;
+mod sql;
+mod table;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::TableReference;
+use datafusion::error::Result;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::sql::sqlparser::ast;
+use datafusion::sql::unparser::dialect::Dialect;
+
+pub use exec::RemoteScanExec;
+pub use federate::{Federation, remote_table};
+pub use pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
+pub use sql::{ScanSpec, scan_sql, unqualify};
+pub use table::{RemoteTable, RemoteTableInfo, TableKind};
+
+/// A SQL-speaking source, as the shared scan sees it.
+#[async_trait]
+pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
+    /// The configured source name.
+    fn name(&self) -> &str;
+
+    /// Identifies where a query runs: sub-plans touching only tables with the same context
+    /// (one database, one set of credentials) can run there as one query.
+    fn compute_context(&self) -> String;
+
+    /// How DataFusion's unparser writes SQL for this source.
+    fn dialect(&self) -> Arc<dyn Dialect>;
+
+    /// What the source evaluates exactly as DataFusion does.
+    fn rules(&self) -> &PushdownRules;
+
+    /// Whether filters, limits and sub-plans are pushed at all (`pushdown: false` turns it
+    /// off, to compare against DataFusion computing everything).
+    fn pushdown(&self) -> bool;
+
+    /// Predicates that split a full scan of `table` into at most `max_parts` parallel,
+    /// disjoint parts covering every row; one `None` for a single part.
+    async fn split(
+        &self,
+        table: &RemoteTableInfo,
+        max_parts: usize,
+    ) -> Result<Vec<Option<ast::Expr>>>;
+
+    /// The source's estimate of the rows `sql` returns, if it can tell cheaply.
+    async fn estimate_rows(&self, sql: &str) -> Option<usize>;
+
+    /// A reader for the `parts` queries of one scan (they may share a snapshot).
+    fn reader(&self, parts: usize) -> Arc<dyn RemoteReader>;
+}
+
+/// Runs the queries of one scan.
+pub trait RemoteReader: fmt::Debug + Send + Sync {
+    /// Streams the rows of `sql`, part `part` of the scan, as batches of `schema` of about
+    /// `batch_size` rows.
+    fn read(
+        &self,
+        part: usize,
+        sql: String,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<SendableRecordBatchStream>;
+}
+
+/// Why `filter` is evaluated by DataFusion rather than by the source of `provider`.
+pub fn why_not_pushed(
+    provider: &dyn TableProvider,
+    filter: &datafusion::logical_expr::Expr,
+) -> String {
+    match remote_table(provider) {
+        Some(table) => match table.check_filter(filter) {
+            Err(reason) => reason.to_string(),
+            Ok(()) => {
+                "the source could take it, but DataFusion kept it (e.g. it came after a limit)"
+                    .to_string()
+            }
+        },
+        None => "the source does not apply it".to_string(),
+    }
+}
+
+/// The name of a table on its server, as the unparser writes it.
+pub fn remote_name(schema: &str, table: &str) -> TableReference {
+    TableReference::partial(schema, table)
+}

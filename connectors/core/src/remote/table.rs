@@ -1,0 +1,224 @@
+//! The table provider of SQL-speaking sources.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::{
+    Column, Constraint, Constraints, DFSchema, Result, Statistics, TableReference,
+};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::pushdown::{ColumnTraits, NotPushed, check_expr};
+use super::sql::{ScanSpec, scan_sql, unqualify};
+use super::{RemoteScanExec, RemoteSource};
+
+/// What kind of relation a remote table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// A table (including partitioned and foreign tables).
+    Table,
+    /// A view or materialized view.
+    View,
+}
+
+/// What discovery learned about a remote table.
+#[derive(Debug, Clone)]
+pub struct RemoteTableInfo {
+    /// The source (catalog) name.
+    pub source: String,
+    /// The schema and table as the server names them.
+    pub remote: TableReference,
+    /// Its columns as Arrow fields.
+    pub schema: SchemaRef,
+    /// How each column compares on the server, by position.
+    pub columns: Vec<ColumnTraits>,
+    /// Positions of the primary-key columns, if it has one.
+    pub primary_key: Vec<usize>,
+    /// The server's row estimate.
+    pub rows: Option<usize>,
+    /// The server's size estimate, in bytes.
+    pub bytes: Option<usize>,
+    /// Table or view.
+    pub kind: TableKind,
+}
+
+impl RemoteTableInfo {
+    /// `source.schema.table`, for messages.
+    pub fn display_name(&self) -> String {
+        format!("{}.{}", self.source, self.remote)
+    }
+
+    /// The traits of the column `name`.
+    pub fn traits(&self, name: &str) -> ColumnTraits {
+        self.schema
+            .index_of(name)
+            .ok()
+            .and_then(|i| self.columns.get(i).copied())
+            .unwrap_or_default()
+    }
+}
+
+/// A table of a SQL-speaking source: scans become `SELECT`s run by the source.
+#[derive(Debug)]
+pub struct RemoteTable {
+    source: Arc<dyn RemoteSource>,
+    info: Arc<RemoteTableInfo>,
+    constraints: Option<Constraints>,
+}
+
+impl RemoteTable {
+    /// The table described by `info`, read through `source`.
+    pub fn new(source: Arc<dyn RemoteSource>, info: RemoteTableInfo) -> Self {
+        let constraints = (!info.primary_key.is_empty()).then(|| {
+            Constraints::new_unverified(vec![Constraint::PrimaryKey(info.primary_key.clone())])
+        });
+        RemoteTable {
+            source,
+            info: Arc::new(info),
+            constraints,
+        }
+    }
+
+    /// What discovery learned about the table.
+    pub fn info(&self) -> &RemoteTableInfo {
+        &self.info
+    }
+
+    /// The source this table belongs to.
+    pub fn source(&self) -> &Arc<dyn RemoteSource> {
+        &self.source
+    }
+
+    /// Whether the source evaluates `filter` exactly as DataFusion would, and if not why.
+    pub fn check_filter(&self, filter: &Expr) -> Result<(), NotPushed> {
+        if !self.source.pushdown() {
+            return Err(NotPushed::Unsupported(
+                "pushdown is turned off for this source".into(),
+            ));
+        }
+        let filter =
+            unqualify(filter.clone()).map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+        let schema = DFSchema::try_from(self.info.schema.as_ref().clone())
+            .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
+        let info = &self.info;
+        check_expr(&filter, &schema, self.source.rules(), &|c: &Column| {
+            info.traits(&c.name)
+        })
+    }
+}
+
+#[async_trait]
+impl TableProvider for RemoteTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.info.schema)
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.constraints.as_ref()
+    }
+
+    fn table_type(&self) -> TableType {
+        match self.info.kind {
+            super::TableKind::Table => TableType::Base,
+            super::TableKind::View => TableType::View,
+        }
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| match self.check_filter(f) {
+                Ok(()) => TableProviderFilterPushDown::Exact,
+                Err(_) => TableProviderFilterPushDown::Unsupported,
+            })
+            .collect())
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        Some(table_statistics(&self.info, &self.info.schema))
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let projected = match projection {
+            Some(p) => Arc::new(self.info.schema.project(p)?),
+            None => Arc::clone(&self.info.schema),
+        };
+        let (filters, limit) = if self.source.pushdown() {
+            (filters, limit)
+        } else {
+            (&[][..], None)
+        };
+        let spec = ScanSpec {
+            projection: projection.map(|p| p.as_slice()),
+            filters,
+            limit,
+        };
+        let dialect = self.source.dialect();
+        let dialect = dialect.as_ref();
+        // A limited scan reads little: one query. A full scan may be split.
+        let splits = if limit.is_some() {
+            vec![None]
+        } else {
+            let max = state.config().target_partitions();
+            self.source.split(&self.info, max).await?
+        };
+        let sqls = splits
+            .iter()
+            .map(|split| {
+                scan_sql(
+                    dialect,
+                    &self.info.remote,
+                    &self.info.schema,
+                    &spec,
+                    split.as_ref(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut statistics = table_statistics(&self.info, &projected);
+        if !filters.is_empty() {
+            let whole = scan_sql(dialect, &self.info.remote, &self.info.schema, &spec, None)?;
+            if let Some(rows) = self.source.estimate_rows(&whole).await {
+                statistics.num_rows = Precision::Inexact(rows);
+            }
+        }
+        if let Some(limit) = limit {
+            statistics.num_rows = statistics.num_rows.min(&Precision::Exact(limit));
+        }
+        let reader = self.source.reader(sqls.len());
+        Ok(Arc::new(RemoteScanExec::new(
+            self.source.name().to_string(),
+            self.info.remote.to_string(),
+            sqls,
+            projected,
+            statistics,
+            reader,
+        )))
+    }
+}
+
+fn table_statistics(info: &RemoteTableInfo, schema: &SchemaRef) -> Statistics {
+    let mut stats = Statistics::new_unknown(schema);
+    if let Some(rows) = info.rows {
+        stats.num_rows = Precision::Inexact(rows);
+    }
+    if let Some(bytes) = info.bytes {
+        // Scale by the share of columns read: a crude but monotone estimate.
+        let share = schema.fields().len().max(1) as f64 / info.schema.fields().len().max(1) as f64;
+        stats.total_byte_size = Precision::Inexact((bytes as f64 * share) as usize);
+    }
+    stats
+}

@@ -1,0 +1,140 @@
+//! Configuration of a `postgres` source.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tributary_core::Secret;
+use tributary_core::config::de;
+
+/// `kind: postgres`: one catalog over a PostgreSQL database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// A connection URL, `postgres://user:password@host:port/database?sslmode=…`; the
+    /// fields below override its parts.
+    pub url: Option<Secret>,
+    /// Server host name or address.
+    pub host: Option<String>,
+    /// Server port (default 5432).
+    #[serde(default, deserialize_with = "de::option_parsed")]
+    pub port: Option<u16>,
+    /// User name.
+    pub user: Option<String>,
+    /// Password (use `${ENV}`).
+    pub password: Option<Secret>,
+    /// Database name.
+    pub database: Option<String>,
+    /// TLS: `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the certificate authorities to trust, in addition to the system's.
+    pub sslrootcert: Option<String>,
+    /// Most connections open at once (default 8).
+    #[serde(default = "default_pool_size", deserialize_with = "de::parsed")]
+    pub pool_size: usize,
+    /// How long connecting may take (default 10s).
+    #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    /// Longest a statement may run on the server; unlimited if unset.
+    #[serde(default, deserialize_with = "de::option_duration")]
+    pub statement_timeout: Option<Duration>,
+    /// Which schemas to expose.
+    #[serde(default)]
+    pub schemas: SchemaFilter,
+    /// Rows per Arrow batch (default: DataFusion's batch size).
+    #[serde(default, deserialize_with = "de::option_parsed")]
+    pub batch_size: Option<usize>,
+    /// Parallel partitions for large scans: a number, or `auto` (from the table's size and
+    /// DataFusion's target partitions). Default `auto`.
+    #[serde(default)]
+    pub partitions: Partitions,
+    /// Rows a table needs (by PostgreSQL's estimate) before `auto` splits its scans.
+    #[serde(default = "default_partition_rows", deserialize_with = "de::parsed")]
+    pub partition_rows: u64,
+    /// Push filters, limits and whole sub-plans to PostgreSQL (default true). With `false`
+    /// every scan reads whole columns and DataFusion computes the rest.
+    #[serde(default = "yes")]
+    pub pushdown: bool,
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_partition_rows() -> u64 {
+    1_000_000
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS, without checking the certificate.
+    Require,
+    /// TLS with a certificate signed by a trusted authority.
+    VerifyCa,
+    /// TLS with a trusted certificate for the host name connected to.
+    VerifyFull,
+}
+
+/// Schemas to expose: `include` (all when empty) minus `exclude`; `pg_catalog`,
+/// `information_schema` and `pg_toast` are never exposed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaFilter {
+    /// Only these schemas.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Not these schemas.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SchemaFilter {
+    /// Whether `schema` is exposed.
+    pub fn allows(&self, schema: &str) -> bool {
+        let system = matches!(schema, "pg_catalog" | "information_schema" | "pg_toast")
+            || schema.starts_with("pg_temp_")
+            || schema.starts_with("pg_toast_temp_");
+        !system
+            && (self.include.is_empty() || self.include.iter().any(|s| s == schema))
+            && !self.exclude.iter().any(|s| s == schema)
+    }
+}
+
+/// How many parallel partitions a large scan uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Partitions {
+    /// From the table's estimated size and DataFusion's target partitions.
+    #[default]
+    Auto,
+    /// At most this many.
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for Partitions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let tributary_core::config::OptionValue(text) =
+            tributary_core::config::OptionValue::deserialize(d)?;
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Partitions::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Partitions::Fixed(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected `auto` or a number of partitions (1 or more), got `{text}`"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Connecting: the libpq-style settings, TLS with rustls, and the connection pool.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tributary_core::{Error, Result};
+
+use crate::config::{PostgresConfig, SslMode};
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Clone)]
+pub struct Connector {
+    pool: Pool,
+    tls: MakeRustlsConnect,
+    /// `user@host:port/database`, for messages; never the password.
+    target: String,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Connector({})", self.target)
+    }
+}
+
+impl Connector {
+    /// Builds the pool from the config (`key` is the source's config path). Nothing is
+    /// connected until a connection is asked for.
+    pub fn new(config: &PostgresConfig, key: &str, config_dir: &Path) -> Result<Self> {
+        let (pg, sslmode, rootcert) = pg_config(config, key)?;
+        let rootcert = rootcert.map(|p| config_dir.join(p));
+        let tls = tls_config(sslmode, rootcert.as_deref())
+            .map_err(|m| Error::config(format!("{key}.sslrootcert"), m))?;
+        let target = describe(&pg);
+        let tls = MakeRustlsConnect::new(tls);
+        let manager = Manager::from_config(
+            pg,
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
+        Ok(Connector { pool, tls, target })
+    }
+
+    /// A connection from the pool, opening one if needed.
+    pub async fn get(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| {
+            let reason = match e {
+                deadpool_postgres::PoolError::Backend(e) => describe_error(&e),
+                deadpool_postgres::PoolError::Timeout(_) => "connecting timed out".to_string(),
+                other => other.to_string(),
+            };
+            Error::Unavailable(format!("cannot connect to {}: {reason}", self.target))
+        })
+    }
+
+    /// Asks the server to cancel what `token`'s connection is running. Best effort: the
+    /// query may already have finished.
+    pub fn cancel(&self, token: tokio_postgres::CancelToken) {
+        let tls = self.tls.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = token.cancel_query(tls).await {
+                    tracing::debug!(error = %e, "cancelling a PostgreSQL query failed");
+                }
+            });
+        }
+    }
+
+    /// The most connections the pool opens.
+    pub fn max_connections(&self) -> usize {
+        self.pool.status().max_size
+    }
+
+    /// `user@host:port/database`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// The text of a PostgreSQL error: the server's message with its detail and hint, or the
+/// client library's message (which never carries the password).
+pub fn describe_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+fn describe(pg: &tokio_postgres::Config) -> String {
+    let host = pg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{}@{host}:{port}/{}",
+        pg.get_user().unwrap_or(""),
+        pg.get_dbname().unwrap_or("")
+    )
+}
+
+/// The client settings: the URL (minus the `sslmode`/`sslrootcert` parameters, which are
+/// handled here because tokio-postgres does not know `verify-ca`/`verify-full`), then the
+/// individual fields, then the session settings every connection gets.
+fn pg_config(
+    config: &PostgresConfig,
+    key: &str,
+) -> Result<(tokio_postgres::Config, SslMode, Option<String>)> {
+    let mut sslmode = None;
+    let mut rootcert = None;
+    let mut pg = match &config.url {
+        Some(url) => {
+            let mut parsed = url::Url::parse(url.expose())
+                .map_err(|e| Error::config(format!("{key}.url"), format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+                return Err(Error::config(
+                    format!("{key}.url"),
+                    format!(
+                        "expected a postgres:// URL, got a {}:// one",
+                        parsed.scheme()
+                    ),
+                ));
+            }
+            let mut kept = Vec::new();
+            for (k, v) in parsed.query_pairs() {
+                match k.as_ref() {
+                    "sslmode" => sslmode = Some(parse_sslmode(&v, key)?),
+                    "sslrootcert" => rootcert = Some(v.into_owned()),
+                    _ => kept.push((k.into_owned(), v.into_owned())),
+                }
+            }
+            parsed.set_query(None);
+            if !kept.is_empty() {
+                parsed.query_pairs_mut().extend_pairs(kept);
+            }
+            parsed
+                .as_str()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| {
+                    Error::config(format!("{key}.url"), format!("not a PostgreSQL URL: {e}"))
+                })?
+        }
+        None => tokio_postgres::Config::new(),
+    };
+    if let Some(host) = &config.host {
+        pg.host(host);
+    }
+    if pg.get_hosts().is_empty() {
+        return Err(Error::config(key, "give `host` or `url`"));
+    }
+    if let Some(port) = config.port {
+        pg.port(port);
+    }
+    if let Some(user) = &config.user {
+        pg.user(user);
+    }
+    if pg.get_user().is_none() {
+        return Err(Error::config(key, "give `user` (or a user in `url`)"));
+    }
+    if let Some(password) = &config.password {
+        pg.password(password.expose());
+    }
+    if let Some(database) = &config.database {
+        pg.dbname(database);
+    }
+    if pg.get_dbname().is_none() {
+        let user = pg.get_user().unwrap_or_default().to_string();
+        pg.dbname(user);
+    }
+    let sslmode = config.sslmode.or(sslmode).unwrap_or(SslMode::Prefer);
+    pg.ssl_mode(match sslmode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    });
+    pg.connect_timeout(config.connect_timeout);
+    pg.keepalives(true);
+    pg.application_name("tributary");
+    // Timestamps travel as UTC instants and floats with full precision; the statement
+    // timeout applies to every query and COPY this source runs.
+    let mut options = String::from("-c TimeZone=UTC -c extra_float_digits=3");
+    if let Some(timeout) = config.statement_timeout {
+        options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
+    }
+    pg.options(options);
+    Ok((pg, sslmode, config.sslrootcert.clone().or(rootcert)))
+}
+
+fn parse_sslmode(text: &str, key: &str) -> Result<SslMode> {
+    Ok(match text {
+        "disable" => SslMode::Disable,
+        "allow" | "prefer" => SslMode::Prefer,
+        "require" => SslMode::Require,
+        "verify-ca" => SslMode::VerifyCa,
+        "verify-full" => SslMode::VerifyFull,
+        other => {
+            return Err(Error::config(
+                format!("{key}.url"),
+                format!("unknown sslmode `{other}`"),
+            ));
+        }
+    })
+}
+
+/// rustls settings for `sslmode`, as libpq reads it: `prefer` and `require` encrypt without
+/// checking the certificate, `verify-ca` checks the chain, `verify-full` also the host name.
+fn tls_config(sslmode: SslMode, rootcert: Option<&Path>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let verifier: Arc<dyn ServerCertVerifier> = match sslmode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require if rootcert.is_none() => {
+            Arc::new(Unverified(provider))
+        }
+        _ => {
+            let mut roots = RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A malformed system certificate should not stop the others from loading.
+                let _ = roots.add(cert);
+            }
+            if let Some(path) = rootcert {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+            if sslmode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(ChainOnly(webpki))
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// Encrypts without authenticating the server (`sslmode=prefer|require`), still checking
+/// that the handshake is signed by the presented certificate.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks the certificate chain but not the host name (`sslmode=verify-ca`).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,14 @@
+//! The `postgres` source: discovery of schemas, tables and views with their keys and size
+//! estimates, an explicit type mapping, pushdown through the shared remote scan, and fast
+//! reads with binary `COPY` decoded straight into Arrow, split into parallel partitions.
+
+mod config;
+mod connect;
+mod copy;
+mod discovery;
+mod reader;
+mod source;
+mod types;
+
+pub use config::{Partitions, PostgresConfig, SchemaFilter, SslMode};
+pub use source::{PostgresSource, RULES};

@@ -1,0 +1,447 @@
+//! The `postgres` source against the local PostgreSQL: discovery, every type, parallel
+//! partitions, TLS, and failures that name the source without leaking the password.
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use tributary::{Config, Engine};
+use tributary_testkit::postgres::{Schema, url};
+
+use crate::common::{error, run, table};
+
+/// An engine with one `postgres` source, `pg`, limited to `schema`, which is also the
+/// default schema. `extra` adds settings to the source.
+pub fn pg_engine(schema: &str, pushdown: bool, extra: &str) -> Engine {
+    let yaml = format!(
+        "server:\n  default_catalog: pg\n  default_schema: {schema}\nsources:\n  - name: pg\n    kind: postgres\n    url: {}\n    schemas: {{include: [{schema}]}}\n    pushdown: {pushdown}\n{extra}",
+        url()
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every value of a one-row result, formatted, with its Arrow type.
+fn cells(batches: &[RecordBatch], row: usize) -> Vec<(String, String, String)> {
+    let batch = &batches[0];
+    let options = FormatOptions::default().with_null("NULL");
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let formatter = ArrayFormatter::try_new(column.as_ref(), &options).unwrap();
+            (
+                field.name().clone(),
+                field.data_type().to_string(),
+                formatter.value(row).to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_type_round_trips() {
+    let schema = Schema::create("types").await;
+    schema
+        .execute(
+            r#"
+        CREATE EXTENSION IF NOT EXISTS citext;
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN positive AS numeric(8, 2) CHECK (VALUE > 0);
+        CREATE TABLE every_type (
+            id int PRIMARY KEY,
+            b bool, i2 int2, i4 int4, i8 int8, o oid, f4 float4, f8 float8,
+            n numeric(12, 3), nu numeric, nw numeric(50, 10),
+            t text, vc varchar(10), c char(5), nm name, ch "char", ci citext,
+            by bytea, d date, tm time, ts timestamp, tstz timestamptz, iv interval,
+            u uuid, j json, jb jsonb, ip inet, net cidr, mac macaddr, m money,
+            e mood, dom positive, ai int[], at text[], an numeric(5, 2)[], ae mood[],
+            pt point, r int4range, bits bit(4), x xml, ttz timetz
+        );
+        INSERT INTO every_type VALUES (
+            1, true, -32768, 2147483647, -9223372036854775808, 4294967295, 1.5, -2.25e-300,
+            -123456789.125, 12345.678901234567, 1234567890123456789012345678901234567890.0123456789,
+            'it''s "quoted" \ and ünïcödé 東京', 'varchar', 'ab', 'a_name', 'x', 'MiXeD',
+            '\x00ff10', '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.5',
+            '2024-06-01 12:00:00+02', '1 year 2 months 3 days 04:05:06.7',
+            'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2]}', '{"b": null, "a": 1}',
+            '192.168.1.5/24', '10.0.0.0/8', '08:00:2b:01:02:03', 12.34,
+            'happy', 42.5, '{1,NULL,3}', '{"x","y z",NULL}', '{1.5,2.25}', '{sad,ok}',
+            '(1.5,2)', '[1,5)', B'1010', '<a>b</a>', '10:00:00+02'
+        );
+        INSERT INTO every_type (id) VALUES (2);
+        INSERT INTO every_type (id, f8, d, ts, n, ai) VALUES
+            (3, 'NaN', 'infinity', '-infinity', 0.001, '{{1,2},{3,4}}');
+    "#,
+        )
+        .await;
+    let engine = pg_engine(&schema.name, true, "");
+    let batches = run(&engine, "SELECT * FROM every_type ORDER BY id")
+        .await
+        .unwrap();
+    let expected = [
+        ("id", "Int32", "1"),
+        ("b", "Boolean", "true"),
+        ("i2", "Int16", "-32768"),
+        ("i4", "Int32", "2147483647"),
+        ("i8", "Int64", "-9223372036854775808"),
+        ("o", "Int64", "4294967295"),
+        ("f4", "Float32", "1.5"),
+        ("f8", "Float64", "-2.25e-300"),
+        ("n", "Decimal128(12, 3)", "-123456789.125"),
+        ("nu", "Decimal128(38, 10)", "12345.6789012345"),
+        (
+            "nw",
+            "Decimal256(50, 10)",
+            "1234567890123456789012345678901234567890.0123456789",
+        ),
+        ("t", "Utf8", "it's \"quoted\" \\ and ünïcödé 東京"),
+        ("vc", "Utf8", "varchar"),
+        ("c", "Utf8", "ab   "),
+        ("nm", "Utf8", "a_name"),
+        ("ch", "Utf8", "x"),
+        ("ci", "Utf8", "MiXeD"),
+        ("by", "Binary", "00ff10"),
+        ("d", "Date32", "2024-02-29"),
+        ("tm", "Time64(µs)", "23:59:59.999999"),
+        ("ts", "Timestamp(µs)", "1999-12-31T23:59:59.500"),
+        ("tstz", "Timestamp(µs, \"UTC\")", "2024-06-01T10:00:00Z"),
+        (
+            "iv",
+            "Interval(MonthDayNano)",
+            "14 mons 3 days 4 hours 5 mins 6.700000000 secs",
+        ),
+        ("u", "Utf8", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        ("j", "Utf8", "{\"a\": [1, 2]}"),
+        ("jb", "Utf8", "{\"a\": 1, \"b\": null}"),
+        ("ip", "Utf8", "192.168.1.5/24"),
+        ("net", "Utf8", "10.0.0.0/8"),
+        ("mac", "Utf8", "08:00:2b:01:02:03"),
+        ("m", "Utf8", "$12.34"),
+        ("e", "Utf8", "happy"),
+        ("dom", "Decimal128(8, 2)", "42.50"),
+        ("ai", "List(Int32)", "[1, NULL, 3]"),
+        ("at", "List(Utf8)", "[x, y z, NULL]"),
+        ("an", "List(Decimal128(5, 2))", "[1.50, 2.25]"),
+        ("ae", "List(Utf8)", "[sad, ok]"),
+        ("pt", "Utf8", "(1.5,2)"),
+        ("r", "Utf8", "[1,5)"),
+        ("bits", "Utf8", "1010"),
+        ("x", "Utf8", "<a>b</a>"),
+        ("ttz", "Utf8", "10:00:00+02"),
+    ];
+    let got = cells(&batches, 0);
+    assert_eq!(got.len(), expected.len());
+    for ((name, data_type, value), (e_name, e_type, e_value)) in got.iter().zip(expected) {
+        assert_eq!(name, e_name);
+        assert!(
+            data_type.replace("nullable ", "").contains(e_type),
+            "{name}: type {data_type}, expected {e_type}"
+        );
+        assert_eq!(value, e_value, "{name}");
+    }
+    // Row 2: every column but the key is NULL.
+    for (name, _, value) in cells(&batches, 1).iter().skip(1) {
+        assert_eq!(value, "NULL", "{name} should be NULL");
+    }
+    // Row 3: NaN stays NaN; infinite dates and timestamps become NULL; multi-dimensional
+    // arrays are flattened.
+    let row3: std::collections::HashMap<_, _> = cells(&batches, 2)
+        .into_iter()
+        .map(|(n, _, v)| (n, v))
+        .collect();
+    assert_eq!(row3["f8"], "NaN");
+    assert_eq!(row3["d"], "NULL");
+    assert_eq!(row3["ts"], "NULL");
+    assert_eq!(row3["n"], "0.001");
+    assert_eq!(row3["ai"], "[1, 2, 3, 4]");
+}
+
+#[tokio::test]
+async fn discovery_lists_relations_with_keys_and_estimates() {
+    let schema = Schema::create("discovery").await;
+    schema
+        .execute(&format!(
+            r#"
+        CREATE TABLE base (id int PRIMARY KEY, grp text NOT NULL, v numeric(6,2));
+        INSERT INTO base SELECT i, 'g' || (i % 3), i FROM generate_series(1, 3000) i;
+        ANALYZE base;
+        CREATE TABLE composite (a int, b text, c int, PRIMARY KEY (b, a));
+        CREATE VIEW v_base AS SELECT grp, count(*) AS n FROM base GROUP BY grp;
+        CREATE MATERIALIZED VIEW mv_base AS SELECT id FROM base WHERE id <= 10;
+        CREATE TABLE events (day date NOT NULL, what text) PARTITION BY RANGE (day);
+        CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+        CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        INSERT INTO events VALUES ('2024-05-01', 'a'), ('2025-05-01', 'b'), ('2025-06-01', 'c');
+        CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+        DROP SERVER IF EXISTS {s}_loop CASCADE;
+        CREATE SERVER {s}_loop FOREIGN DATA WRAPPER postgres_fdw
+            OPTIONS (host '127.0.0.1', port '5432', dbname 'postgres');
+        CREATE USER MAPPING FOR CURRENT_USER SERVER {s}_loop OPTIONS (user 'postgres');
+        CREATE FOREIGN TABLE remote_base (id int, grp text) SERVER {s}_loop
+            OPTIONS (schema_name '{s}', table_name 'base');
+    "#,
+            s = schema.name
+        ))
+        .await;
+    let engine = pg_engine(&schema.name, true, "");
+    assert_eq!(
+        table(
+            &engine,
+            &format!(
+                "SELECT table_name, table_type FROM information_schema.tables \
+                 WHERE table_catalog = 'pg' AND table_schema = '{}' ORDER BY 1",
+                schema.name
+            )
+        )
+        .await,
+        "\
++-------------+------------+
+| table_name  | table_type |
++-------------+------------+
+| base        | BASE TABLE |
+| composite   | BASE TABLE |
+| events      | BASE TABLE |
+| mv_base     | VIEW       |
+| remote_base | BASE TABLE |
+| v_base      | VIEW       |
++-------------+------------+"
+    );
+    assert_eq!(
+        table(&engine, "SELECT * FROM v_base ORDER BY grp").await,
+        "+-----+------+\n| grp | n    |\n+-----+------+\n| g0  | 1000 |\n| g1  | 1000 |\n| g2  | 1000 |\n+-----+------+"
+    );
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n, max(id) AS m FROM mv_base").await,
+        "+----+----+\n| n  | m  |\n+----+----+\n| 10 | 10 |\n+----+----+"
+    );
+    assert_eq!(
+        table(
+            &engine,
+            "SELECT what FROM events WHERE day >= DATE '2025-01-01' ORDER BY what"
+        )
+        .await,
+        "+------+\n| what |\n+------+\n| b    |\n| c    |\n+------+"
+    );
+    // A partition is reachable by name though only its parent is listed.
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n FROM events_2025").await,
+        "+---+\n| n |\n+---+\n| 2 |\n+---+"
+    );
+    assert_eq!(
+        table(
+            &engine,
+            "SELECT count(*) AS n FROM remote_base WHERE grp = 'g1'"
+        )
+        .await,
+        "+------+\n| n    |\n+------+\n| 1000 |\n+------+"
+    );
+
+    // Keys and size estimates reach DataFusion.
+    let provider = engine
+        .context()
+        .table_provider(format!("pg.{}.base", schema.name))
+        .await
+        .unwrap();
+    let remote = tributary_core::remote::remote_table(provider.as_ref()).unwrap();
+    assert_eq!(remote.info().primary_key, vec![0]);
+    assert_eq!(remote.info().rows, Some(3000));
+    assert!(remote.info().bytes.is_some_and(|b| b > 0));
+    let provider = engine
+        .context()
+        .table_provider(format!("pg.{}.composite", schema.name))
+        .await
+        .unwrap();
+    let remote = tributary_core::remote::remote_table(provider.as_ref()).unwrap();
+    assert_eq!(remote.info().primary_key, vec![1, 0]);
+    let base = remote.info().schema.clone();
+    assert!(!base.field_with_name("b").unwrap().is_nullable());
+    assert!(base.field_with_name("c").unwrap().is_nullable());
+}
+
+#[tokio::test]
+async fn large_scans_split_into_ctid_ranges_that_cover_every_row() {
+    let schema = Schema::create("split").await;
+    schema
+        .execute(
+            "CREATE TABLE big (id bigint, pad text);
+             INSERT INTO big SELECT i, repeat('x', 100) FROM generate_series(1, 50000) i;
+             DELETE FROM big WHERE id % 7 = 0;
+             ANALYZE big;",
+        )
+        .await;
+    let single = pg_engine(&schema.name, true, "    partitions: 1\n");
+    let split = pg_engine(&schema.name, true, "    partitions: 3\n");
+    let plan = split
+        .explain("SELECT id FROM big")
+        .await
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("partitions=3"), "{plan}");
+    assert!(
+        plan.contains("ctid < '(") && plan.contains("::tid"),
+        "{plan}"
+    );
+    let ids = |batches: Vec<RecordBatch>| {
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0))
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let from_split = ids(run(&split, "SELECT id FROM big").await.unwrap());
+    assert_eq!(
+        from_split,
+        ids(run(&single, "SELECT id FROM big").await.unwrap())
+    );
+    let expected: Vec<i64> = (1..=50000).filter(|i| i % 7 != 0).collect();
+    assert_eq!(from_split, expected);
+    // A limited scan reads in one part.
+    let plan = split
+        .explain("SELECT id FROM big LIMIT 10")
+        .await
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("partitions=1"), "{plan}");
+    assert_eq!(
+        run(&split, "SELECT id FROM big LIMIT 10").await.unwrap()[0].num_rows(),
+        10
+    );
+}
+
+#[tokio::test]
+async fn failures_name_the_source_and_never_the_password() {
+    let schema = Schema::create("failures").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id int); INSERT INTO t VALUES (1);
+             CREATE VIEW slow AS SELECT pg_sleep(5) IS NULL AS done;
+             GRANT USAGE ON SCHEMA public TO tributary_auth;",
+        )
+        .await;
+    let yaml = |source: &str| {
+        format!("sources:\n{source}  - name: demo\n    kind: tpch\n    scale_factor: 0.001\n")
+    };
+    let engine_for = |source: &str| {
+        let config = Config::parse(&yaml(source), None, &|_| None).unwrap();
+        Engine::new(&config).unwrap()
+    };
+
+    // Wrong password.
+    let wrong = engine_for(
+        "  - name: pg\n    kind: postgres\n    host: 127.0.0.1\n    user: tributary_auth\n    password: not-the-password-x9\n    database: postgres\n",
+    );
+    let e = error(&wrong, "SELECT * FROM pg.public.anything").await;
+    assert!(e.contains("source `pg`"), "{e}");
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("not-the-password-x9"), "{e}");
+    let health = wrong.check().await;
+    assert_eq!(health[0].status, tributary_core::HealthStatus::Unhealthy);
+    assert!(!health[0].detail.contains("not-the-password-x9"));
+    // Other sources keep working.
+    assert_eq!(
+        table(&wrong, "SELECT count(*) AS n FROM demo.tpch.region").await,
+        "+---+\n| n |\n+---+\n| 5 |\n+---+"
+    );
+
+    // The right password in a URL works, and the URL never shows in errors.
+    let right = engine_for(&format!(
+        "  - name: pg\n    kind: postgres\n    url: postgres://tributary_auth:tributary-test-password@127.0.0.1:5432/postgres\n    schemas: {{include: [{}]}}\n",
+        schema.name
+    ));
+    let e = error(&right, &format!("SELECT * FROM pg.{}.t", schema.name)).await;
+    assert!(e.contains("permission denied"), "{e}");
+    assert!(!e.contains("tributary-test-password"), "{e}");
+
+    // Unreachable host.
+    let down = engine_for(
+        "  - name: pg\n    kind: postgres\n    host: 127.0.0.1\n    port: 1\n    user: postgres\n    connect_timeout: 2s\n",
+    );
+    let e = error(&down, "SELECT * FROM pg.public.t").await;
+    assert!(
+        e.contains("source `pg`: cannot connect to postgres@127.0.0.1:1/postgres"),
+        "{e}"
+    );
+
+    // A table dropped after discovery.
+    let engine = pg_engine(&schema.name, true, "    statement_timeout: 500ms\n");
+    assert_eq!(
+        table(&engine, "SELECT id FROM t").await,
+        "+----+\n| id |\n+----+\n| 1  |\n+----+"
+    );
+    schema.execute("DROP TABLE t").await;
+    let e = error(&engine, "SELECT id FROM t").await;
+    assert!(e.contains("source `pg`"), "{e}");
+    assert!(e.contains("does not exist"), "{e}");
+
+    // A statement that runs past the statement timeout.
+    let e = error(&engine, "SELECT * FROM slow").await;
+    assert!(e.contains("source `pg`"), "{e}");
+    assert!(e.contains("statement timeout"), "{e}");
+}
+
+#[tokio::test]
+async fn tls_modes_follow_libpq() {
+    let schema = Schema::create("tls").await;
+    schema
+        .execute("CREATE VIEW tls AS SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();")
+        .await;
+    let root = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let engine = |host: &str, mode: &str, rootcert: bool| {
+        let cert = if rootcert {
+            format!("    sslrootcert: {root}\n")
+        } else {
+            String::new()
+        };
+        pg_engine_at(
+            &schema.name,
+            &format!(
+                "    host: {host}\n    user: postgres\n    database: postgres\n    sslmode: {mode}\n{cert}"
+            ),
+        )
+    };
+    let encrypted = "+------+\n| ssl  |\n+------+\n| true |\n+------+";
+    assert_eq!(
+        table(&engine("127.0.0.1", "require", false), "SELECT * FROM tls").await,
+        encrypted
+    );
+    assert_eq!(
+        table(&engine("127.0.0.1", "disable", false), "SELECT * FROM tls").await,
+        "+-------+\n| ssl   |\n+-------+\n| false |\n+-------+"
+    );
+    assert_eq!(
+        table(
+            &engine("localhost", "verify-full", true),
+            "SELECT * FROM tls"
+        )
+        .await,
+        encrypted
+    );
+    assert_eq!(
+        table(&engine("127.0.0.1", "verify-ca", true), "SELECT * FROM tls").await,
+        encrypted
+    );
+    let e = error(
+        &engine("127.0.0.1", "verify-full", true),
+        "SELECT * FROM tls",
+    )
+    .await;
+    assert!(
+        e.contains("source `pg`") && e.to_lowercase().contains("certificate"),
+        "{e}"
+    );
+}
+
+/// Like [`pg_engine`] with connection settings instead of the URL.
+fn pg_engine_at(schema: &str, connection: &str) -> Engine {
+    let yaml = format!(
+        "server:\n  default_catalog: pg\n  default_schema: {schema}\nsources:\n  - name: pg\n    kind: postgres\n{connection}    schemas: {{include: [{schema}]}}\n"
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
+}
