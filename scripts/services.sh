@@ -71,6 +71,9 @@ start_postgres() {
   fi
   wait_for PostgreSQL pg_isready -q -h 127.0.0.1 -p 5432
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null
+  # Extensions the tests use, created once: creating them per test would race.
+  psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+    "CREATE EXTENSION IF NOT EXISTS citext; CREATE EXTENSION IF NOT EXISTS postgres_fdw;" >/dev/null
   # One role that must give its password, for the tests of authentication failures; its
   # rule goes before the trust rules (pg_hba.conf is first match).
   psql -h 127.0.0.1 -U postgres -d postgres -Atqc "

@@ -16,6 +16,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
+use tributary_core::remote::RemoteScanExec;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_postgres::PostgresSource;
@@ -194,6 +195,7 @@ impl Engine {
         let physical = state.create_physical_plan(df.logical_plan()).await?;
         Ok(Explanation {
             scans: scans_of(&optimized, &state)?,
+            queries: queries_of(&physical),
             leaves: leaves_of(&physical),
             logical: optimized.display_indent().to_string(),
             physical: displayable(physical.as_ref()).indent(true).to_string(),
@@ -241,6 +243,8 @@ pub struct ScanRequest {
 pub struct Explanation {
     /// What each table scan asks of its source.
     pub scans: Vec<ScanRequest>,
+    /// The queries sent to SQL sources: (source, SQL), one per partition or sub-plan.
+    pub queries: Vec<(String, String)>,
     /// The physical source operators, one line each.
     pub leaves: Vec<String>,
     /// The optimized logical plan.
@@ -274,6 +278,12 @@ impl std::fmt::Display for Explanation {
         }
         for leaf in &self.leaves {
             writeln!(f, "  -> {leaf}")?;
+        }
+        if !self.queries.is_empty() {
+            writeln!(f, "\n== SQL sent to sources ==")?;
+            for (source, sql) in &self.queries {
+                writeln!(f, "{source}: {sql}")?;
+            }
         }
         writeln!(f, "\n== Logical plan ==\n{}", self.logical)?;
         write!(f, "\n== Physical plan ==\n{}", self.physical)
@@ -348,6 +358,20 @@ fn scans_of(plan: &LogicalPlan, state: &SessionState) -> Result<Vec<ScanRequest>
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(scans)
+}
+
+fn queries_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<(String, String)> {
+    let mut queries = Vec::new();
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(remote) = node.downcast_ref::<RemoteScanExec>() {
+            for sql in remote.sqls() {
+                queries.push((remote.source().to_string(), sql.clone()));
+            }
+        }
+        stack.extend(node.children().into_iter().rev().cloned());
+    }
+    queries
 }
 
 fn leaves_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {

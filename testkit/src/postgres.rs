@@ -66,7 +66,7 @@ impl Schema {
         self.client
             .batch_execute(&format!("SET search_path TO {}, public; {sql}", self.name))
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
     }
 
     /// The connection the schema was made with.
@@ -120,6 +120,13 @@ impl Drop for Schema {
             }
         })
         .join();
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
     }
 }
 

@@ -9,3 +9,4 @@ mod docs;
 mod files;
 mod object_stores;
 mod postgres;
+mod postgres_pushdown;

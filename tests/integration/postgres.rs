@@ -45,7 +45,6 @@ async fn every_type_round_trips() {
     schema
         .execute(
             r#"
-        CREATE EXTENSION IF NOT EXISTS citext;
         CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
         CREATE DOMAIN positive AS numeric(8, 2) CHECK (VALUE > 0);
         CREATE TABLE every_type (
@@ -173,7 +172,6 @@ async fn discovery_lists_relations_with_keys_and_estimates() {
         CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
         INSERT INTO events VALUES ('2024-05-01', 'a'), ('2025-05-01', 'b'), ('2025-06-01', 'c');
-        CREATE EXTENSION IF NOT EXISTS postgres_fdw;
         DROP SERVER IF EXISTS {s}_loop CASCADE;
         CREATE SERVER {s}_loop FOREIGN DATA WRAPPER postgres_fdw
             OPTIONS (host '127.0.0.1', port '5432', dbname 'postgres');

@@ -22,7 +22,7 @@ use crate::reader::{PgReader, Shared};
 /// `tests/integration/postgres_pushdown.rs` check each entry against DataFusion's answer.
 pub static RULES: PushdownRules = PushdownRules {
     dialect_name: "PostgreSQL",
-    functions: &["abs", "coalesce", "nullif", "character_length"],
+    functions: &["coalesce", "nullif", "character_length"],
     like: true,
     integer_division: true,
     string_equality: true,

@@ -13,47 +13,55 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchema, JoinType, NullEquality, Result, not_impl_err};
+use datafusion::common::{Column, DFSchema, JoinType, NullEquality, Result, Statistics};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, SortExpr,
+    Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, LogicalPlanBuilder,
+    Projection, SortExpr, TableSource, TableType,
 };
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast;
 use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::Dialect;
-use datafusion_federation::sql::{
-    RemoteTableRef, SQLExecutor, SQLFederationPlanner, SQLFederationProvider, SQLTableSource,
+use datafusion_federation::{
+    FederatedPlanNode, FederatedTableProviderAdaptor, FederatedTableSource, FederationPlanner,
+    FederationProvider,
 };
-use datafusion_federation::{FederatedPlanNode, FederatedTableProviderAdaptor};
 
 use super::pushdown::{ColumnTraits, NotPushed, check_expr};
-use super::{RemoteSource, RemoteTable};
-
-/// Rows per batch for federated queries (DataFusion does not pass its setting through).
-const FEDERATED_BATCH_SIZE: usize = 8192;
+use super::sql::unqualify;
+use super::{RemoteScanExec, RemoteSource, RemoteTable};
 
 /// Everything sub-plan pushdown needs for one source; shared by its tables.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Federation {
-    provider: Arc<SQLFederationProvider>,
+    provider: Arc<Provider>,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Federation({})", self.provider.source.name())
+    }
 }
 
 impl Federation {
     /// Sets up sub-plan pushdown for `source`.
     pub fn new(source: Arc<dyn RemoteSource>) -> Self {
-        let executor: Arc<dyn SQLExecutor> = Arc::new(Executor {
+        let planner: Arc<dyn FederationPlanner> = Arc::new(Planner {
             source: Arc::clone(&source),
         });
-        let planner = Arc::new(SQLFederationPlanner::new(Arc::clone(&executor)));
-        let rule = SubPlanRule { planner, source };
-        let provider = SQLFederationProvider {
+        let rule = SubPlanRule {
+            planner,
+            source: Arc::clone(&source),
+        };
+        let provider = Provider {
+            source,
             optimizer: Arc::new(Optimizer::with_rules(vec![Arc::new(rule)])),
-            executor,
         };
         Federation {
             provider: Arc::new(provider),
@@ -63,12 +71,10 @@ impl Federation {
     /// `table` as DataFusion should see it: scanned through the remote scan, and
     /// recognised by the federation rule as belonging to this source.
     pub fn table(&self, table: RemoteTable) -> Arc<dyn TableProvider> {
-        let info = table.info();
-        let source = SQLTableSource::new_with_schema(
-            Arc::clone(&self.provider),
-            RemoteTableRef::from(info.remote.clone()),
-            Arc::clone(&info.schema),
-        );
+        let source = Source {
+            provider: Arc::clone(&self.provider),
+            schema: Arc::clone(&table.info().schema),
+        };
         Arc::new(FederatedTableProviderAdaptor::new_with_provider(
             Arc::new(source),
             Arc::new(table),
@@ -87,50 +93,262 @@ pub fn remote_table(provider: &dyn TableProvider) -> Option<&RemoteTable> {
         .and_then(|p| p.downcast_ref::<RemoteTable>())
 }
 
-/// Runs federated queries through the source's reader.
-struct Executor {
+/// One source as the federation rule sees it: plans touching only tables of the same
+/// compute context go to its optimizer, [`SubPlanRule`].
+struct Provider {
     source: Arc<dyn RemoteSource>,
+    optimizer: Arc<Optimizer>,
 }
 
-#[async_trait]
-impl SQLExecutor for Executor {
+impl FederationProvider for Provider {
     fn name(&self) -> &str {
-        self.source.name()
+        "tributary_remote"
     }
 
     fn compute_context(&self) -> Option<String> {
         Some(self.source.compute_context())
     }
 
-    fn dialect(&self) -> Arc<dyn Dialect> {
-        self.source.dialect()
-    }
-
-    fn execute(
-        &self,
-        query: &str,
-        schema: SchemaRef,
-        _filters: &[Arc<dyn PhysicalExpr>],
-    ) -> Result<SendableRecordBatchStream> {
-        self.source
-            .reader(1)
-            .read(0, query.to_string(), schema, FEDERATED_BATCH_SIZE)
-    }
-
-    async fn table_names(&self) -> Result<Vec<String>> {
-        not_impl_err!("tables are discovered by the source, not the federation layer")
-    }
-
-    async fn get_table_schema(&self, _table_name: &str) -> Result<SchemaRef> {
-        not_impl_err!("tables are discovered by the source, not the federation layer")
+    fn optimizer(&self) -> Option<Arc<Optimizer>> {
+        Some(Arc::clone(&self.optimizer))
     }
 }
 
-/// Chooses which parts of a single-source plan run on the source.
-#[derive(Debug)]
-struct SubPlanRule {
-    planner: Arc<SQLFederationPlanner>,
+/// The table source of a remote table, naming the source it belongs to.
+struct Source {
+    provider: Arc<Provider>,
+    schema: SchemaRef,
+}
+
+impl TableSource for Source {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+}
+
+impl FederatedTableSource for Source {
+    fn federation_provider(&self) -> Arc<dyn FederationProvider> {
+        Arc::clone(&self.provider) as Arc<dyn FederationProvider>
+    }
+}
+
+/// Turns a federated sub-plan into one query on the source: tables get their remote names
+/// (aliased to the names the plan uses), DataFusion's unparser writes the SQL, and the
+/// source's reader runs it.
+struct Planner {
     source: Arc<dyn RemoteSource>,
+}
+
+#[async_trait]
+impl FederationPlanner for Planner {
+    async fn plan_federation(
+        &self,
+        node: &FederatedPlanNode,
+        _session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let sql = remote_sql(self.source.as_ref(), node.plan())?;
+        let schema: SchemaRef = Arc::new(node.plan().schema().as_arrow().clone());
+        let mut statistics = Statistics::new_unknown(&schema);
+        if let Some(rows) = self.source.estimate_rows(&sql).await {
+            statistics.num_rows = Precision::Inexact(rows);
+        }
+        Ok(Arc::new(RemoteScanExec::new(
+            self.source.name().to_string(),
+            "(sub-plan)".to_string(),
+            vec![sql],
+            schema,
+            statistics,
+            self.source.reader(1),
+        )))
+    }
+}
+
+/// The SQL for a sub-plan, with every table scan reading the remote table under the name
+/// the rest of the plan knows it by (its alias, or else its DataFusion name).
+pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<String> {
+    let renamed = plan
+        .clone()
+        .transform_down(|node| match &node {
+            LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
+                LogicalPlan::TableScan(scan) => {
+                    let remote = remote_scan(source, scan)?
+                        .alias(alias.alias.clone())?
+                        .build()?;
+                    Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
+                }
+                _ => Ok(Transformed::no(node)),
+            },
+            LogicalPlan::TableScan(scan) => {
+                let remote = remote_scan(source, scan)?
+                    .alias(scan.table_name.clone())?
+                    .build()?;
+                Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
+            }
+            _ => Ok(Transformed::no(node)),
+        })?
+        .data;
+    let renamed = inline_aggregate_inputs(renamed)?;
+    let dialect = source.dialect();
+    let statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
+    if let Some(width) = select_width(&statement)
+        && width != plan.schema().fields().len()
+    {
+        return datafusion::common::plan_err!(
+            "the SQL for this sub-plan returns {width} columns, the plan has {}",
+            plan.schema().fields().len()
+        );
+    }
+    if has_derived_table(&statement) {
+        // The unparser qualifies columns outside a derived table with the names of the
+        // tables inside it, which does not resolve (or resolves to the wrong column).
+        return datafusion::common::plan_err!(
+            "the SQL for this sub-plan needs a derived table, which the unparser writes incorrectly"
+        );
+    }
+    Ok(statement.to_string())
+}
+
+/// Folds a projection under an aggregate into the aggregate's expressions, keeping the
+/// aggregate's output names: `SUM(x * (1 - y))` instead of `SUM(__common_expr_1)` over a
+/// derived table (DataFusion factors out common expressions that way, and the unparser
+/// writes such derived tables with unresolvable qualifiers).
+fn inline_aggregate_inputs(plan: LogicalPlan) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|node| {
+            let LogicalPlan::Aggregate(aggregate) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let LogicalPlan::Projection(projection) = aggregate.input.as_ref() else {
+                return Ok(Transformed::no(node));
+            };
+            if projection.expr.iter().any(|e| e.is_volatile())
+                || aggregate
+                    .group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
+            {
+                return Ok(Transformed::no(node));
+            }
+            let definitions: Vec<(Column, Expr)> = projection
+                .schema
+                .iter()
+                .zip(&projection.expr)
+                .map(|((qualifier, field), expr)| {
+                    (Column::from((qualifier, field)), unalias(expr).clone())
+                })
+                .collect();
+            let inline = |expr: &Expr| -> Result<Expr> {
+                Ok(expr
+                    .clone()
+                    .transform(|e| match &e {
+                        Expr::Column(c) => match definitions.iter().find(|(d, _)| d == c) {
+                            Some((_, definition)) => Ok(Transformed::yes(definition.clone())),
+                            None => Ok(Transformed::no(e)),
+                        },
+                        _ => Ok(Transformed::no(e)),
+                    })?
+                    .data)
+            };
+            let group = aggregate
+                .group_expr
+                .iter()
+                .map(inline)
+                .collect::<Result<Vec<_>>>()?;
+            let aggr = aggregate
+                .aggr_expr
+                .iter()
+                .map(inline)
+                .collect::<Result<Vec<_>>>()?;
+            let merged = Aggregate::try_new_with_schema(
+                Arc::clone(&projection.input),
+                group,
+                aggr,
+                Arc::clone(&aggregate.schema),
+            )?;
+            Ok(Transformed::yes(LogicalPlan::Aggregate(merged)))
+        })?
+        .data)
+}
+
+/// How many columns the outermost SELECT lists (`None` for a wildcard or a set operation).
+fn select_width(statement: &ast::Statement) -> Option<usize> {
+    let ast::Statement::Query(query) = statement else {
+        return None;
+    };
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let wildcard = select.projection.iter().any(|item| {
+        matches!(
+            item,
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..)
+        )
+    });
+    (!wildcard).then_some(select.projection.len())
+}
+
+/// Whether a query reads from a subquery in its FROM clause.
+fn has_derived_table(statement: &ast::Statement) -> bool {
+    fn in_set(set: &ast::SetExpr) -> bool {
+        match set {
+            ast::SetExpr::Select(select) => select.from.iter().any(|t| {
+                matches!(t.relation, ast::TableFactor::Derived { .. })
+                    || t.joins
+                        .iter()
+                        .any(|j| matches!(j.relation, ast::TableFactor::Derived { .. }))
+            }),
+            ast::SetExpr::Query(q) => in_set(&q.body),
+            ast::SetExpr::SetOperation { left, right, .. } => in_set(left) || in_set(right),
+            _ => false,
+        }
+    }
+    match statement {
+        ast::Statement::Query(q) => in_set(&q.body),
+        _ => true,
+    }
+}
+
+/// A scan of the remote table behind `scan`, under its remote name.
+fn remote_scan(
+    source: &dyn RemoteSource,
+    scan: &datafusion::logical_expr::TableScan,
+) -> Result<LogicalPlanBuilder> {
+    let provider = source_as_provider(&scan.source)?;
+    let Some(table) = remote_table(provider.as_ref()) else {
+        return datafusion::common::plan_err!(
+            "{} is not a table of {}",
+            scan.table_name,
+            source.name()
+        );
+    };
+    let filters = scan
+        .filters
+        .iter()
+        .map(|f| unqualify(f.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    LogicalPlanBuilder::scan_with_filters_fetch(
+        table.info().remote.clone(),
+        Arc::clone(&scan.source),
+        scan.projection.clone(),
+        filters,
+        scan.fetch,
+    )
+}
+
+/// Chooses which parts of a single-source plan run on the source.
+struct SubPlanRule {
+    planner: Arc<dyn FederationPlanner>,
+    source: Arc<dyn RemoteSource>,
+}
+
+impl std::fmt::Debug for SubPlanRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubPlanRule({})", self.source.name())
+    }
 }
 
 impl OptimizerRule for SubPlanRule {
@@ -195,15 +413,20 @@ impl SubPlanRule {
     /// Wraps the largest worthwhile pieces that can run on the source in a federated node.
     fn federate(&self, plan: LogicalPlan, analysis: &Analysis) -> Result<Transformed<LogicalPlan>> {
         if analysis.blocked.is_none() && analysis.worthwhile {
-            if let Err(e) = Unparser::new(self.source.dialect().as_ref()).plan_to_sql(&plan) {
+            let wrapped = project_aggregates(plan.clone())?;
+            if let Err(e) = remote_sql(self.source.as_ref(), &wrapped) {
                 tracing::debug!(source = self.source.name(), error = %e,
                     "a sub-plan could not be written as SQL; DataFusion runs it");
             } else {
-                let node = FederatedPlanNode::new(plan, Arc::clone(&self.planner) as _);
+                let node = FederatedPlanNode::new(wrapped, Arc::clone(&self.planner));
                 return Ok(Transformed::yes(LogicalPlan::Extension(Extension {
                     node: Arc::new(node),
                 })));
             }
+        }
+        if let (Some(reason), true) = (&analysis.blocked, analysis.worthwhile) {
+            tracing::debug!(source = self.source.name(), %reason,
+                node = %plan.display(), "sub-plan kept in DataFusion");
         }
         if analysis.children.is_empty() {
             return Ok(Transformed::no(plan));
@@ -361,6 +584,21 @@ impl SubPlanRule {
                     .into(),
             ));
         }
+        if matches!(
+            j.join_type,
+            JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::RightSemi
+                | JoinType::RightAnti
+                | JoinType::LeftMark
+                | JoinType::RightMark
+        ) {
+            // The unparser writes these as [NOT] EXISTS with qualifiers that do not
+            // resolve (or resolve to the wrong table in a self-join).
+            return Err(NotPushed::Unsupported(
+                "semi and anti joins (EXISTS, IN)".into(),
+            ));
+        }
         if j.null_equality == NullEquality::NullEqualsNull {
             return Err(NotPushed::Unsupported(
                 "joins where NULL equals NULL".into(),
@@ -492,6 +730,52 @@ impl SubPlanRule {
         }
         Ok(())
     }
+}
+
+/// Puts an explicit projection over every aggregate (or `HAVING` filter over an aggregate)
+/// that has none: the unparser writes an aggregate's own select list aggregates-first,
+/// while the plan (and the positional decoding of the result) has the grouping columns
+/// first.
+fn project_aggregates(plan: LogicalPlan) -> Result<LogicalPlan> {
+    fix_aggregates(plan, false)
+}
+
+fn fix_aggregates(plan: LogicalPlan, under_projection: bool) -> Result<LogicalPlan> {
+    let is_projection = matches!(plan, LogicalPlan::Projection(_));
+    let grouped = match &plan {
+        LogicalPlan::Aggregate(_) => true,
+        LogicalPlan::Filter(f) => matches!(f.input.as_ref(), LogicalPlan::Aggregate(_)),
+        _ => false,
+    };
+    // A HAVING filter and its aggregate form one SELECT: the projection goes above both.
+    let child_under_projection = is_projection || grouped;
+    let inputs = plan
+        .inputs()
+        .into_iter()
+        .map(|i| fix_aggregates(i.clone(), child_under_projection))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = if inputs.is_empty() {
+        plan
+    } else {
+        plan.with_new_exprs(plan.expressions(), inputs)?
+    };
+    if grouped && !under_projection {
+        explicit_projection(plan)
+    } else {
+        Ok(plan)
+    }
+}
+
+fn explicit_projection(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let columns = plan
+        .schema()
+        .iter()
+        .map(|(qualifier, field)| Expr::Column(Column::from((qualifier, field))))
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        columns,
+        Arc::new(plan),
+    )?))
 }
 
 /// Whether values of `data_type` with traits `t` group and compare for equality as in

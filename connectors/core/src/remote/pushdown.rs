@@ -35,7 +35,8 @@ pub struct PushdownRules {
     pub functions: &'static [&'static str],
     /// `LIKE` with `%`, `_` and backslash escapes, case-sensitively, as DataFusion does.
     pub like: bool,
-    /// Integer `/` and `%` truncate toward zero, as DataFusion's do.
+    /// Integer `/` truncates toward zero and fails on division by zero, as DataFusion's
+    /// does.
     pub integer_division: bool,
     /// `=` on strings compares bytes (deterministic collations); when false, string
     /// equality is not pushed.
@@ -90,7 +91,19 @@ impl Checker<'_> {
         match expr {
             Expr::Column(_) | Expr::Literal(..) => Ok(()),
             Expr::Alias(a) => self.check(&a.expr),
-            Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) | Expr::Negative(e) => {
+            Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) => self.check(e),
+            Expr::Negative(e) => {
+                match self.data_type(e) {
+                    Some(t) if is_decimal(&t) => {}
+                    Some(t) => {
+                        return Err(NotPushed::Semantics(format!(
+                            "negating {t} values (integer overflow wraps in DataFusion)"
+                        )));
+                    }
+                    None => {
+                        return Err(NotPushed::Unsupported("an operand of unknown type".into()));
+                    }
+                }
                 self.check(e)
             }
             Expr::IsTrue(e)
@@ -175,14 +188,15 @@ impl Checker<'_> {
                 self.comparable(&b.right, b.op)?;
             }
             Plus | Minus | Multiply => self.arithmetic(b)?,
-            Divide | Modulo => {
-                self.arithmetic(b)?;
+            // Division by zero and overflow fail in both engines; `%` differs at
+            // `MIN % -1` (an error in DataFusion).
+            Divide => {
                 let integral = self.data_type(&b.left).is_some_and(|t| t.is_integer())
                     && self.data_type(&b.right).is_some_and(|t| t.is_integer());
                 if !(integral && self.rules.integer_division) {
                     return Err(NotPushed::Semantics(format!(
-                        "`{}` rounds differently in {}",
-                        b.op, self.rules.dialect_name
+                        "`/` rounds differently in {}",
+                        self.rules.dialect_name
                     )));
                 }
             }
@@ -202,12 +216,13 @@ impl Checker<'_> {
         self.check(&b.right)
     }
 
-    /// Arithmetic is pushed on integers and decimals only: float results depend on the
-    /// order of operations and on how each engine converts.
+    /// Arithmetic is pushed on decimals (exact in both engines, overflow an error in
+    /// both) and dates and times; integer overflow wraps silently in DataFusion but fails
+    /// in the source, and float results depend on the order of operations.
     fn arithmetic(&self, b: &BinaryExpr) -> Result<(), NotPushed> {
         for side in [&b.left, &b.right] {
             match self.data_type(side) {
-                Some(t) if t.is_integer() || is_decimal(&t) => {}
+                Some(t) if is_decimal(&t) => {}
                 Some(t) if is_temporal(&t) && matches!(b.op, Operator::Plus | Operator::Minus) => {}
                 Some(t) => {
                     return Err(NotPushed::Semantics(format!("`{}` on {t} values", b.op)));
