@@ -217,7 +217,9 @@ async fn query(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let interactive = output.is_none() && std::io::stdout().is_terminal();
+    // Summaries go to stderr on a terminal, and always when rows are discarded.
+    let interactive =
+        format == OutputFormat::Null || (output.is_none() && std::io::stdout().is_terminal());
     for statement in statements {
         let started = Instant::now();
         let df = engine.plan(statement).await.map_err(|e| e.to_string())?;

@@ -22,6 +22,8 @@ pub enum OutputFormat {
     Ndjson,
     /// A Parquet file.
     Parquet,
+    /// Nothing: rows are read and discarded (to time a query).
+    Null,
 }
 
 impl OutputFormat {
@@ -97,6 +99,11 @@ pub async fn write_stream<W: Write + Send>(
             }
             writer.finish()?;
             writer.into_inner().flush()?;
+        }
+        OutputFormat::Null => {
+            while let Some(batch) = stream.next().await {
+                rows += batch?.num_rows();
+            }
         }
         OutputFormat::Parquet => {
             let mut writer = ArrowWriter::try_new(out, schema, None)?;

@@ -443,3 +443,45 @@ fn pg_engine_at(schema: &str, connection: &str) -> Engine {
     let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
 }
+
+#[tokio::test]
+async fn a_scan_stopped_early_cancels_its_query() {
+    let schema = Schema::create("cancel").await;
+    schema
+        .execute(
+            "CREATE TABLE big (id bigint, f float8);
+             INSERT INTO big SELECT i, i FROM generate_series(1, 300000) i;
+             ANALYZE big;",
+        )
+        .await;
+    let engine = pg_engine(
+        &schema.name,
+        true,
+        "    partitions: 1\n    batch_size: 1024\n",
+    );
+    // The float filter stays in DataFusion, so the limit cannot be pushed: DataFusion
+    // stops reading after the first match and drops the COPY stream mid-way.
+    let batches = run(&engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let client = schema.client();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY%{}%'",
+        schema.name
+    );
+    let mut active: i64 = 1;
+    for _ in 0..50 {
+        active = client.query_one(&sql, &[]).await.unwrap().get(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 0, "the abandoned COPY is still running");
+    // The engine keeps working (the interrupted connection was not pooled).
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
+        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
+    );
+}

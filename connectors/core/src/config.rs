@@ -99,6 +99,52 @@ impl<'de> Deserialize<'de> for OptionValue {
     }
 }
 
+/// Schemas (databases) to expose: `include` (all when empty) minus `exclude`. Sources hide
+/// their system schemas on top of this.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaFilter {
+    /// Only these schemas.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Not these schemas.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl SchemaFilter {
+    /// Whether the user's filter lets `schema` through.
+    pub fn allows(&self, schema: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|s| s == schema))
+            && !self.exclude.iter().any(|s| s == schema)
+    }
+}
+
+/// How many parallel partitions a large scan of a SQL source uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Partitions {
+    /// From the table's estimated size and DataFusion's target partitions.
+    #[default]
+    Auto,
+    /// At most this many.
+    Fixed(usize),
+}
+
+impl<'de> Deserialize<'de> for Partitions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let OptionValue(text) = OptionValue::deserialize(d)?;
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Partitions::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Partitions::Fixed(n)),
+            _ => Err(D::Error::custom(format!(
+                "expected `auto` or a number of partitions (1 or more), got `{text}`"
+            ))),
+        }
+    }
+}
+
 /// Lenient `deserialize_with` helpers.
 ///
 /// `${VAR}` interpolation always yields text, so numeric and duration fields accept both

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_core::Secret;
-use tributary_core::config::de;
+use tributary_core::config::{Partitions, SchemaFilter, de};
 
 /// `kind: postgres`: one catalog over a PostgreSQL database.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,55 +86,4 @@ pub enum SslMode {
     VerifyCa,
     /// TLS with a trusted certificate for the host name connected to.
     VerifyFull,
-}
-
-/// Schemas to expose: `include` (all when empty) minus `exclude`; `pg_catalog`,
-/// `information_schema` and `pg_toast` are never exposed.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchemaFilter {
-    /// Only these schemas.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Not these schemas.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-}
-
-impl SchemaFilter {
-    /// Whether `schema` is exposed.
-    pub fn allows(&self, schema: &str) -> bool {
-        let system = matches!(schema, "pg_catalog" | "information_schema" | "pg_toast")
-            || schema.starts_with("pg_temp_")
-            || schema.starts_with("pg_toast_temp_");
-        !system
-            && (self.include.is_empty() || self.include.iter().any(|s| s == schema))
-            && !self.exclude.iter().any(|s| s == schema)
-    }
-}
-
-/// How many parallel partitions a large scan uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Partitions {
-    /// From the table's estimated size and DataFusion's target partitions.
-    #[default]
-    Auto,
-    /// At most this many.
-    Fixed(usize),
-}
-
-impl<'de> Deserialize<'de> for Partitions {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let tributary_core::config::OptionValue(text) =
-            tributary_core::config::OptionValue::deserialize(d)?;
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(Partitions::Auto);
-        }
-        match text.parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(Partitions::Fixed(n)),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected `auto` or a number of partitions (1 or more), got `{text}`"
-            ))),
-        }
-    }
 }

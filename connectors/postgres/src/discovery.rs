@@ -165,6 +165,7 @@ pub async fn describe(
         columns.push(ColumnTraits {
             opaque: mapping.opaque || !deterministic,
             bytewise_order: bytewise,
+            collated: false,
         });
         fields.push(Field::new(&name, mapping.arrow, !not_null));
     }

@@ -10,5 +10,5 @@ mod reader;
 mod source;
 mod types;
 
-pub use config::{Partitions, PostgresConfig, SchemaFilter, SslMode};
+pub use config::{PostgresConfig, SslMode};
 pub use source::{PostgresSource, RULES};

@@ -13,7 +13,9 @@ use tributary_core::remote::{
 };
 use tributary_core::{Error, Health, Result, Source, SourceContext};
 
-use crate::config::{Partitions, PostgresConfig};
+use tributary_core::config::Partitions;
+
+use crate::config::PostgresConfig;
 use crate::connect::{Connector, describe_error};
 use crate::discovery;
 use crate::reader::{PgReader, Shared};
@@ -26,6 +28,9 @@ pub static RULES: PushdownRules = PushdownRules {
     like: true,
     integer_division: true,
     string_equality: true,
+    null_ordering: true,
+    decimal_avg: true,
+    cast_to: |_| true,
 };
 
 /// A PostgreSQL database as a catalog.
@@ -83,12 +88,12 @@ impl Source for PostgresSource {
         let all = discovery::schemas(&self.remote.shared.connector).await?;
         Ok(all
             .into_iter()
-            .filter(|s| self.config.schemas.allows(s))
+            .filter(|s| exposed(&self.config, s))
             .collect())
     }
 
     async fn table_names(&self, schema: &str) -> Result<Vec<String>> {
-        if !self.config.schemas.allows(schema) {
+        if !exposed(&self.config, schema) {
             return Ok(Vec::new());
         }
         let relations = discovery::relations(&self.remote.shared.connector, schema).await?;
@@ -96,7 +101,7 @@ impl Source for PostgresSource {
     }
 
     async fn table(&self, schema: &str, table: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if !self.config.schemas.allows(schema) {
+        if !exposed(&self.config, schema) {
             return Ok(None);
         }
         let info = discovery::describe(
@@ -226,6 +231,15 @@ impl RemoteSource for PgRemote {
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader> {
         Arc::new(PgReader::new(Arc::clone(&self.shared), parts))
     }
+}
+
+/// Whether `schema` is shown: the user's filter allows it and it is not one of
+/// PostgreSQL's own (`pg_catalog`, `information_schema`, `pg_toast`, temporary schemas).
+fn exposed(config: &PostgresConfig, schema: &str) -> bool {
+    let system = matches!(schema, "pg_catalog" | "information_schema" | "pg_toast")
+        || schema.starts_with("pg_temp_")
+        || schema.starts_with("pg_toast_temp_");
+    !system && config.schemas.allows(schema)
 }
 
 /// `ctid <op> '(block,0)'::tid`.

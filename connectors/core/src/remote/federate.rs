@@ -492,6 +492,9 @@ impl SubPlanRule {
                     bytewise_order: children
                         .iter()
                         .all(|c| c.traits.get(i).is_some_and(|t| t.bytewise_order)),
+                    collated: children
+                        .iter()
+                        .any(|c| c.traits.get(i).is_none_or(|t| t.collated)),
                 })
                 .collect(),
             _ => children
@@ -506,7 +509,8 @@ impl SubPlanRule {
             vec![
                 ColumnTraits {
                     opaque: true,
-                    bytewise_order: false
+                    bytewise_order: false,
+                    collated: true
                 };
                 width
             ]
@@ -687,7 +691,7 @@ impl SubPlanRule {
                         }
                     }
                     "sum" if numeric && !arg_traits.opaque => {}
-                    "avg" if is_decimal(&data_type) && !arg_traits.opaque => {}
+                    "avg" if is_decimal(&data_type) && rules.decimal_avg && !arg_traits.opaque => {}
                     "min" | "max" => {
                         let sort = SortExpr::new(arg.clone(), true, false);
                         self.orderable(&sort, schema, traits)?;
@@ -722,6 +726,16 @@ impl SubPlanRule {
             .get_type(schema)
             .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
         groupable(&data_type, t, &sort.expr.to_string())?;
+        if !rules.null_ordering
+            && sort.nulls_first != sort.asc
+            && sort.expr.nullable(schema).unwrap_or(true)
+        {
+            return Err(NotPushed::Semantics(format!(
+                "{} sorts NULLs as its lowest value and cannot write `NULLS {}`",
+                rules.dialect_name,
+                if sort.nulls_first { "FIRST" } else { "LAST" }
+            )));
+        }
         if is_string(&data_type) && !t.bytewise_order {
             return Err(NotPushed::Semantics(format!(
                 "ordering strings by `{}` follows the collation in {}, not byte order",
@@ -784,6 +798,11 @@ fn groupable(data_type: &DataType, t: ColumnTraits, what: &str) -> Result<(), No
     if t.opaque {
         return Err(NotPushed::Semantics(format!(
             "`{what}` holds values the source compares differently"
+        )));
+    }
+    if t.collated && is_string(data_type) {
+        return Err(NotPushed::Semantics(format!(
+            "`{what}` is compared under a collation that equates different strings"
         )));
     }
     if matches!(
@@ -858,6 +877,10 @@ fn expr_traits(expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]) -> Colum
                 .iter()
                 .any(|c| lookup(schema, traits, c).opaque),
             bytewise_order: false,
+            collated: other
+                .column_refs()
+                .iter()
+                .any(|c| lookup(schema, traits, c).collated),
         },
     }
 }
@@ -877,6 +900,7 @@ fn lookup(schema: &DFSchema, traits: &[ColumnTraits], column: &Column) -> Column
         .unwrap_or(ColumnTraits {
             opaque: true,
             bytewise_order: false,
+            collated: true,
         })
 }
 

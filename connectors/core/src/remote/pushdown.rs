@@ -23,6 +23,10 @@ pub struct ColumnTraits {
     /// String ordering (`<`, `>`, `MIN`, `ORDER BY`) follows byte order as in DataFusion
     /// (a binary or `C` collation).
     pub bytewise_order: bool,
+    /// String equality (`=`, grouping, joins, `LIKE`) follows a collation that equates
+    /// different strings (case- or accent-insensitive, or ignoring trailing spaces): none
+    /// of it is pushed.
+    pub collated: bool,
 }
 
 /// What a source evaluates with DataFusion's semantics, beyond plain comparisons of
@@ -41,6 +45,13 @@ pub struct PushdownRules {
     /// `=` on strings compares bytes (deterministic collations); when false, string
     /// equality is not pushed.
     pub string_equality: bool,
+    /// The dialect writes `NULLS FIRST` / `NULLS LAST`; when false, the source sorts NULLs
+    /// as its lowest value and only orders agreeing with that are pushed.
+    pub null_ordering: bool,
+    /// `AVG` of decimals has DataFusion's scale and truncation.
+    pub decimal_avg: bool,
+    /// Types the dialect can `CAST` to (the unparser writes types some servers lack).
+    pub cast_to: fn(&DataType) -> bool,
 }
 
 /// Why an expression is evaluated by DataFusion instead of the source.
@@ -257,7 +268,7 @@ impl Checker<'_> {
                     | Operator::IsDistinctFrom
                     | Operator::IsNotDistinctFrom
             );
-            if !ordering && !self.rules.string_equality {
+            if !ordering && (!self.rules.string_equality || self.is_collated(operand)) {
                 return Err(NotPushed::Semantics(format!(
                     "string equality follows the collation in {name}"
                 )));
@@ -290,7 +301,7 @@ impl Checker<'_> {
                     self.rules.dialect_name
                 )));
             }
-            if !self.rules.string_equality {
+            if !self.rules.string_equality || self.is_collated(side) {
                 return Err(NotPushed::Semantics("LIKE follows the collation".into()));
             }
         }
@@ -304,6 +315,12 @@ impl Checker<'_> {
         let Some(from) = self.data_type(expr) else {
             return Err(NotPushed::Unsupported("a cast from an unknown type".into()));
         };
+        if !(self.rules.cast_to)(to) {
+            return Err(NotPushed::Unsupported(format!(
+                "a cast to {to}, which {} has no type for",
+                self.rules.dialect_name
+            )));
+        }
         if from == *to || (is_string(&from) && is_string(to)) {
             return Ok(());
         }
@@ -341,6 +358,11 @@ impl Checker<'_> {
     /// anything computed from one.
     fn is_opaque(&self, expr: &Expr) -> bool {
         expr.column_refs().iter().any(|c| (self.traits)(c).opaque)
+    }
+
+    /// An expression over a column whose string equality follows a collation.
+    fn is_collated(&self, expr: &Expr) -> bool {
+        expr.column_refs().iter().any(|c| (self.traits)(c).collated)
     }
 
     /// Whether string ordering on `expr` is bytewise: literals are, columns when their
