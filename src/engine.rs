@@ -19,6 +19,7 @@ use object_store::memory::InMemory;
 use tributary_core::remote::RemoteScanExec;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
+use tributary_mysql::MysqlSource;
 use tributary_postgres::PostgresSource;
 use tributary_tpch::TpchSource;
 use url::Url;
@@ -216,6 +217,7 @@ fn build_source(
 ) -> tributary_core::Result<Arc<dyn Source>> {
     Ok(match &config.kind {
         SourceKind::Files(files) => Arc::new(FilesSource::new(context, files.clone())?),
+        SourceKind::Mysql(mysql) => Arc::new(MysqlSource::new(context, mysql.clone())?),
         SourceKind::Postgres(pg) => Arc::new(PostgresSource::new(context, pg.clone())?),
         SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(&config.key, tpch.clone())?),
     })

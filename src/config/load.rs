@@ -210,6 +210,7 @@ fn parse_source(i: usize, value: Value) -> Result<SourceConfig, KeyError> {
     let rest = Value::Mapping(map);
     let kind = match kind.as_str() {
         "files" => SourceKind::Files(deserialize(rest, &key)?),
+        "mysql" | "mariadb" => SourceKind::Mysql(deserialize(rest, &key)?),
         "postgres" | "postgresql" => SourceKind::Postgres(deserialize(rest, &key)?),
         "tpch" => SourceKind::Tpch(deserialize(rest, &key)?),
         other => {
@@ -376,7 +377,7 @@ materializations:
         let e = parse("sources:\n  - name: a\n    kind: oracle\n").unwrap_err();
         assert!(
             e.contains(
-                "sources[0].kind: unknown source kind `oracle`, expected one of: files, postgres, tpch"
+                "sources[0].kind: unknown source kind `oracle`, expected one of: files, mysql, postgres, tpch"
             ),
             "{e}"
         );

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tributary_core::config::{OptionValue, de};
 use tributary_files::FilesConfig;
+use tributary_mysql::MysqlConfig;
 use tributary_postgres::PostgresConfig;
 use tributary_tpch::TpchConfig;
 
@@ -101,6 +102,8 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// `kind: files`.
     Files(FilesConfig),
+    /// `kind: mysql` (MySQL and MariaDB).
+    Mysql(MysqlConfig),
     /// `kind: postgres`.
     Postgres(PostgresConfig),
     /// `kind: tpch`.
@@ -109,12 +112,13 @@ pub enum SourceKind {
 
 impl SourceKind {
     /// The kinds `kind:` accepts.
-    pub const NAMES: &'static [&'static str] = &["files", "postgres", "tpch"];
+    pub const NAMES: &'static [&'static str] = &["files", "mysql", "postgres", "tpch"];
 
     /// The `kind:` value.
     pub fn name(&self) -> &'static str {
         match self {
             SourceKind::Files(_) => "files",
+            SourceKind::Mysql(_) => "mysql",
             SourceKind::Postgres(_) => "postgres",
             SourceKind::Tpch(_) => "tpch",
         }

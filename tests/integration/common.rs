@@ -41,6 +41,27 @@ pub async fn error(engine: &Engine, sql: &str) -> String {
     }
 }
 
+/// Every value of row `row` of a result, formatted, with its column name and Arrow type.
+pub fn cells(batches: &[RecordBatch], row: usize) -> Vec<(String, String, String)> {
+    let batch = &batches[0];
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            let formatter =
+                arrow::util::display::ArrayFormatter::try_new(column.as_ref(), &options).unwrap();
+            (
+                field.name().clone(),
+                field.data_type().to_string(),
+                formatter.value(row).to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Rows that exercise what formats get wrong: NULLs, unicode, quotes, separators,
 /// decimals and time zones.
 pub fn people() -> RecordBatch {

@@ -2,11 +2,10 @@
 //! partitions, TLS, and failures that name the source without leaking the password.
 
 use arrow::array::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use tributary::{Config, Engine};
 use tributary_testkit::postgres::{Schema, url};
 
-use crate::common::{error, run, table};
+use crate::common::{cells, error, run, table};
 
 /// An engine with one `postgres` source, `pg`, limited to `schema`, which is also the
 /// default schema. `extra` adds settings to the source.
@@ -17,26 +16,6 @@ pub fn pg_engine(schema: &str, pushdown: bool, extra: &str) -> Engine {
     );
     let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Every value of a one-row result, formatted, with its Arrow type.
-fn cells(batches: &[RecordBatch], row: usize) -> Vec<(String, String, String)> {
-    let batch = &batches[0];
-    let options = FormatOptions::default().with_null("NULL");
-    batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .map(|(field, column)| {
-            let formatter = ArrayFormatter::try_new(column.as_ref(), &options).unwrap();
-            (
-                field.name().clone(),
-                field.data_type().to_string(),
-                formatter.value(row).to_string(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -130,6 +130,18 @@ pub enum Partitions {
     Fixed(usize),
 }
 
+impl Partitions {
+    /// How many parts to split a scan of a table of about `rows` rows into: the fixed
+    /// number, or under `auto` `max_parts` once the table reaches `threshold` rows.
+    pub fn wanted(self, rows: Option<usize>, threshold: u64, max_parts: usize) -> usize {
+        match self {
+            Partitions::Fixed(n) => n,
+            Partitions::Auto if rows.is_some_and(|r| r as u64 >= threshold) => max_parts,
+            Partitions::Auto => 1,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Partitions {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let OptionValue(text) = OptionValue::deserialize(d)?;

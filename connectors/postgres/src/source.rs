@@ -28,6 +28,7 @@ pub static RULES: PushdownRules = PushdownRules {
     like: true,
     integer_division: true,
     string_equality: true,
+    computed_strings_exact: true,
     null_ordering: true,
     decimal_avg: true,
     cast_to: |_| true,
@@ -173,13 +174,9 @@ impl RemoteSource for PgRemote {
     ) -> DfResult<Vec<Option<ast::Expr>>> {
         // One connection holds the shared snapshot while the parts run.
         let ceiling = self.shared.connector.max_connections().saturating_sub(1);
-        let wanted = match self.partitions {
-            Partitions::Fixed(n) => n,
-            Partitions::Auto => {
-                let large = table.rows.is_some_and(|r| r as u64 >= self.partition_rows);
-                if large { max_parts } else { 1 }
-            }
-        };
+        let wanted = self
+            .partitions
+            .wanted(table.rows, self.partition_rows, max_parts);
         let parts = wanted.min(ceiling).max(1);
         if parts == 1 || table.kind != TableKind::Table {
             return Ok(vec![None]);

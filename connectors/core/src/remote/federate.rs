@@ -33,7 +33,7 @@ use datafusion_federation::{
     FederationProvider,
 };
 
-use super::pushdown::{ColumnTraits, NotPushed, check_expr};
+use super::pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
 use super::sql::unqualify;
 use super::{RemoteScanExec, RemoteSource, RemoteTable};
 
@@ -456,7 +456,7 @@ impl SubPlanRule {
         let of_exprs = |exprs: &[Expr], input: &LogicalPlan, traits: &[ColumnTraits]| {
             exprs
                 .iter()
-                .map(|e| expr_traits(e, input.schema(), traits))
+                .map(|e| expr_traits(e, input.schema(), traits, self.source.rules()))
                 .collect::<Vec<_>>()
         };
         let traits = match plan {
@@ -535,7 +535,7 @@ impl SubPlanRule {
             LogicalPlan::Projection(p) => {
                 for e in &p.expr {
                     checker(e, p.input.schema(), &children[0].traits)?;
-                    no_opaque_cast(e, p.input.schema(), &children[0].traits)?;
+                    no_opaque_cast(e, p.input.schema(), &children[0].traits, rules)?;
                 }
                 Ok(())
             }
@@ -634,7 +634,7 @@ impl SubPlanRule {
                 (r, right, &children[1].traits),
             ] {
                 check_expr(e, schema, rules, &|c: &Column| lookup(schema, traits, c))?;
-                let t = expr_traits(e, schema, traits);
+                let t = expr_traits(e, schema, traits, rules);
                 let data_type = e
                     .get_type(schema)
                     .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
@@ -664,7 +664,11 @@ impl SubPlanRule {
             let data_type = g
                 .get_type(schema)
                 .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
-            groupable(&data_type, expr_traits(g, schema, traits), &g.to_string())?;
+            groupable(
+                &data_type,
+                expr_traits(g, schema, traits, rules),
+                &g.to_string(),
+            )?;
         }
         for expr in &a.aggr_expr {
             let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
@@ -678,11 +682,10 @@ impl SubPlanRule {
             }
             for arg in &params.args {
                 check(arg)?;
-                let arg_traits = expr_traits(arg, schema, traits);
+                let arg_traits = expr_traits(arg, schema, traits, rules);
                 let data_type = arg
                     .get_type(schema)
                     .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
-                let numeric = data_type.is_integer() || is_decimal(&data_type);
                 let name = func.name();
                 match name {
                     "count" => {
@@ -690,10 +693,12 @@ impl SubPlanRule {
                             groupable(&data_type, arg_traits, &arg.to_string())?;
                         }
                     }
-                    "sum" if numeric && !arg_traits.opaque => {}
+                    // Integer sums wrap on overflow in DataFusion.
+                    "sum" if is_decimal(&data_type) && !arg_traits.opaque => {}
                     "avg" if is_decimal(&data_type) && rules.decimal_avg && !arg_traits.opaque => {}
                     "min" | "max" => {
-                        let sort = SortExpr::new(arg.clone(), true, false);
+                        // Where NULLs sort does not matter to min and max.
+                        let sort = SortExpr::new(arg.clone(), true, !rules.null_ordering);
                         self.orderable(&sort, schema, traits)?;
                     }
                     _ => {
@@ -720,7 +725,7 @@ impl SubPlanRule {
         check_expr(&sort.expr, schema, rules, &|c: &Column| {
             lookup(schema, traits, c)
         })?;
-        let t = expr_traits(&sort.expr, schema, traits);
+        let t = expr_traits(&sort.expr, schema, traits, rules);
         let data_type = sort
             .expr
             .get_type(schema)
@@ -822,11 +827,12 @@ fn no_opaque_cast(
     expr: &Expr,
     schema: &DFSchema,
     traits: &[ColumnTraits],
+    rules: &PushdownRules,
 ) -> Result<(), NotPushed> {
     let mut found = None;
     let _ = expr.apply(|e| {
         if let Expr::Cast(c) = e
-            && expr_traits(&c.expr, schema, traits).opaque
+            && expr_traits(&c.expr, schema, traits, rules).opaque
         {
             found = Some(e.to_string());
             return Ok(TreeNodeRecursion::Stop);
@@ -863,13 +869,21 @@ fn filtered_scan(plan: &LogicalPlan) -> bool {
 
 /// The traits of an expression's value: a column's own (through casts and aliases), else
 /// opaque if any column it reads is.
-fn expr_traits(expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]) -> ColumnTraits {
+/// The traits of an expression's values: a column's own, `min`/`max` keep their
+/// argument's, anything computed is opaque or collated if a column it reads is (or, where
+/// computed strings follow the connection's collation, always collated).
+fn expr_traits(
+    expr: &Expr,
+    schema: &DFSchema,
+    traits: &[ColumnTraits],
+    rules: &PushdownRules,
+) -> ColumnTraits {
     match unalias(expr) {
         Expr::Column(c) => lookup(schema, traits, c),
         Expr::AggregateFunction(AggregateFunction { func, params })
             if matches!(func.name(), "min" | "max") && params.args.len() == 1 =>
         {
-            expr_traits(&params.args[0], schema, traits)
+            expr_traits(&params.args[0], schema, traits, rules)
         }
         other => ColumnTraits {
             opaque: other
@@ -877,10 +891,11 @@ fn expr_traits(expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]) -> Colum
                 .iter()
                 .any(|c| lookup(schema, traits, c).opaque),
             bytewise_order: false,
-            collated: other
-                .column_refs()
-                .iter()
-                .any(|c| lookup(schema, traits, c).collated),
+            collated: !rules.computed_strings_exact
+                || other
+                    .column_refs()
+                    .iter()
+                    .any(|c| lookup(schema, traits, c).collated),
         },
     }
 }

@@ -45,6 +45,10 @@ pub struct PushdownRules {
     /// `=` on strings compares bytes (deterministic collations); when false, string
     /// equality is not pushed.
     pub string_equality: bool,
+    /// Strings that are not a column's (literals, `CASE`, concatenations) compare bytewise;
+    /// when false they follow a connection collation, and string comparisons are pushed
+    /// only between a column with a bytewise collation and literals.
+    pub computed_strings_exact: bool,
     /// The dialect writes `NULLS FIRST` / `NULLS LAST`; when false, the source sorts NULLs
     /// as its lowest value and only orders agreeing with that are pushed.
     pub null_ordering: bool,
@@ -130,6 +134,7 @@ impl Checker<'_> {
                 self.comparable(expr, Operator::Lt)?;
                 self.comparable(low, Operator::Lt)?;
                 self.comparable(high, Operator::Lt)?;
+                self.string_operands(&[expr, low, high])?;
                 self.check(expr)?;
                 self.check(low)?;
                 self.check(high)
@@ -141,6 +146,9 @@ impl Checker<'_> {
                     self.comparable(item, Operator::Eq)?;
                     self.check(item)?;
                 }
+                let mut operands: Vec<&Expr> = vec![expr];
+                operands.extend(list.iter());
+                self.string_operands(&operands)?;
                 Ok(())
             }
             Expr::Like(like) => self.like(like),
@@ -153,6 +161,9 @@ impl Checker<'_> {
             Expr::Case(case) => {
                 if let Some(e) = &case.expr {
                     self.comparable(e, Operator::Eq)?;
+                    let mut operands: Vec<&Expr> = vec![e];
+                    operands.extend(case.when_then_expr.iter().map(|(when, _)| when.as_ref()));
+                    self.string_operands(&operands)?;
                     self.check(e)?;
                 }
                 for (when, then) in &case.when_then_expr {
@@ -197,6 +208,7 @@ impl Checker<'_> {
             Eq | NotEq | Lt | LtEq | Gt | GtEq | IsDistinctFrom | IsNotDistinctFrom => {
                 self.comparable(&b.left, b.op)?;
                 self.comparable(&b.right, b.op)?;
+                self.string_operands(&[&b.left, &b.right])?;
             }
             Plus | Minus | Multiply => self.arithmetic(b)?,
             // Division by zero and overflow fail in both engines; `%` differs at
@@ -231,10 +243,18 @@ impl Checker<'_> {
     /// both) and dates and times; integer overflow wraps silently in DataFusion but fails
     /// in the source, and float results depend on the order of operations.
     fn arithmetic(&self, b: &BinaryExpr) -> Result<(), NotPushed> {
+        // A date or time moved by an interval; differences of two instants have
+        // engine-specific types (days, intervals, digits).
+        let shifted = [&b.left, &b.right]
+            .iter()
+            .any(|e| matches!(self.data_type(e), Some(DataType::Interval(_))));
         for side in [&b.left, &b.right] {
             match self.data_type(side) {
                 Some(t) if is_decimal(&t) => {}
-                Some(t) if is_temporal(&t) && matches!(b.op, Operator::Plus | Operator::Minus) => {}
+                Some(t)
+                    if is_temporal(&t)
+                        && shifted
+                        && matches!(b.op, Operator::Plus | Operator::Minus) => {}
                 Some(t) => {
                     return Err(NotPushed::Semantics(format!("`{}` on {t} values", b.op)));
                 }
@@ -360,6 +380,40 @@ impl Checker<'_> {
         expr.column_refs().iter().any(|c| (self.traits)(c).opaque)
     }
 
+    /// Where computed strings follow a connection collation, a string comparison is exact
+    /// only between plain columns of bytewise collations and literals (a column's
+    /// collation wins over a literal's).
+    fn string_operands(&self, operands: &[&Expr]) -> Result<(), NotPushed> {
+        if self.rules.computed_strings_exact
+            || !operands
+                .iter()
+                .any(|e| self.data_type(e).is_some_and(|t| is_string(&t)))
+        {
+            return Ok(());
+        }
+        let mut column = false;
+        for operand in operands {
+            match strip(operand) {
+                Expr::Literal(..) => {}
+                Expr::Column(c) if !(self.traits)(c).collated => column = true,
+                _ => {
+                    return Err(NotPushed::Semantics(format!(
+                        "computed strings compare under the connection's collation in {}",
+                        self.rules.dialect_name
+                    )));
+                }
+            }
+        }
+        if column {
+            Ok(())
+        } else {
+            Err(NotPushed::Semantics(format!(
+                "strings without a column compare under the connection's collation in {}",
+                self.rules.dialect_name
+            )))
+        }
+    }
+
     /// An expression over a column whose string equality follows a collation.
     fn is_collated(&self, expr: &Expr) -> bool {
         expr.column_refs().iter().any(|c| (self.traits)(c).collated)
@@ -377,6 +431,15 @@ impl Checker<'_> {
             }
             _ => false,
         }
+    }
+}
+
+/// `expr` without aliases and casts between string types.
+fn strip(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(a) => strip(&a.expr),
+        Expr::Cast(Cast { expr: inner, field }) if is_string(field.data_type()) => strip(inner),
+        other => other,
     }
 }
 

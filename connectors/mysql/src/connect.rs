@@ -1,0 +1,325 @@
+//! Connecting: settings from the config, TLS with rustls, the pool, and the session every
+//! connection is set up with.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+use tributary_core::{Error, Result};
+
+use crate::config::{MysqlConfig, SslMode};
+
+/// Which server family is on the other end; decides the few session settings that are
+/// spelled differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// MySQL.
+    Mysql,
+    /// MariaDB.
+    Mariadb,
+}
+
+/// A pool of connections to one MySQL or MariaDB server.
+#[derive(Clone)]
+pub struct Connector {
+    pool: Pool,
+    /// For `ssl-mode: preferred`: the plain-text pool used once the server turns out not
+    /// to offer TLS.
+    plain: Option<(Pool, Arc<AtomicBool>)>,
+    /// `user@host:port`, for messages; never the password.
+    target: String,
+    connect_timeout: Duration,
+    max_connections: usize,
+    /// The flavor, learned on the first connection (0 = not yet known).
+    flavor: Arc<AtomicU8>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Connector({})", self.target)
+    }
+}
+
+/// What every connection runs first, so the server's answers mean what the pushdown rules
+/// and the decoder assume: UTF-8 results, timestamps in UTC, `'…'` literals without
+/// backslash escapes (as the unparser writes them) and `||` as concatenation.
+const SESSION: &str = "SET NAMES utf8mb4, time_zone = '+00:00', \
+    sql_mode = CONCAT_WS(',', @@sql_mode, 'NO_BACKSLASH_ESCAPES', 'PIPES_AS_CONCAT')";
+
+impl Connector {
+    /// Builds the pool from the config (`key` is the source's config path). Nothing is
+    /// connected until a connection is asked for.
+    pub fn new(config: &MysqlConfig, key: &str, config_dir: &Path) -> Result<Self> {
+        let settings = Settings::from_config(config, key)?;
+        let target = format!("{}@{}:{}", settings.user, settings.host, settings.port);
+        let max = config.pool_size.max(1);
+        let constraints = PoolConstraints::new(0, max)
+            .ok_or_else(|| Error::config(format!("{key}.pool_size"), "expected 1 or more"))?;
+        let ssl = ssl_opts(
+            settings.ssl_mode,
+            config
+                .ssl_ca
+                .as_ref()
+                .map(|p| config_dir.join(p))
+                .as_deref(),
+        );
+        let flavor = Arc::new(AtomicU8::new(0));
+        let timeout = config.statement_timeout;
+        let seen = Arc::clone(&flavor);
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(settings.host.clone())
+            .tcp_port(settings.port)
+            .user(Some(settings.user.clone()))
+            .pass(settings.password.clone())
+            .db_name(settings.database.clone())
+            .ssl_opts(ssl)
+            .tcp_nodelay(true)
+            .stmt_cache_size(0)
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    // Sessions are never changed after setup; resetting would undo it.
+                    .with_reset_connection(false),
+            )
+            .after_connect(move |conn: &mut Conn| {
+                let seen = Arc::clone(&seen);
+                Box::pin(async move {
+                    let version: Option<String> = conn.query_first("SELECT VERSION()").await?;
+                    let mariadb = version.is_some_and(|v| v.contains("MariaDB"));
+                    seen.store(if mariadb { 2 } else { 1 }, Ordering::Relaxed);
+                    conn.query_drop(SESSION).await?;
+                    if let Some(t) = timeout {
+                        let set = if mariadb {
+                            format!("SET max_statement_time = {}", t.as_secs_f64())
+                        } else {
+                            format!("SET max_execution_time = {}", t.as_millis().max(1))
+                        };
+                        conn.query_drop(set).await?;
+                    }
+                    Ok(())
+                })
+            });
+        let plain = (settings.ssl_mode == SslMode::Preferred).then(|| {
+            (
+                Pool::new(opts.clone().ssl_opts(None::<SslOpts>)),
+                Arc::new(AtomicBool::new(false)),
+            )
+        });
+        Ok(Connector {
+            pool: Pool::new(opts),
+            plain,
+            target,
+            connect_timeout: config.connect_timeout,
+            max_connections: max,
+            flavor,
+        })
+    }
+
+    /// A connection from the pool, opening one if needed.
+    pub async fn get(&self) -> Result<Conn> {
+        let pool = match &self.plain {
+            Some((plain, chosen)) if chosen.load(Ordering::Relaxed) => plain,
+            _ => &self.pool,
+        };
+        match tokio::time::timeout(self.connect_timeout, pool.get_conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(mysql_async::Error::Driver(
+                mysql_async::DriverError::NoClientSslFlagFromServer,
+            ))) if self.plain.is_some() => {
+                if let Some((_, chosen)) = &self.plain {
+                    chosen.store(true, Ordering::Relaxed);
+                }
+                Box::pin(self.get()).await
+            }
+            Ok(Err(e)) => Err(Error::Unavailable(format!(
+                "cannot connect to {}: {}",
+                self.target,
+                describe_error(&e)
+            ))),
+            Err(_) => Err(Error::Unavailable(format!(
+                "cannot connect to {}: connecting timed out after {}",
+                self.target,
+                humanize(self.connect_timeout)
+            ))),
+        }
+    }
+
+    /// Asks the server to stop what connection `id` is running. Best effort: the query may
+    /// already have finished.
+    pub async fn kill_query(&self, id: u32) {
+        let result = match self.get().await {
+            Ok(mut conn) => conn
+                .query_drop(format!("KILL QUERY {id}"))
+                .await
+                .map_err(|e| describe_error(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "stopping a MySQL query failed");
+        }
+    }
+
+    /// The server family, once a connection has been made.
+    pub fn flavor(&self) -> Option<Flavor> {
+        match self.flavor.load(Ordering::Relaxed) {
+            1 => Some(Flavor::Mysql),
+            2 => Some(Flavor::Mariadb),
+            _ => None,
+        }
+    }
+
+    /// The most connections the pool opens.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// `user@host:port`.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// The text of a MySQL error: the server's code and message, or the client library's
+/// message (which never carries the password).
+pub fn describe_error(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("{} (error {})", s.message, s.code),
+        other => other.to_string(),
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    format!("{:?}", d)
+}
+
+/// Connection settings after merging the URL with the separate fields.
+struct Settings {
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    database: Option<String>,
+    ssl_mode: SslMode,
+}
+
+impl Settings {
+    fn from_config(config: &MysqlConfig, key: &str) -> Result<Settings> {
+        let url_key = || format!("{key}.url");
+        let mut s = Settings {
+            host: String::new(),
+            port: 3306,
+            user: String::new(),
+            password: None,
+            database: None,
+            ssl_mode: SslMode::Preferred,
+        };
+        if let Some(url) = &config.url {
+            // The parse error text never includes the URL (and so the password).
+            let parsed = url::Url::parse(url.expose())
+                .map_err(|e| Error::config(url_key(), format!("not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "mysql" | "mariadb") {
+                return Err(Error::config(
+                    url_key(),
+                    format!("expected a mysql:// URL, got scheme `{}`", parsed.scheme()),
+                ));
+            }
+            s.host = parsed.host_str().unwrap_or_default().to_string();
+            s.port = parsed.port().unwrap_or(3306);
+            s.user = decode(parsed.username());
+            s.password = parsed.password().map(decode);
+            let path = parsed.path().trim_start_matches('/');
+            s.database = (!path.is_empty()).then(|| decode(path));
+            for (name, value) in parsed.query_pairs() {
+                match name.as_ref() {
+                    "ssl-mode" | "ssl_mode" | "sslmode" => {
+                        s.ssl_mode = parse_ssl_mode(&value).ok_or_else(|| {
+                            Error::config(
+                                url_key(),
+                                format!(
+                                    "unknown ssl-mode `{value}` (expected disabled, preferred, required, verify-ca or verify-identity)"
+                                ),
+                            )
+                        })?;
+                    }
+                    other => {
+                        return Err(Error::config(
+                            url_key(),
+                            format!(
+                                "unknown URL parameter `{other}` (only `ssl-mode` is read; use the source's keys)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(host) = &config.host {
+            s.host = host.clone();
+        }
+        if let Some(port) = config.port {
+            s.port = port;
+        }
+        if let Some(user) = &config.user {
+            s.user = user.clone();
+        }
+        if let Some(password) = &config.password {
+            s.password = Some(password.expose().to_string());
+        }
+        if let Some(database) = &config.database {
+            s.database = Some(database.clone());
+        }
+        if let Some(mode) = config.ssl_mode {
+            s.ssl_mode = mode;
+        }
+        if s.host.is_empty() {
+            return Err(Error::config(key, "give `host` or `url`"));
+        }
+        if s.user.is_empty() {
+            return Err(Error::config(key, "give `user` (or a user in `url`)"));
+        }
+        Ok(s)
+    }
+}
+
+fn decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| text.to_string())
+}
+
+fn parse_ssl_mode(text: &str) -> Option<SslMode> {
+    Some(match text.to_ascii_lowercase().replace('_', "-").as_str() {
+        "disabled" | "disable" => SslMode::Disabled,
+        "preferred" | "prefer" => SslMode::Preferred,
+        "required" | "require" => SslMode::Required,
+        "verify-ca" => SslMode::VerifyCa,
+        "verify-identity" | "verify-full" => SslMode::VerifyIdentity,
+        _ => return None,
+    })
+}
+
+/// TLS options for `mode`; `preferred` asks for TLS without checking the certificate and
+/// falls back to plain text when the server offers no TLS.
+fn ssl_opts(mode: SslMode, ca: Option<&Path>) -> Option<SslOpts> {
+    let base = || {
+        let opts = SslOpts::default();
+        match ca {
+            Some(path) => opts.with_root_certs(vec![path.to_path_buf().into()]),
+            None => opts,
+        }
+    };
+    match mode {
+        SslMode::Disabled => None,
+        SslMode::Preferred | SslMode::Required => Some(
+            base()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+        ),
+        SslMode::VerifyCa => Some(base().with_danger_skip_domain_validation(true)),
+        SslMode::VerifyIdentity => Some(base()),
+    }
+}

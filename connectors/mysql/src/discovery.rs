@@ -1,0 +1,169 @@
+//! Reading the server's catalog (`information_schema`): databases, tables, columns, keys
+//! and size estimates.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema};
+use mysql_async::prelude::Queryable;
+use tributary_core::remote::{RemoteTableInfo, TableKind, remote_name};
+use tributary_core::{Error, Result};
+
+use crate::connect::{Connector, Flavor, describe_error};
+use crate::types::{ColumnInfo, map_column};
+
+/// The server's own databases, never exposed.
+pub const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "mysql", "performance_schema", "sys"];
+
+/// Names of the databases the user can see.
+pub async fn schemas(connector: &Connector) -> Result<Vec<String>> {
+    let mut conn = connector.get().await?;
+    conn.query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA ORDER BY 1")
+        .await
+        .map_err(|e| query_failed("listing databases", &e))
+}
+
+/// Tables and views of `schema`.
+pub async fn relations(connector: &Connector, schema: &str) -> Result<Vec<String>> {
+    let mut conn = connector.get().await?;
+    conn.exec(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY 1",
+        (schema,),
+    )
+    .await
+    .map_err(|e| query_failed("listing tables", &e))
+}
+
+type ColumnRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Everything the shared scan needs to know about `schema.table`, or `None` if there is
+/// no such table or view.
+pub async fn describe(
+    connector: &Connector,
+    source: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Option<RemoteTableInfo>> {
+    let mut conn = connector.get().await?;
+    if connector.flavor() == Some(Flavor::Mysql) {
+        // MySQL 8 caches table statistics for a day by default; ask for current ones.
+        conn.query_drop("SET SESSION information_schema_stats_expiry = 0")
+            .await
+            .map_err(|e| query_failed("reading table statistics", &e))?;
+    }
+    let Some((table_type, rows, bytes)) = conn
+        .exec_first::<(String, Option<u64>, Option<u64>), _, _>(
+            "SELECT TABLE_TYPE, TABLE_ROWS, DATA_LENGTH FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (schema, table),
+        )
+        .await
+        .map_err(|e| query_failed("reading the table's definition", &e))?
+    else {
+        return Ok(None);
+    };
+    let columns: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE, \
+               NUMERIC_PRECISION, NUMERIC_SCALE, CHARACTER_SET_NAME, COLLATION_NAME \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY ORDINAL_POSITION",
+            (schema, table),
+        )
+        .await
+        .map_err(|e| query_failed("reading the table's columns", &e))?;
+    let key: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
+             ORDER BY SEQ_IN_INDEX",
+            (schema, table),
+        )
+        .await
+        .map_err(|e| query_failed("reading the primary key", &e))?;
+
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut traits = Vec::with_capacity(columns.len());
+    for (name, data_type, column_type, nullable, precision, scale, charset, collation) in columns {
+        let mapping = map_column(&ColumnInfo {
+            data_type,
+            column_type,
+            precision,
+            scale,
+            charset,
+            collation,
+        });
+        if mapping.unknown {
+            tracing::warn!(
+                source, table = %format!("{schema}.{table}"), column = %name,
+                "no Arrow mapping for this MySQL type; reading it as text"
+            );
+        }
+        traits.push(mapping.traits);
+        fields.push(Field::new(&name, mapping.arrow, nullable == "YES"));
+    }
+    let primary_key = key
+        .iter()
+        .filter_map(|k| fields.iter().position(|f| f.name() == k))
+        .collect();
+    let kind = if table_type.contains("VIEW") {
+        TableKind::View
+    } else {
+        TableKind::Table
+    };
+    Ok(Some(RemoteTableInfo {
+        source: source.to_string(),
+        remote: remote_name(schema, table),
+        schema: Arc::new(Schema::new(fields)),
+        columns: traits,
+        primary_key,
+        // InnoDB's estimate; 0 usually means "not measured yet" rather than empty.
+        rows: rows.filter(|r| *r > 0).map(|r| r as usize),
+        bytes: bytes.filter(|b| *b > 0).map(|b| b as usize),
+        kind,
+    }))
+}
+
+/// The smallest and largest value of an integer column, for splitting a scan into ranges.
+pub async fn key_range(
+    connector: &Connector,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> Result<Option<(i128, i128)>> {
+    let mut conn = connector.get().await?;
+    let sql = format!(
+        "SELECT CAST(MIN({c}) AS CHAR), CAST(MAX({c}) AS CHAR) FROM {}.{}",
+        quote_ident(schema),
+        quote_ident(table),
+        c = quote_ident(column),
+    );
+    let row: Option<(Option<String>, Option<String>)> = conn
+        .query_first(sql)
+        .await
+        .map_err(|e| query_failed("measuring the key range", &e))?;
+    Ok(match row {
+        Some((Some(min), Some(max))) => match (min.parse(), max.parse()) {
+            (Ok(min), Ok(max)) => Some((min, max)),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// `` `name` ``, with embedded backticks doubled, as MySQL quotes identifiers.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn query_failed(what: &str, e: &mysql_async::Error) -> Error {
+    Error::Unavailable(format!("{what} failed: {}", describe_error(e)))
+}

@@ -1,0 +1,180 @@
+//! Running a query over the text protocol and streaming its rows as Arrow batches.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, TryStreamExt};
+use mysql_async::consts::ColumnType;
+use mysql_async::prelude::Query;
+use mysql_async::{QueryResult, TextProtocol, Value};
+use tributary_core::Error;
+use tributary_core::remote::RemoteReader;
+
+use crate::connect::{Connector, describe_error};
+use crate::decode::BatchDecoder;
+
+/// What every reader of one source shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The source name, for errors.
+    pub name: String,
+    /// The connection pool.
+    pub connector: Connector,
+    /// Rows per batch, overriding DataFusion's batch size.
+    pub batch_size: Option<usize>,
+}
+
+impl Shared {
+    /// A failure of this source, in DataFusion's terms.
+    pub fn fail(&self, what: &str, e: &mysql_async::Error) -> DataFusionError {
+        Error::Unavailable(format!("{what}: {}", describe_error(e))).in_source(&self.name)
+    }
+
+    fn decode_failed(&self, e: impl std::fmt::Display) -> DataFusionError {
+        Error::Unavailable(format!("reading rows failed: {e}")).in_source(&self.name)
+    }
+}
+
+/// Runs the parts of one scan, each on its own connection.
+#[derive(Debug)]
+pub struct MysqlReader {
+    shared: Arc<Shared>,
+}
+
+impl MysqlReader {
+    /// A reader over `shared`'s pool.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        MysqlReader { shared }
+    }
+}
+
+impl RemoteReader for MysqlReader {
+    fn read(
+        &self,
+        _part: usize,
+        sql: String,
+        schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<SendableRecordBatchStream> {
+        let shared = Arc::clone(&self.shared);
+        let batch_size = shared.batch_size.unwrap_or(batch_size).max(1);
+        let stream_schema = Arc::clone(&schema);
+        let opening = async move { open(shared, sql, schema, batch_size).await };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            stream_schema,
+            futures::stream::once(opening).try_flatten(),
+        )))
+    }
+}
+
+async fn open(
+    shared: Arc<Shared>,
+    sql: String,
+    schema: SchemaRef,
+    batch_size: usize,
+) -> Result<impl Stream<Item = Result<RecordBatch>>> {
+    let conn = shared
+        .connector
+        .get()
+        .await
+        .map_err(|e| e.in_source(&shared.name))?;
+    let id = conn.id();
+    let result = sql
+        .run(conn)
+        .await
+        .map_err(|e| shared.fail("the query failed", &e))?;
+    let columns = result.columns_ref();
+    if columns.len() != schema.fields().len() {
+        return Err(shared.decode_failed(format!(
+            "the query returned {} columns where {} were expected",
+            columns.len(),
+            schema.fields().len()
+        )));
+    }
+    let bits: Vec<bool> = columns
+        .iter()
+        .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_BIT)
+        .collect();
+    let decoder =
+        BatchDecoder::new(schema, &bits, batch_size).map_err(|e| shared.decode_failed(e))?;
+    let state = Reading {
+        shared,
+        result: Some(result),
+        decoder,
+        batch_size,
+        id,
+    };
+    Ok(futures::stream::try_unfold(state, next_batch))
+}
+
+/// A query in progress. Dropped before its end (a `LIMIT` satisfied, a query cancelled),
+/// it stops the server's work before its connection goes back to the pool.
+struct Reading {
+    shared: Arc<Shared>,
+    /// `None` once every row has been read.
+    result: Option<QueryResult<'static, 'static, TextProtocol>>,
+    decoder: BatchDecoder,
+    batch_size: usize,
+    /// The server's id of the connection, to stop its query.
+    id: u32,
+}
+
+async fn next_batch(mut s: Reading) -> Result<Option<(RecordBatch, Reading)>> {
+    let Some(result) = s.result.as_mut() else {
+        return Ok(None);
+    };
+    loop {
+        match result.next().await {
+            Ok(Some(row)) => {
+                s.decoder
+                    .append(|i| match row.as_ref(i) {
+                        Some(Value::Bytes(bytes)) => Some(bytes.as_slice()),
+                        _ => None,
+                    })
+                    .map_err(|e| s.shared.decode_failed(e))?;
+                if s.decoder.len() >= s.batch_size {
+                    let batch = s.decoder.flush().map_err(|e| s.shared.decode_failed(e))?;
+                    return Ok(Some((batch, s)));
+                }
+            }
+            Ok(None) => {
+                s.result = None;
+                for (column, count) in s.decoder.zeros() {
+                    tracing::warn!(source = %s.shared.name, column, count,
+                        "zero dates (0000-00-00) read as NULL");
+                }
+                if s.decoder.is_empty() {
+                    return Ok(None);
+                }
+                let batch = s.decoder.flush().map_err(|e| s.shared.decode_failed(e))?;
+                return Ok(Some((batch, s)));
+            }
+            Err(e) => {
+                s.result = None;
+                return Err(s.shared.fail("reading rows failed", &e));
+            }
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        let Some(result) = self.result.take() else {
+            return;
+        };
+        let connector = self.shared.connector.clone();
+        let id = self.id;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Stop the query first, so the connection is not reused (and its next query
+                // killed) before the server has given up this one.
+                connector.kill_query(id).await;
+                drop(result);
+            });
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The `mysql` source against the local MariaDB: discovery, every type, parallel
+//! partitions, cancellation, and failures that name the source without leaking the
+//! password.
+
+use tributary::{Config, Engine};
+use tributary_testkit::mysql::{Database, server_url};
+
+use crate::common::{cells, error, run, table};
+
+/// An engine with one `mysql` source, `my`, limited to `database`, which is also the
+/// default schema. `extra` adds settings to the source.
+pub fn my_engine(database: &str, pushdown: bool, extra: &str) -> Engine {
+    my_engine_at(database, &format!("url: {}", server_url()), pushdown, extra)
+}
+
+fn my_engine_at(database: &str, connection: &str, pushdown: bool, extra: &str) -> Engine {
+    let yaml = format!(
+        "server:\n  default_catalog: my\n  default_schema: {database}\nsources:\n  - name: my\n    kind: mysql\n    {connection}\n    schemas: {{include: [{database}]}}\n    pushdown: {pushdown}\n{extra}"
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const EVERY_TYPE: &str = r#"
+CREATE TABLE every_type (
+    id int PRIMARY KEY,
+    ti tinyint, tu tinyint unsigned, si smallint, su smallint unsigned,
+    mi mediumint, mu mediumint unsigned, i int, iu int unsigned, bi bigint, bu bigint unsigned,
+    bo bool, b1 bit(1), b9 bit(9),
+    de decimal(12, 3), dw decimal(65, 30), fl float, db double,
+    ch char(5), vc varchar(20), tx text, lt longtext, la varchar(10) CHARACTER SET latin1,
+    bn binary(3), vb varbinary(10), bl blob,
+    d date, dt datetime, dt6 datetime(6), ts timestamp(3) NULL, tm time, tm6 time(6), y year,
+    e enum('small', 'medium', 'large'), st set('a', 'b', 'c'), j json
+);
+INSERT INTO every_type VALUES (
+    1,
+    -128, 255, -32768, 65535,
+    -8388608, 16777215, -2147483648, 4294967295, -9223372036854775808, 18446744073709551615,
+    true, b'1', b'100000001',
+    -123456789.125, 12345678901234567890.123456789012345678901234567890, 1.5, -2.25,
+    'ab', 'it''s "q" \\ ü', '東京', 'long', 'café',
+    X'0102', X'00FF', X'DEADBEEF',
+    '2024-02-29', '1999-12-31 23:59:59', '2024-01-01 00:00:00.000001', '2024-06-30 12:34:56.789',
+    '-838:59:59', '123:45:06.5', 2024,
+    'medium', 'a,c', '{"k": [1, null]}'
+);
+INSERT INTO every_type (id) VALUES (2);
+"#;
+
+#[tokio::test]
+async fn every_type_round_trips() {
+    let db = Database::create("types").await;
+    db.execute(EVERY_TYPE).await;
+    let engine = my_engine(&db.name, true, "");
+    let batches = run(&engine, "SELECT * FROM every_type ORDER BY id")
+        .await
+        .unwrap();
+    let got = cells(&batches, 0);
+    let expected = [
+        ("id", "Int32", "1"),
+        ("ti", "Int8", "-128"),
+        ("tu", "UInt8", "255"),
+        ("si", "Int16", "-32768"),
+        ("su", "UInt16", "65535"),
+        ("mi", "Int32", "-8388608"),
+        ("mu", "UInt32", "16777215"),
+        ("i", "Int32", "-2147483648"),
+        ("iu", "UInt32", "4294967295"),
+        ("bi", "Int64", "-9223372036854775808"),
+        ("bu", "UInt64", "18446744073709551615"),
+        ("bo", "Boolean", "true"),
+        ("b1", "Boolean", "true"),
+        ("b9", "UInt64", "257"),
+        ("de", "Decimal128(12, 3)", "-123456789.125"),
+        (
+            "dw",
+            "Decimal256(65, 30)",
+            "12345678901234567890.123456789012345678901234567890",
+        ),
+        ("fl", "Float32", "1.5"),
+        ("db", "Float64", "-2.25"),
+        ("ch", "Utf8", "ab"),
+        ("vc", "Utf8", "it's \"q\" \\ ü"),
+        ("tx", "Utf8", "東京"),
+        ("lt", "Utf8", "long"),
+        ("la", "Utf8", "café"),
+        ("bn", "Binary", "010200"),
+        ("vb", "Binary", "00ff"),
+        ("bl", "Binary", "deadbeef"),
+        ("d", "Date32", "2024-02-29"),
+        ("dt", "Timestamp(µs)", "1999-12-31T23:59:59"),
+        ("dt6", "Timestamp(µs)", "2024-01-01T00:00:00.000001"),
+        ("ts", "Timestamp(µs, \"UTC\")", "2024-06-30T12:34:56.789Z"),
+        ("tm", "Duration(µs)", "-PT3020399S"),
+        ("tm6", "Duration(µs)", "PT445506.5S"),
+        ("y", "Int16", "2024"),
+        ("e", "Utf8", "medium"),
+        ("st", "Utf8", "a,c"),
+        ("j", "Utf8", "{\"k\": [1, null]}"),
+    ];
+    let got: Vec<(&str, &str, &str)> = got
+        .iter()
+        .map(|(n, t, v)| (n.as_str(), t.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(got, expected);
+    // The second row is NULL everywhere but its key.
+    let nulls = cells(&batches, 1);
+    assert!(nulls[1..].iter().all(|(_, _, v)| v == "NULL"), "{nulls:?}");
+}
+
+#[tokio::test]
+async fn zero_dates_read_as_null() {
+    let db = Database::create("zero").await;
+    db.execute(
+        "SET SESSION sql_mode = '';
+         CREATE TABLE z (id int PRIMARY KEY, d date, dt datetime, y year);
+         INSERT INTO z VALUES (1, '0000-00-00', '0000-00-00 00:00:00', 0), (2, '2024-01-01', '2024-01-01 10:00:00', 1999);",
+    )
+    .await;
+    let engine = my_engine(&db.name, true, "");
+    assert_eq!(
+        table(&engine, "SELECT * FROM z ORDER BY id").await,
+        "+----+------------+---------------------+------+\n\
+         | id | d          | dt                  | y    |\n\
+         +----+------------+---------------------+------+\n\
+         | 1  |            |                     |      |\n\
+         | 2  | 2024-01-01 | 2024-01-01T10:00:00 | 1999 |\n\
+         +----+------------+---------------------+------+"
+    );
+}
+
+#[tokio::test]
+async fn discovery_lists_tables_and_views_with_keys_and_estimates() {
+    let db = Database::create("discovery").await;
+    db.execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer varchar(20) NOT NULL, total decimal(10,2));
+         INSERT INTO orders VALUES (1, 'ann', 10.50), (2, 'bob', NULL), (3, 'ann', 3.25);
+         ANALYZE TABLE orders;
+         CREATE VIEW big_orders AS SELECT id, total FROM orders WHERE total > 5;",
+    )
+    .await;
+    let engine = my_engine(&db.name, true, "");
+    assert_eq!(
+        table(
+            &engine,
+            &format!(
+                "SELECT table_name, table_type FROM information_schema.tables \
+                 WHERE table_catalog = 'my' AND table_schema = '{}' ORDER BY 1",
+                db.name
+            )
+        )
+        .await,
+        "+------------+------------+\n\
+         | table_name | table_type |\n\
+         +------------+------------+\n\
+         | big_orders | VIEW       |\n\
+         | orders     | BASE TABLE |\n\
+         +------------+------------+"
+    );
+    assert_eq!(
+        table(
+            &engine,
+            "SELECT customer, sum(total) AS s FROM orders GROUP BY customer ORDER BY customer"
+        )
+        .await,
+        "+----------+-------+\n\
+         | customer | s     |\n\
+         +----------+-------+\n\
+         | ann      | 13.75 |\n\
+         | bob      |       |\n\
+         +----------+-------+"
+    );
+    assert_eq!(
+        table(&engine, "SELECT * FROM big_orders").await,
+        "+----+-------+\n| id | total |\n+----+-------+\n| 1  | 10.50 |\n+----+-------+"
+    );
+    // System databases are never shown.
+    let schemas = table(
+        &engine,
+        "SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'my'",
+    )
+    .await;
+    assert!(!schemas.contains("mysql") && !schemas.contains("performance_schema"));
+}
+
+#[tokio::test]
+async fn partitioned_scans_read_every_row_once() {
+    let db = Database::create("parts").await;
+    db.execute(
+        "CREATE TABLE t (id bigint unsigned PRIMARY KEY, v varchar(10));
+         INSERT INTO t SELECT seq, CONCAT('v', seq) FROM seq_1_to_10007;",
+    )
+    .await;
+    let engine = my_engine(&db.name, true, "    partitions: 4\n    batch_size: 1000\n");
+    let plan = engine.explain("SELECT * FROM t").await.unwrap().to_string();
+    assert!(plan.contains("partitions=4"), "{plan}");
+    assert_eq!(
+        table(
+            &engine,
+            "SELECT count(*) AS n, count(DISTINCT id) AS d, min(id) AS lo, max(id) AS hi FROM (SELECT id FROM t) x"
+        )
+        .await,
+        "+-------+-------+----+-------+\n\
+         | n     | d     | lo | hi    |\n\
+         +-------+-------+----+-------+\n\
+         | 10007 | 10007 | 1  | 10007 |\n\
+         +-------+-------+----+-------+"
+    );
+}
+
+#[tokio::test]
+async fn a_scan_stopped_early_stops_its_query() {
+    let db = Database::create("cancel").await;
+    db.execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, f double);
+         INSERT INTO big SELECT seq, seq FROM seq_1_to_300000;",
+    )
+    .await;
+    let engine = my_engine(&db.name, true, "    partitions: 1\n    batch_size: 1024\n");
+    // The float filter stays in DataFusion, so the limit cannot be pushed: DataFusion
+    // stops after the first match and drops the stream mid-way.
+    let batches = run(&engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let mut conn = tributary_testkit::mysql::connect().await;
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query' AND INFO LIKE '%{}%big%' AND INFO NOT LIKE '%PROCESSLIST%'",
+        db.name
+    );
+    let mut active: i64 = 1;
+    for _ in 0..50 {
+        use mysql_async::prelude::Queryable;
+        active = conn.query_first(&sql).await.unwrap().unwrap_or(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 0, "the abandoned query is still running");
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
+        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
+    );
+}
+
+#[tokio::test]
+async fn failures_name_the_source_and_never_the_password() {
+    let db = Database::create("failures").await;
+    db.execute("CREATE TABLE t (id int); CREATE VIEW slow AS SELECT SLEEP(3) AS s;")
+        .await;
+    let url = server_url();
+    let host_port = url
+        .trim_start_matches("mysql://")
+        .trim_start_matches("root@");
+    let wrong = my_engine_at(
+        &db.name,
+        &format!("url: mysql://root:sekrit-password@{host_port}"),
+        true,
+        "",
+    );
+    let e = error(&wrong, "SELECT * FROM t").await;
+    assert!(
+        e.contains("source `my`") && e.contains("Access denied"),
+        "{e}"
+    );
+    assert!(!e.contains("sekrit"), "{e}");
+
+    let down = my_engine_at(
+        &db.name,
+        "host: 127.0.0.1\n    port: 1\n    user: root\n    password: sekrit-password",
+        true,
+        "",
+    );
+    let e = error(&down, "SELECT * FROM t").await;
+    assert!(
+        e.contains("source `my`") && e.contains("cannot connect"),
+        "{e}"
+    );
+    assert!(!e.contains("sekrit"), "{e}");
+
+    let engine = my_engine(&db.name, true, "    statement_timeout: 1s\n");
+    let e = error(&engine, "SELECT * FROM slow").await;
+    assert!(e.contains("source `my`"), "{e}");
+    assert!(e.to_lowercase().contains("max_statement_time"), "{e}");
+
+    let engine = my_engine(&db.name, true, "");
+    let e = error(&engine, "SELECT * FROM nope").await;
+    assert!(e.contains("nope"), "{e}");
+    // A table dropped after discovery: the query fails naming the source.
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n FROM t").await,
+        "+---+\n| n |\n+---+\n| 0 |\n+---+"
+    );
+    db.execute("DROP TABLE t").await;
+    let e = error(&engine, "SELECT * FROM t").await;
+    assert!(
+        e.contains("source `my`") && e.contains("doesn't exist"),
+        "{e}"
+    );
+}
