@@ -175,13 +175,27 @@ async fn discovery_lists_tables_and_views_with_keys_and_estimates() {
         table(&engine, "SELECT * FROM big_orders").await,
         "+----+-------+\n| id | total |\n+----+-------+\n| 1  | 10.50 |\n+----+-------+"
     );
-    // System databases are never shown.
+    // Without a schema filter every database but the server's own is shown.
+    let yaml = format!(
+        "sources:\n  - name: my\n    kind: mysql\n    url: {}\n",
+        server_url()
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let unfiltered = Engine::new(&config).unwrap();
     let schemas = table(
-        &engine,
+        &unfiltered,
         "SELECT schema_name FROM information_schema.schemata WHERE catalog_name = 'my'",
     )
     .await;
-    assert!(!schemas.contains("mysql") && !schemas.contains("performance_schema"));
+    assert!(schemas.contains(&db.name), "{schemas}");
+    for system in [
+        "| mysql ",
+        "performance_schema",
+        "information_schema",
+        "| sys ",
+    ] {
+        assert!(!schemas.contains(system), "{system} shown:\n{schemas}");
+    }
 }
 
 #[tokio::test]

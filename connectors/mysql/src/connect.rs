@@ -143,7 +143,7 @@ impl Connector {
             Err(_) => Err(Error::Unavailable(format!(
                 "cannot connect to {}: connecting timed out after {}",
                 self.target,
-                humanize(self.connect_timeout)
+                humantime::format_duration(self.connect_timeout)
             ))),
         }
     }
@@ -190,10 +190,6 @@ pub fn describe_error(e: &mysql_async::Error) -> String {
         mysql_async::Error::Server(s) => format!("{} (error {})", s.message, s.code),
         other => other.to_string(),
     }
-}
-
-fn humanize(d: Duration) -> String {
-    format!("{:?}", d)
 }
 
 /// Connection settings after merging the URL with the separate fields.
@@ -284,11 +280,11 @@ impl Settings {
     }
 }
 
+/// A URL part with its `%XX` escapes decoded (`+` stays a plus, as in any URL's user info).
 fn decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| text.to_string())
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_ssl_mode(text: &str) -> Option<SslMode> {
@@ -321,5 +317,15 @@ fn ssl_opts(mode: SslMode, ca: Option<&Path>) -> Option<SslOpts> {
         ),
         SslMode::VerifyCa => Some(base().with_danger_skip_domain_validation(true)),
         SslMode::VerifyIdentity => Some(base()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    #[test]
+    fn url_parts_are_percent_decoded_only() {
+        assert_eq!(decode("p%40ss+w%2Frd"), "p@ss+w/rd");
     }
 }

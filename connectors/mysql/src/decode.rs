@@ -9,8 +9,11 @@ use datafusion::arrow::array::{
     Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
     UInt8Builder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
-use datafusion::arrow::compute::kernels::cast_utils::parse_decimal;
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Decimal256Type, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::kernels::cast_utils::{Parser, parse_decimal};
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Decimal256Type, SchemaRef, TimeUnit,
+    TimestampMicrosecondType,
+};
 use datafusion::arrow::error::ArrowError;
 
 /// A value the decoder could not read, with the column it was in.
@@ -329,42 +332,37 @@ fn digits(v: &[u8]) -> std::result::Result<u32, String> {
     let mut n = 0u32;
     for &d in v {
         if !d.is_ascii_digit() {
-            return Err("malformed date or time".into());
+            return Err("malformed time".into());
         }
         n = n * 10 + u32::from(d - b'0');
     }
     Ok(n)
 }
 
-/// `YYYY-MM-DD` as days since 1970-01-01; `None` for a zero date or a date with a zero
-/// month or day (which MySQL allows in some modes).
-fn date(v: &[u8]) -> std::result::Result<Option<i32>, String> {
-    if v.len() != 10 || v[4] != b'-' || v[7] != b'-' {
-        return Err("malformed date".into());
-    }
-    let (y, m, d) = (digits(&v[0..4])?, digits(&v[5..7])?, digits(&v[8..10])?);
-    if m == 0 || d == 0 {
-        return Ok(None);
-    }
-    if m > 12 || d > 31 {
-        return Err("malformed date".into());
-    }
-    Ok(Some(days_from_civil(y as i64, m as i64, d as i64) as i32))
+/// Whether a `DATE` or `DATETIME` text is a zero date or has a zero month or day (which
+/// MySQL allows in some modes).
+fn zero_date(v: &[u8]) -> bool {
+    v.len() >= 10 && (&v[5..7] == b"00" || &v[8..10] == b"00")
 }
 
-/// `YYYY-MM-DD hh:mm:ss[.ffffff]` as microseconds since the epoch.
-fn timestamp(v: &[u8]) -> std::result::Result<Option<i64>, String> {
-    if v.len() < 19 || v[10] != b' ' || v[13] != b':' || v[16] != b':' {
-        return Err("malformed timestamp".into());
-    }
-    let Some(days) = date(&v[..10])? else {
+/// `YYYY-MM-DD` as days since 1970-01-01; `None` for a zero date.
+fn date(v: &[u8]) -> std::result::Result<Option<i32>, String> {
+    if zero_date(v) {
         return Ok(None);
-    };
-    let seconds = digits(&v[11..13])? * 3600 + digits(&v[14..16])? * 60 + digits(&v[17..19])?;
-    let micros = fraction(&v[19..])?;
-    Ok(Some(
-        (i64::from(days) * 86_400 + i64::from(seconds)) * 1_000_000 + micros,
-    ))
+    }
+    Date32Type::parse(text(v)?)
+        .map(Some)
+        .ok_or_else(|| "malformed date".to_string())
+}
+
+/// `YYYY-MM-DD hh:mm:ss[.ffffff]` as microseconds since the epoch; `None` for a zero date.
+fn timestamp(v: &[u8]) -> std::result::Result<Option<i64>, String> {
+    if zero_date(v) {
+        return Ok(None);
+    }
+    TimestampMicrosecondType::parse(text(v)?)
+        .map(Some)
+        .ok_or_else(|| "malformed timestamp".to_string())
 }
 
 /// `[-]h…h:mm:ss[.ffffff]` (hours may exceed 24) as microseconds.
@@ -397,17 +395,6 @@ fn fraction(v: &[u8]) -> std::result::Result<i64, String> {
         }
         _ => Err("malformed fraction of a second".into()),
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

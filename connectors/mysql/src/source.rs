@@ -17,7 +17,7 @@ use tributary_core::remote::{
 use tributary_core::{Error, Health, Result, Source, SourceContext};
 
 use crate::config::MysqlConfig;
-use crate::connect::{Connector, describe_error};
+use crate::connect::{Connector, Flavor, describe_error};
 use crate::dialect::MysqlDialect;
 use crate::discovery::{self, SYSTEM_SCHEMAS};
 use crate::reader::{MysqlReader, Shared};
@@ -254,11 +254,16 @@ impl RemoteSource for MysqlRemote {
             .collect())
     }
 
-    /// MySQL's estimate of the rows `sql` returns (rows examined × the share its filter
-    /// keeps); MariaDB's `EXPLAIN` gives no such share, so no estimate there.
+    /// The server's estimate of the rows `sql` returns: rows examined × the share its
+    /// filter keeps (MariaDB shows that share only with `EXPLAIN EXTENDED`, which MySQL 8
+    /// no longer accepts).
     async fn estimate_rows(&self, sql: &str) -> Option<usize> {
         let mut conn = self.shared.connector.get().await.ok()?;
-        let row: mysql_async::Row = conn.query_first(format!("EXPLAIN {sql}")).await.ok()??;
+        let explain = match self.shared.connector.flavor() {
+            Some(Flavor::Mariadb) => "EXPLAIN EXTENDED",
+            _ => "EXPLAIN",
+        };
+        let row: mysql_async::Row = conn.query_first(format!("{explain} {sql}")).await.ok()??;
         let rows: u64 = row.get_opt::<Option<u64>, _>("rows")?.ok()??;
         let filtered: f64 = row.get_opt::<Option<f64>, _>("filtered")?.ok()??;
         Some((rows as f64 * filtered / 100.0).round() as usize)
