@@ -52,11 +52,17 @@ INSERT INTO every_type (id) VALUES (2);
 async fn every_type_round_trips() {
     let db = Database::create("types").await;
     db.execute(EVERY_TYPE).await;
-    let engine = my_engine(&db.name, true, "");
-    let batches = run(&engine, "SELECT * FROM every_type ORDER BY id")
-        .await
-        .unwrap();
-    let got = cells(&batches, 0);
+    for protocol in ["binary", "text"] {
+        let engine = my_engine(&db.name, true, &format!("    protocol: {protocol}\n"));
+        let batches = run(&engine, "SELECT * FROM every_type ORDER BY id")
+            .await
+            .unwrap();
+        assert_every_type(&batches, protocol);
+    }
+}
+
+fn assert_every_type(batches: &[datafusion::arrow::array::RecordBatch], protocol: &str) {
+    let got = cells(batches, 0);
     let expected = [
         ("id", "Int32", "1"),
         ("ti", "Int8", "-128"),
@@ -103,9 +109,9 @@ async fn every_type_round_trips() {
         .iter()
         .map(|(n, t, v)| (n.as_str(), t.as_str(), v.as_str()))
         .collect();
-    assert_eq!(got, expected);
+    assert_eq!(got, expected, "{protocol} protocol");
     // The second row is NULL everywhere but its key.
-    let nulls = cells(&batches, 1);
+    let nulls = cells(batches, 1);
     assert!(nulls[1..].iter().all(|(_, _, v)| v == "NULL"), "{nulls:?}");
 }
 
@@ -118,16 +124,19 @@ async fn zero_dates_read_as_null() {
          INSERT INTO z VALUES (1, '0000-00-00', '0000-00-00 00:00:00', 0), (2, '2024-01-01', '2024-01-01 10:00:00', 1999);",
     )
     .await;
-    let engine = my_engine(&db.name, true, "");
-    assert_eq!(
-        table(&engine, "SELECT * FROM z ORDER BY id").await,
-        "+----+------------+---------------------+------+\n\
+    for protocol in ["binary", "text"] {
+        let engine = my_engine(&db.name, true, &format!("    protocol: {protocol}\n"));
+        assert_eq!(
+            table(&engine, "SELECT * FROM z ORDER BY id").await,
+            "+----+------------+---------------------+------+\n\
          | id | d          | dt                  | y    |\n\
          +----+------------+---------------------+------+\n\
          | 1  |            |                     |      |\n\
          | 2  | 2024-01-01 | 2024-01-01T10:00:00 | 1999 |\n\
-         +----+------------+---------------------+------+"
-    );
+         +----+------------+---------------------+------+",
+            "{protocol} protocol"
+        );
+    }
 }
 
 #[tokio::test]

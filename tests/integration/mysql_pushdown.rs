@@ -56,6 +56,10 @@ const FILTERS: &[(&str, bool)] = &[
     ("sb <> 'abc'", true),
     ("sb = 'a''b'", true),
     ("sb = 'back\\slash'", true),
+    // `:name` in a literal, as a prepared statement (no backslash) and as a plain query
+    // (a backslash, which mysql_async's placeholder parser would misread).
+    ("sb <> 'a:b'", true),
+    ("sb <> 'x\\' AND sb <> 'a:b'", true),
     ("sb = ''", true),
     ("sb IS DISTINCT FROM 'abc'", true),
     ("sb IS NOT DISTINCT FROM 'abc'", true),

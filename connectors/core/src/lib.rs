@@ -17,7 +17,7 @@ pub mod types;
 
 pub use catalog::{CatalogOptions, SourceCatalog};
 pub use config::SourceContext;
-pub use error::{Error, Result};
+pub use error::{Error, Result, SourceFailure};
 pub use scan::{ScanTag, SourceScanExec, TaggedTable};
 pub use secret::Secret;
 pub use source::{Health, HealthReport, HealthStatus, Source};

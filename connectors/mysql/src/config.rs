@@ -58,6 +58,22 @@ pub struct MysqlConfig {
     /// Push filters, limits and whole sub-plans to the server (default true).
     #[serde(default = "yes")]
     pub pushdown: bool,
+    /// How rows are read: `binary` (default; prepared statements, the faster) or `text`
+    /// (plain queries, for MySQL-compatible servers and proxies without prepared
+    /// statements).
+    #[serde(default)]
+    pub protocol: WireProtocol,
+}
+
+/// The protocol rows are read with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WireProtocol {
+    /// Prepared statements: numbers, dates and times arrive in binary.
+    #[default]
+    Binary,
+    /// Plain queries: every value arrives as text.
+    Text,
 }
 
 fn default_pool_size() -> usize {

@@ -78,7 +78,9 @@ impl Connector {
             .db_name(settings.database.clone())
             .ssl_opts(ssl)
             .tcp_nodelay(true)
-            .stmt_cache_size(0)
+            // Scans run as prepared statements, which stay open on the server until closed:
+            // a bounded cache closes the least recently used (0 would close none).
+            .stmt_cache_size(16)
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(constraints)

@@ -1,12 +1,15 @@
-//! Rows of MySQL's text protocol into Arrow builders: each cell's bytes are parsed
-//! straight into the builder of the column's Arrow type.
+//! Rows of MySQL's binary (or, for some queries, text) protocol into Arrow builders: each
+//! cell goes straight into the builder of the column's Arrow type. Binary cells (integers,
+//! floats, dates, times) are taken as they are; cells sent as bytes (strings, decimals, BIT,
+//! and every cell of the text protocol) are parsed from their bytes.
 
 use std::sync::Arc;
 
+use chrono::{NaiveDate, NaiveTime};
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
     DurationMicrosecondBuilder, Float32Builder, Float64Builder, Int8Builder, Int16Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    Int32Builder, Int64Builder, RecordBatch, StringArray, TimestampMicrosecondBuilder,
     UInt8Builder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::compute::kernels::cast_utils::{Parser, parse_decimal};
@@ -15,6 +18,8 @@ use datafusion::arrow::datatypes::{
     TimestampMicrosecondType,
 };
 use datafusion::arrow::error::ArrowError;
+use mysql_async::Value;
+use mysql_async::consts::ColumnType;
 
 /// A value the decoder could not read, with the column it was in.
 #[derive(Debug)]
@@ -38,9 +43,9 @@ pub struct BatchDecoder {
 }
 
 impl BatchDecoder {
-    /// A decoder for `schema`; `bit[i]` says whether result column `i` is a `BIT` column
-    /// (sent as raw big-endian bytes rather than digits).
-    pub fn new(schema: SchemaRef, bit: &[bool], capacity: usize) -> Result<Self> {
+    /// A decoder for `schema`; `types[i]` is the MySQL type of result column `i`, which
+    /// tells `BIT` (raw big-endian bytes) and `YEAR` (whose zero is NULL) apart.
+    pub fn new(schema: SchemaRef, types: &[ColumnType], capacity: usize) -> Result<Self> {
         let columns = schema
             .fields()
             .iter()
@@ -48,7 +53,7 @@ impl BatchDecoder {
             .map(|(i, field)| {
                 Column::new(
                     field.data_type(),
-                    bit.get(i).copied().unwrap_or(false),
+                    types.get(i).copied().unwrap_or(ColumnType::MYSQL_TYPE_NULL),
                     capacity,
                 )
                 .ok_or_else(|| {
@@ -69,8 +74,8 @@ impl BatchDecoder {
         })
     }
 
-    /// Appends one row; `cell(i)` is column `i`'s bytes, `None` for NULL.
-    pub fn append<'a>(&mut self, cell: impl Fn(usize) -> Option<&'a [u8]>) -> Result<()> {
+    /// Appends one row; `cell(i)` is column `i`'s value.
+    pub fn append<'a>(&mut self, cell: impl Fn(usize) -> &'a Value) -> Result<()> {
         for (i, column) in self.columns.iter_mut().enumerate() {
             let value = cell(i);
             match column.append(value) {
@@ -78,9 +83,9 @@ impl BatchDecoder {
                 Ok(false) => self.zeros[i] += 1,
                 Err(e) => {
                     return Err(DecodeError(format!(
-                        "column `{}`: {e} (value {:?})",
+                        "column `{}`: {e} (value {})",
                         self.schema.field(i).name(),
-                        value.map(String::from_utf8_lossy).unwrap_or_default()
+                        value.as_sql(true)
                     )));
                 }
             }
@@ -101,8 +106,17 @@ impl BatchDecoder {
 
     /// The rows appended so far, as a batch.
     pub fn flush(&mut self) -> Result<RecordBatch> {
-        let arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
         self.rows = 0;
+        let arrays = self
+            .columns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, column)| {
+                column.finish().map_err(|e| {
+                    DecodeError(format!("column `{}`: {e}", self.schema.field(i).name()))
+                })
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
         RecordBatch::try_new(Arc::clone(&self.schema), arrays)
             .map_err(|e| DecodeError(e.to_string()))
     }
@@ -124,6 +138,8 @@ enum Column {
     Bits(UInt64Builder),
     Int8(Int8Builder),
     Int16(Int16Builder),
+    /// `YEAR`, whose zero value `0000` reads as NULL.
+    Year(Int16Builder),
     Int32(Int32Builder),
     Int64(Int64Builder),
     UInt8(UInt8Builder),
@@ -134,7 +150,9 @@ enum Column {
     Float64(Float64Builder),
     Decimal128(Decimal128Builder, u8, i8),
     Decimal256(Decimal256Builder, u8, i8),
-    Text(StringBuilder),
+    /// Text, gathered as bytes and checked to be UTF-8 once per batch (much cheaper than
+    /// value by value).
+    Text(BinaryBuilder),
     Binary(BinaryBuilder),
     Date(Date32Builder),
     Timestamp(TimestampMicrosecondBuilder),
@@ -142,12 +160,16 @@ enum Column {
 }
 
 impl Column {
-    fn new(data_type: &DataType, bit: bool, n: usize) -> Option<Column> {
+    fn new(data_type: &DataType, mysql_type: ColumnType, n: usize) -> Option<Column> {
+        let bit = mysql_type == ColumnType::MYSQL_TYPE_BIT;
         Some(match data_type {
             DataType::Boolean if bit => Column::BitBool(BooleanBuilder::with_capacity(n)),
             DataType::Boolean => Column::Bool(BooleanBuilder::with_capacity(n)),
             DataType::UInt64 if bit => Column::Bits(UInt64Builder::with_capacity(n)),
             DataType::Int8 => Column::Int8(Int8Builder::with_capacity(n)),
+            DataType::Int16 if mysql_type == ColumnType::MYSQL_TYPE_YEAR => {
+                Column::Year(Int16Builder::with_capacity(n))
+            }
             DataType::Int16 => Column::Int16(Int16Builder::with_capacity(n)),
             DataType::Int32 => Column::Int32(Int32Builder::with_capacity(n)),
             DataType::Int64 => Column::Int64(Int64Builder::with_capacity(n)),
@@ -171,7 +193,7 @@ impl Column {
                 *p,
                 *s,
             ),
-            DataType::Utf8 => Column::Text(StringBuilder::with_capacity(n, n * 16)),
+            DataType::Utf8 => Column::Text(BinaryBuilder::with_capacity(n, n * 16)),
             DataType::Binary => Column::Binary(BinaryBuilder::with_capacity(n, n * 16)),
             DataType::Date32 => Column::Date(Date32Builder::with_capacity(n)),
             DataType::Timestamp(TimeUnit::Microsecond, tz) => Column::Timestamp(
@@ -184,42 +206,48 @@ impl Column {
         })
     }
 
-    /// Appends a value; `Ok(false)` when a zero date was read as NULL.
-    fn append(&mut self, value: Option<&[u8]>) -> std::result::Result<bool, String> {
-        let Some(v) = value else {
+    /// Appends a value; `Ok(false)` when a zero date or year was read as NULL.
+    fn append(&mut self, v: &Value) -> std::result::Result<bool, String> {
+        if *v == Value::NULL {
             self.append_null();
             return Ok(true);
-        };
+        }
         match self {
             Column::Bool(b) => b.append_value(int::<i64>(v)? != 0),
-            Column::BitBool(b) => b.append_value(bits(v)? != 0),
-            Column::Bits(b) => b.append_value(bits(v)?),
+            Column::BitBool(b) => b.append_value(bits(bytes(v)?)? != 0),
+            Column::Bits(b) => b.append_value(bits(bytes(v)?)?),
             Column::Int8(b) => b.append_value(int(v)?),
-            Column::Int16(b) => {
-                // YEAR's zero value `0000`.
-                let year: i16 = int(v)?;
-                if year == 0 && v.len() == 4 {
+            Column::Int16(b) => b.append_value(int(v)?),
+            Column::Year(b) => match int(v)? {
+                0 => {
                     b.append_null();
                     return Ok(false);
                 }
-                b.append_value(year)
-            }
+                year => b.append_value(year),
+            },
             Column::Int32(b) => b.append_value(int(v)?),
             Column::Int64(b) => b.append_value(int(v)?),
             Column::UInt8(b) => b.append_value(int(v)?),
             Column::UInt16(b) => b.append_value(int(v)?),
             Column::UInt32(b) => b.append_value(int(v)?),
             Column::UInt64(b) => b.append_value(int(v)?),
-            Column::Float32(b) => b.append_value(float(v)?),
+            Column::Float32(b) => b.append_value(match v {
+                Value::Float(f) => *f,
+                // Parsed as `f32` directly: through `f64` it could round twice.
+                Value::Bytes(t) => text(t)?
+                    .parse()
+                    .map_err(|_| "not a floating-point number")?,
+                _ => float(v)? as f32,
+            }),
             Column::Float64(b) => b.append_value(float(v)?),
-            Column::Decimal128(b, p, s) => {
-                b.append_value(parse_decimal::<Decimal128Type>(text(v)?, *p, *s).map_err(arrow)?)
-            }
-            Column::Decimal256(b, p, s) => {
-                b.append_value(parse_decimal::<Decimal256Type>(text(v)?, *p, *s).map_err(arrow)?)
-            }
-            Column::Text(b) => b.append_value(text(v)?),
-            Column::Binary(b) => b.append_value(v),
+            Column::Decimal128(b, p, s) => b.append_value(
+                parse_decimal::<Decimal128Type>(text(bytes(v)?)?, *p, *s).map_err(arrow)?,
+            ),
+            Column::Decimal256(b, p, s) => b.append_value(
+                parse_decimal::<Decimal256Type>(text(bytes(v)?)?, *p, *s).map_err(arrow)?,
+            ),
+            Column::Text(b) => b.append_value(bytes(v)?),
+            Column::Binary(b) => b.append_value(bytes(v)?),
             Column::Date(b) => match date(v)? {
                 Some(days) => b.append_value(days),
                 None => {
@@ -244,7 +272,7 @@ impl Column {
             Column::Bool(b) | Column::BitBool(b) => b.append_null(),
             Column::Bits(b) | Column::UInt64(b) => b.append_null(),
             Column::Int8(b) => b.append_null(),
-            Column::Int16(b) => b.append_null(),
+            Column::Int16(b) | Column::Year(b) => b.append_null(),
             Column::Int32(b) => b.append_null(),
             Column::Int64(b) => b.append_null(),
             Column::UInt8(b) => b.append_null(),
@@ -262,12 +290,12 @@ impl Column {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(&mut self) -> std::result::Result<ArrayRef, String> {
+        Ok(match self {
             Column::Bool(b) | Column::BitBool(b) => Arc::new(b.finish()),
             Column::Bits(b) | Column::UInt64(b) => Arc::new(b.finish()),
             Column::Int8(b) => Arc::new(b.finish()),
-            Column::Int16(b) => Arc::new(b.finish()),
+            Column::Int16(b) | Column::Year(b) => Arc::new(b.finish()),
             Column::Int32(b) => Arc::new(b.finish()),
             Column::Int64(b) => Arc::new(b.finish()),
             Column::UInt8(b) => Arc::new(b.finish()),
@@ -277,12 +305,16 @@ impl Column {
             Column::Float64(b) => Arc::new(b.finish()),
             Column::Decimal128(b, ..) => Arc::new(b.finish()),
             Column::Decimal256(b, ..) => Arc::new(b.finish()),
-            Column::Text(b) => Arc::new(b.finish()),
+            Column::Text(b) => {
+                return StringArray::try_from_binary(b.finish())
+                    .map(|a| Arc::new(a) as ArrayRef)
+                    .map_err(|_| "not valid UTF-8".to_string());
+            }
             Column::Binary(b) => Arc::new(b.finish()),
             Column::Date(b) => Arc::new(b.finish()),
             Column::Timestamp(b) => Arc::new(b.finish()),
             Column::Duration(b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
@@ -294,8 +326,27 @@ fn text(v: &[u8]) -> std::result::Result<&str, String> {
     std::str::from_utf8(v).map_err(|_| "not valid UTF-8".to_string())
 }
 
-/// An integer written in decimal digits, parsed without going through `str`.
-fn int<T: TryFrom<i128>>(v: &[u8]) -> std::result::Result<T, String> {
+/// The bytes of a value sent as bytes (strings, decimals, BIT, every text-protocol cell).
+fn bytes(v: &Value) -> std::result::Result<&[u8], String> {
+    match v {
+        Value::Bytes(b) => Ok(b),
+        _ => Err("a binary value where bytes were expected".into()),
+    }
+}
+
+/// An integer, sent as one (binary protocol) or in decimal digits, parsed without going
+/// through `str`.
+fn int<T: TryFrom<i128>>(v: &Value) -> std::result::Result<T, String> {
+    let n = match v {
+        Value::Int(i) => i128::from(*i),
+        Value::UInt(u) => i128::from(*u),
+        Value::Bytes(b) => int_digits(b)?,
+        _ => return Err("not an integer".into()),
+    };
+    T::try_from(n).map_err(|_| "out of range".to_string())
+}
+
+fn int_digits(v: &[u8]) -> std::result::Result<i128, String> {
     let (negative, digits) = match v.first() {
         Some(b'-') => (true, &v[1..]),
         Some(b'+') => (false, &v[1..]),
@@ -311,13 +362,21 @@ fn int<T: TryFrom<i128>>(v: &[u8]) -> std::result::Result<T, String> {
         }
         n = n * 10 + i128::from(d - b'0');
     }
-    T::try_from(if negative { -n } else { n }).map_err(|_| "out of range".to_string())
+    Ok(if negative { -n } else { n })
 }
 
-fn float<T: std::str::FromStr>(v: &[u8]) -> std::result::Result<T, String> {
-    text(v)?
-        .parse()
-        .map_err(|_| "not a floating-point number".to_string())
+fn float(v: &Value) -> std::result::Result<f64, String> {
+    match v {
+        Value::Double(d) => Ok(*d),
+        Value::Float(f) => Ok(f64::from(*f)),
+        // Integers beyond 2^53 round, as DataFusion's casts do.
+        Value::Int(i) => Ok(*i as f64),
+        Value::UInt(u) => Ok(*u as f64),
+        Value::Bytes(b) => text(b)?
+            .parse()
+            .map_err(|_| "not a floating-point number".to_string()),
+        _ => Err("not a floating-point number".into()),
+    }
 }
 
 /// `BIT(n)` values arrive as ⌈n/8⌉ big-endian bytes.
@@ -345,28 +404,66 @@ fn zero_date(v: &[u8]) -> bool {
     v.len() >= 10 && (&v[5..7] == b"00" || &v[8..10] == b"00")
 }
 
-/// `YYYY-MM-DD` as days since 1970-01-01; `None` for a zero date.
-fn date(v: &[u8]) -> std::result::Result<Option<i32>, String> {
-    if zero_date(v) {
+/// A binary date (and time) as a calendar date; `None` for a zero date or one with a zero
+/// month or day.
+fn civil(year: u16, month: u8, day: u8) -> std::result::Result<Option<NaiveDate>, String> {
+    if month == 0 || day == 0 {
         return Ok(None);
     }
-    Date32Type::parse(text(v)?)
+    NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
         .map(Some)
         .ok_or_else(|| "malformed date".to_string())
 }
 
-/// `YYYY-MM-DD hh:mm:ss[.ffffff]` as microseconds since the epoch; `None` for a zero date.
-fn timestamp(v: &[u8]) -> std::result::Result<Option<i64>, String> {
-    if zero_date(v) {
-        return Ok(None);
+/// A date as days since 1970-01-01; `None` for a zero date.
+fn date(v: &Value) -> std::result::Result<Option<i32>, String> {
+    match v {
+        Value::Date(y, m, d, ..) => Ok(civil(*y, *m, *d)?.map(Date32Type::from_naive_date)),
+        Value::Bytes(b) if zero_date(b) => Ok(None),
+        Value::Bytes(b) => Date32Type::parse(text(b)?)
+            .map(Some)
+            .ok_or_else(|| "malformed date".to_string()),
+        _ => Err("not a date".into()),
     }
-    TimestampMicrosecondType::parse(text(v)?)
-        .map(Some)
-        .ok_or_else(|| "malformed timestamp".to_string())
+}
+
+/// A date and time as microseconds since the epoch; `None` for a zero date.
+fn timestamp(v: &Value) -> std::result::Result<Option<i64>, String> {
+    match v {
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            let Some(day) = civil(*y, *mo, *d)? else {
+                return Ok(None);
+            };
+            let time =
+                NaiveTime::from_hms_micro_opt(u32::from(*h), u32::from(*mi), u32::from(*s), *us)
+                    .ok_or("malformed time of day")?;
+            Ok(Some(day.and_time(time).and_utc().timestamp_micros()))
+        }
+        Value::Bytes(b) if zero_date(b) => Ok(None),
+        Value::Bytes(b) => TimestampMicrosecondType::parse(text(b)?)
+            .map(Some)
+            .ok_or_else(|| "malformed timestamp".to_string()),
+        _ => Err("not a date and time".into()),
+    }
+}
+
+/// A `TIME` (negative, or beyond 24 hours) as microseconds.
+fn duration(v: &Value) -> std::result::Result<i64, String> {
+    match v {
+        Value::Time(negative, days, h, m, s, us) => {
+            let micros = (((i64::from(*days) * 24 + i64::from(*h)) * 60 + i64::from(*m)) * 60
+                + i64::from(*s))
+                * 1_000_000
+                + i64::from(*us);
+            Ok(if *negative { -micros } else { micros })
+        }
+        Value::Bytes(b) => duration_text(b),
+        _ => Err("not a time".into()),
+    }
 }
 
 /// `[-]h…h:mm:ss[.ffffff]` (hours may exceed 24) as microseconds.
-fn duration(v: &[u8]) -> std::result::Result<i64, String> {
+fn duration_text(v: &[u8]) -> std::result::Result<i64, String> {
     let (negative, rest) = match v.first() {
         Some(b'-') => (true, &v[1..]),
         _ => (false, v),
@@ -401,28 +498,63 @@ fn fraction(v: &[u8]) -> std::result::Result<i64, String> {
 mod tests {
     use super::*;
 
+    fn b(text: &str) -> Value {
+        Value::Bytes(text.as_bytes().to_vec())
+    }
+
     #[test]
-    fn dates_and_times() {
-        assert_eq!(date(b"1970-01-01"), Ok(Some(0)));
-        assert_eq!(date(b"2000-03-01"), Ok(Some(11_017)));
-        assert_eq!(date(b"0000-00-00"), Ok(None));
-        assert_eq!(date(b"0001-01-01"), Ok(Some(-719_162)));
+    fn text_dates_and_times() {
+        assert_eq!(date(&b("1970-01-01")), Ok(Some(0)));
+        assert_eq!(date(&b("2000-03-01")), Ok(Some(11_017)));
+        assert_eq!(date(&b("0000-00-00")), Ok(None));
+        assert_eq!(date(&b("0001-01-01")), Ok(Some(-719_162)));
         assert_eq!(
-            timestamp(b"1970-01-02 00:00:01.5"),
+            timestamp(&b("1970-01-02 00:00:01.5")),
             Ok(Some(86_401_500_000))
         );
-        assert_eq!(timestamp(b"0000-00-00 00:00:00"), Ok(None));
-        assert_eq!(duration(b"-838:59:59.000000"), Ok(-3_020_399_000_000));
-        assert_eq!(duration(b"25:00:00"), Ok(90_000_000_000));
-        assert!(duration(b"12").is_err());
+        assert_eq!(timestamp(&b("0000-00-00 00:00:00")), Ok(None));
+        assert_eq!(duration(&b("-838:59:59.000000")), Ok(-3_020_399_000_000));
+        assert_eq!(duration(&b("25:00:00")), Ok(90_000_000_000));
+        assert!(duration(&b("12")).is_err());
+    }
+
+    #[test]
+    fn binary_dates_and_times() {
+        assert_eq!(date(&Value::Date(2000, 3, 1, 0, 0, 0, 0)), Ok(Some(11_017)));
+        assert_eq!(date(&Value::Date(0, 0, 0, 0, 0, 0, 0)), Ok(None));
+        assert_eq!(date(&Value::Date(2020, 2, 0, 0, 0, 0, 0)), Ok(None));
+        assert!(date(&Value::Date(2021, 2, 30, 0, 0, 0, 0)).is_err());
+        assert_eq!(
+            timestamp(&Value::Date(1970, 1, 2, 0, 0, 1, 500_000)),
+            Ok(Some(86_401_500_000))
+        );
+        assert_eq!(
+            timestamp(&Value::Date(1969, 12, 31, 23, 59, 59, 999_999)),
+            Ok(Some(-1))
+        );
+        // -838:59:59 is 34 days and 22 hours.
+        assert_eq!(
+            duration(&Value::Time(true, 34, 22, 59, 59, 0)),
+            Ok(-3_020_399_000_000)
+        );
+        assert_eq!(
+            duration(&Value::Time(false, 1, 1, 0, 0, 7)),
+            Ok(90_000_000_007)
+        );
     }
 
     #[test]
     fn integers() {
-        assert_eq!(int::<u64>(b"18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(int::<i64>(b"-9223372036854775808"), Ok(i64::MIN));
-        assert!(int::<i8>(b"128").is_err());
-        assert!(int::<i32>(b"1.5").is_err());
+        assert_eq!(int::<u64>(&b("18446744073709551615")), Ok(u64::MAX));
+        assert_eq!(int::<i64>(&b("-9223372036854775808")), Ok(i64::MIN));
+        assert!(int::<i8>(&b("128")).is_err());
+        assert!(int::<i32>(&b("1.5")).is_err());
+        assert_eq!(int::<u64>(&Value::UInt(u64::MAX)), Ok(u64::MAX));
+        assert_eq!(int::<i8>(&Value::Int(-128)), Ok(-128));
+        assert!(int::<u8>(&Value::Int(-1)).is_err());
+        assert!(int::<i64>(&Value::Double(1.0)).is_err());
+        assert_eq!(float(&Value::Float(1.5)), Ok(1.5));
+        assert_eq!(float(&b("-2.25e3")), Ok(-2250.0));
         assert_eq!(bits(&[0x01, 0x00]), Ok(256));
     }
 }

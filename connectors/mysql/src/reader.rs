@@ -1,4 +1,11 @@
-//! Running a query over the text protocol and streaming its rows as Arrow batches.
+//! Running a query and streaming its rows as Arrow batches.
+//!
+//! Queries go over the binary protocol (a prepared statement) unless the source asks for
+//! text: integers, floats, dates and times arrive as binary values, so only strings and
+//! decimals are parsed. mysql_async
+//! rewrites `:name` in a statement it prepares into a placeholder, tracking string literals
+//! with backslash escapes, which the session turns off (`NO_BACKSLASH_ESCAPES`); a query
+//! with a backslash could therefore be misread, and goes over the text protocol instead.
 
 use std::sync::Arc;
 
@@ -9,11 +16,12 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, TryStreamExt};
 use mysql_async::consts::ColumnType;
-use mysql_async::prelude::Query;
-use mysql_async::{QueryResult, TextProtocol, Value};
+use mysql_async::prelude::{Protocol, Query, WithParams};
+use mysql_async::{QueryResult, Value};
 use tributary_core::Error;
 use tributary_core::remote::RemoteReader;
 
+use crate::config::WireProtocol;
 use crate::connect::{Connector, describe_error};
 use crate::decode::BatchDecoder;
 
@@ -26,6 +34,8 @@ pub struct Shared {
     pub connector: Connector,
     /// Rows per batch, overriding DataFusion's batch size.
     pub batch_size: Option<usize>,
+    /// The protocol rows are read with.
+    pub protocol: WireProtocol,
 }
 
 impl Shared {
@@ -76,17 +86,30 @@ async fn open(
     sql: String,
     schema: SchemaRef,
     batch_size: usize,
-) -> Result<impl Stream<Item = Result<RecordBatch>>> {
+) -> Result<std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>> {
     let conn = shared
         .connector
         .get()
         .await
         .map_err(|e| e.in_source(&shared.name))?;
     let id = conn.id();
-    let result = sql
-        .run(conn)
-        .await
-        .map_err(|e| shared.fail("the query failed", &e))?;
+    if shared.protocol == WireProtocol::Text || sql.contains('\\') {
+        let result = sql.run(conn).await;
+        stream(shared, result, schema, batch_size, id)
+    } else {
+        let result = sql.with(()).run(conn).await;
+        stream(shared, result, schema, batch_size, id)
+    }
+}
+
+fn stream<P: Protocol + Send + 'static>(
+    shared: Arc<Shared>,
+    result: mysql_async::Result<QueryResult<'static, 'static, P>>,
+    schema: SchemaRef,
+    batch_size: usize,
+    id: u32,
+) -> Result<std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>> {
+    let result = result.map_err(|e| shared.fail("the query failed", &e))?;
     let columns = result.columns_ref();
     if columns.len() != schema.fields().len() {
         return Err(shared.decode_failed(format!(
@@ -95,12 +118,9 @@ async fn open(
             schema.fields().len()
         )));
     }
-    let bits: Vec<bool> = columns
-        .iter()
-        .map(|c| c.column_type() == ColumnType::MYSQL_TYPE_BIT)
-        .collect();
+    let types: Vec<ColumnType> = columns.iter().map(|c| c.column_type()).collect();
     let decoder =
-        BatchDecoder::new(schema, &bits, batch_size).map_err(|e| shared.decode_failed(e))?;
+        BatchDecoder::new(schema, &types, batch_size).map_err(|e| shared.decode_failed(e))?;
     let state = Reading {
         shared,
         result: Some(result),
@@ -108,22 +128,24 @@ async fn open(
         batch_size,
         id,
     };
-    Ok(futures::stream::try_unfold(state, next_batch))
+    Ok(Box::pin(futures::stream::try_unfold(state, next_batch)))
 }
 
 /// A query in progress. Dropped before its end (a `LIMIT` satisfied, a query cancelled),
 /// it stops the server's work before its connection goes back to the pool.
-struct Reading {
+struct Reading<P: Protocol + Send + 'static> {
     shared: Arc<Shared>,
     /// `None` once every row has been read.
-    result: Option<QueryResult<'static, 'static, TextProtocol>>,
+    result: Option<QueryResult<'static, 'static, P>>,
     decoder: BatchDecoder,
     batch_size: usize,
     /// The server's id of the connection, to stop its query.
     id: u32,
 }
 
-async fn next_batch(mut s: Reading) -> Result<Option<(RecordBatch, Reading)>> {
+async fn next_batch<P: Protocol + Send + 'static>(
+    mut s: Reading<P>,
+) -> Result<Option<(RecordBatch, Reading<P>)>> {
     let Some(result) = s.result.as_mut() else {
         return Ok(None);
     };
@@ -131,10 +153,7 @@ async fn next_batch(mut s: Reading) -> Result<Option<(RecordBatch, Reading)>> {
         match result.next().await {
             Ok(Some(row)) => {
                 s.decoder
-                    .append(|i| match row.as_ref(i) {
-                        Some(Value::Bytes(bytes)) => Some(bytes.as_slice()),
-                        _ => None,
-                    })
+                    .append(|i| row.as_ref(i).unwrap_or(&Value::NULL))
                     .map_err(|e| s.shared.decode_failed(e))?;
                 if s.decoder.len() >= s.batch_size {
                     let batch = s.decoder.flush().map_err(|e| s.shared.decode_failed(e))?;
@@ -161,7 +180,7 @@ async fn next_batch(mut s: Reading) -> Result<Option<(RecordBatch, Reading)>> {
     }
 }
 
-impl Drop for Reading {
+impl<P: Protocol + Send + 'static> Drop for Reading<P> {
     fn drop(&mut self) {
         let Some(result) = self.result.take() else {
             return;

@@ -88,6 +88,7 @@ impl MysqlSource {
                 name: ctx.name.clone(),
                 connector,
                 batch_size: config.batch_size,
+                protocol: config.protocol,
             }),
             partitions: config.partitions,
             partition_rows: config.partition_rows,

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""MySQL/MariaDB extraction benchmark: Tributary against the ceiling and its peers, in one run.
+
+Loads TPC-H `lineitem` at the chosen scale factor into the local MariaDB (once; it is kept
+for later runs), warms InnoDB's buffer pool with it, then times, each in its own process and
+on the same query:
+
+  mysql       `mysql --quick --batch -e query > /dev/null`: the server's rows over the text
+              protocol with nothing decoded, the ceiling for one stream
+  tributary   `tributary query --format null`: rows decoded into Arrow batches, at 1 and 2
+              partitions
+  connectorx  `connectorx.read_sql(..., return_type="arrow")`, at 1 and 2 partitions
+  duckdb      DuckDB's mysql scanner streaming Arrow batches, at 1 and 2 threads
+
+for a full scan and for a selective query, and reports rows/s, MB/s (of the `mysql` client's
+output for the query) and peak RSS. Usage:
+
+  benches/mysql_scan.py [--scale 1] [--runs 3]
+
+Needs the services of scripts/services.sh; installs its Python peers into a venv
+(benches/requirements.txt) and builds the release binary. It raises the server's InnoDB
+buffer pool to 2 GiB (a runtime setting, gone at the next restart) so that every contender
+reads from memory.
+"""
+
+import argparse
+import subprocess
+import sys
+
+from scanbench import (CONNECTORX, DUCKDB, build, duckdb_extension, ensure_venv, generate_lineitem,
+                       lineitem_rows, pushed_scan, run, timing_table, tributary_configs, write_report)
+
+MYSQL_URL = "mysql://root@127.0.0.1:3306"
+MYSQL = ["mysql", "-h", "127.0.0.1", "-P", "3306", "-u", "root", "--batch", "--skip-column-names"]
+
+
+def mysql(sql, database=None):
+    out = run(MYSQL + ([database] if database else []) + ["-e", sql], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def load(binary, database, scale):
+    """Loads lineitem at `scale` into `database` unless it is there already."""
+    expected = lineitem_rows(binary, scale)
+    present = mysql(f"SELECT count(*) FROM information_schema.tables "
+                    f"WHERE table_schema = '{database}' AND table_name = 'lineitem'")
+    if present == "1" and mysql(f"SELECT count(*) FROM {database}.lineitem") == str(expected):
+        return expected
+    print(f"loading lineitem SF{scale} ({expected} rows) into {database} …", file=sys.stderr)
+    mysql(f"""DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database};
+        CREATE TABLE {database}.lineitem (
+          l_orderkey bigint NOT NULL, l_partkey bigint NOT NULL, l_suppkey bigint NOT NULL,
+          l_linenumber int NOT NULL, l_quantity decimal(15,2) NOT NULL,
+          l_extendedprice decimal(15,2) NOT NULL, l_discount decimal(15,2) NOT NULL,
+          l_tax decimal(15,2) NOT NULL, l_returnflag char(1) NOT NULL, l_linestatus char(1) NOT NULL,
+          l_shipdate date NOT NULL, l_commitdate date NOT NULL, l_receiptdate date NOT NULL,
+          l_shipinstruct char(25) NOT NULL, l_shipmode char(10) NOT NULL, l_comment varchar(44) NOT NULL,
+          PRIMARY KEY (l_orderkey, l_linenumber)) ENGINE = InnoDB""")
+    generate = generate_lineitem(binary, scale)
+    # The generator writes in primary-key order, so InnoDB appends to its clustered index.
+    run(MYSQL + ["--local-infile=1", database, "-e",
+                 "SET unique_checks = 0; LOAD DATA LOCAL INFILE '/dev/stdin' INTO TABLE lineitem "
+                 "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' IGNORE 1 LINES"],
+        stdin=generate.stdout)
+    if generate.wait() != 0:
+        sys.exit("generating lineitem failed")
+    mysql(f"ANALYZE TABLE {database}.lineitem")
+    return expected
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    python = ensure_venv()
+    extension = duckdb_extension("mysql_scanner")
+    binary = build()
+    database = "tributary_bench_sf" + str(args.scale).replace(".", "_")
+    mysql("SET GLOBAL innodb_buffer_pool_size = 2147483648")
+    rows = load(binary, database, args.scale)
+    url = f"{MYSQL_URL}/{database}"
+    attach = f"ATTACH 'host=127.0.0.1 port=3306 user=root database={database}' AS my (TYPE mysql, READ_ONLY)"
+
+    queries = {
+        "full scan": f"SELECT * FROM {database}.lineitem",
+        "selective": f"SELECT l_orderkey, l_extendedprice, l_discount FROM {database}.lineitem "
+                     f"WHERE l_shipdate = DATE '1995-06-17' AND l_quantity < 10",
+    }
+    configs = tributary_configs(
+        lambda parts: f"  - name: my\n    kind: mysql\n    url: {MYSQL_URL}\n"
+                      f"    schemas: {{include: [{database}]}}\n    partitions: {parts}\n    pool_size: 4\n"
+    )
+    # One untimed scan puts the table in the buffer pool.
+    mysql(f"SELECT count(*) FROM {database}.lineitem FORCE INDEX (PRIMARY)")
+
+    report = [f"# MariaDB extraction, TPC-H lineitem SF{args.scale:g} ({rows:,} rows), median of {args.runs} runs\n",
+              f"Server: {mysql('SELECT version()')}."]
+    for name, query in queries.items():
+        ours = query.replace(f"{database}.", f"my.{database}.")
+        duck = query.replace(f"{database}.", "my.")
+        client = MYSQL + ["--quick", "-e", query]
+        size = len(run(client, capture_output=True).stdout)
+        returned = int(mysql(f"SELECT count(*) FROM ({query}) q"))
+        contenders = [("mysql --quick (ceiling)", 1, ["sh", "-c", '"$@" > /dev/null', "mysql"] + client)]
+        for parts in (1, 2):
+            contenders.append(("tributary", parts, [binary, "-c", configs[parts], "query", "--format", "null", ours]))
+            contenders.append(("connectorx", parts, [python, "-c", CONNECTORX, url, query, str(parts)]))
+            contenders.append(("duckdb mysql scanner", parts, [python, "-c", DUCKDB, duck, str(parts), extension, attach]))
+        report += timing_table(name, returned, size, "as the mysql client's text output", contenders, args.runs)
+        if name == "selective":
+            fetched, sql = pushed_scan(binary, configs[1], ours)
+            report.append(f"\nTributary fetched {fetched} rows from MariaDB for {returned:,} returned "
+                          f"(filters pushed: `{sql}`).")
+    write_report("mysql_scan", report)
+
+
+if __name__ == "__main__":
+    main()
