@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod output;
+pub mod server;
 
 pub use config::Config;
 pub use engine::Engine;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tributary::config::Config;
 use tributary::engine::Engine;
 use tributary::output::{OutputFormat, write_stream};
+use tributary::server;
 use tributary_core::HealthStatus;
 
 /// Tributary: one SQL endpoint over your databases, files and APIs.
@@ -46,6 +47,12 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve Arrow Flight SQL (for JDBC/ODBC/ADBC drivers and BI tools) until interrupted.
+    Serve {
+        /// Address to listen on (default: the config's `server.listen`, 127.0.0.1:50051).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Run SQL and print the results.
     Query {
         /// The SQL; read from --file or standard input when absent or `-`.
@@ -133,6 +140,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let config = load_config(&cli)?;
     let engine = Engine::new(&config).map_err(|e| e.to_string())?;
     match cli.command {
+        Command::Serve { listen } => {
+            serve(engine, listen.unwrap_or(config.server.listen)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Query {
             sql,
             file,
@@ -169,6 +180,44 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Sources => sources(&engine).await,
         Command::Check => Ok(check(&engine).await),
     }
+}
+
+async fn serve(engine: Engine, addr: std::net::SocketAddr) -> Result<(), String> {
+    let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let catalogs: Vec<&str> = engine.catalogs().iter().map(|c| c.name()).collect();
+    eprintln!(
+        "Tributary {} serving Flight SQL on grpc://{local} (catalogs: {}); Ctrl-C to stop",
+        env!("CARGO_PKG_VERSION"),
+        catalogs.join(", ")
+    );
+    tracing::info!(%local, "serving Flight SQL");
+    server::serve(engine, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("Tributary stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (how service managers and containers stop a process).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    eprintln!("stopping: waiting for running requests to finish");
 }
 
 fn read_sql(sql: Option<String>, file: Option<PathBuf>) -> Result<String, String> {

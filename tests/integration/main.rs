@@ -7,6 +7,7 @@ mod config_errors;
 mod demo;
 mod docs;
 mod files;
+mod flight_sql;
 mod matrix;
 mod mysql;
 mod mysql_pushdown;

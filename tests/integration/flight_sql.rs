@@ -1,0 +1,563 @@
+//! The Flight SQL server driven by arrow-flight's Flight SQL client, as a BI driver drives
+//! it: statements, prepared statements with parameters, metadata, and errors that leave
+//! the server answering.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::util::pretty::pretty_format_batches;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo, SqlInfo,
+};
+use arrow_flight::{FlightInfo, IpcMessage, Ticket};
+use futures::TryStreamExt;
+use tokio::sync::oneshot;
+use tonic::Code;
+use tonic::transport::Channel;
+use tributary::{Config, Engine};
+use tributary_testkit::mysql::{Database, server_url};
+
+type Client = FlightSqlServiceClient<Channel>;
+
+/// A server on a free loopback port, stopped when dropped.
+struct Running {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(engine: Engine) -> Running {
+    let listener = tributary::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tributary::server::serve(engine, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running {
+        addr,
+        stop: Some(stop),
+    }
+}
+
+async fn demo() -> Running {
+    start(Engine::new(&Config::demo(0.01)).unwrap()).await
+}
+
+async fn client(server: &Running) -> Client {
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+/// Every batch behind a `FlightInfo`, with the schema the info announced.
+async fn fetch(client: &mut Client, info: FlightInfo) -> (Schema, Vec<RecordBatch>) {
+    let schema = info.clone().try_decode_schema().unwrap();
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("an endpoint with a ticket");
+        let stream = client.do_get(ticket).await.unwrap();
+        batches.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    (schema, batches)
+}
+
+async fn query(client: &mut Client, sql: &str) -> String {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let (schema, batches) = fetch(client, info).await;
+    for batch in &batches {
+        assert_eq!(batch.schema().as_ref(), &schema, "{sql}: announced schema");
+    }
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+fn code_and_message(e: arrow_flight::error::FlightError) -> (Code, String) {
+    match e {
+        arrow_flight::error::FlightError::Tonic(status) => {
+            (status.code(), status.message().to_string())
+        }
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn statements_stream_results_with_their_schema() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    assert_eq!(
+        query(
+            &mut client,
+            "SELECT n_nationkey, n_name FROM nation WHERE n_nationkey < 3 ORDER BY n_nationkey"
+        )
+        .await,
+        "+-------------+-----------+\n\
+         | n_nationkey | n_name    |\n\
+         +-------------+-----------+\n\
+         | 0           | ALGERIA   |\n\
+         | 1           | ARGENTINA |\n\
+         | 2           | BRAZIL    |\n\
+         +-------------+-----------+"
+    );
+    // An empty result still tells its schema.
+    let info = client
+        .execute(
+            "SELECT n_name FROM demo.tpch.nation WHERE false".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    assert_eq!(schema.field(0).name(), "n_name");
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+    // A large result arrives whole, in many messages.
+    let info = client
+        .execute("SELECT l_orderkey FROM lineitem".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        60_175
+    );
+}
+
+#[tokio::test]
+async fn errors_are_statuses_and_the_server_keeps_answering() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    let (code, message) =
+        code_and_message(client.execute("SELEC 1".into(), None).await.unwrap_err());
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("SELEC"), "{message}");
+
+    let (code, message) = code_and_message(
+        client
+            .execute("SELECT * FROM demo.tpch.no_such_table".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("no_such_table"), "{message}");
+
+    let (code, message) = code_and_message(
+        client
+            .execute_update("DELETE FROM nation".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("read-only"), "{message}");
+    let (code, message) = code_and_message(
+        client
+            .execute("CREATE TABLE t (a int)".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("read-only"), "{message}");
+
+    // Garbage tickets are refused, not fatal.
+    for garbage in [&b"not a ticket"[..], &[0xff, 0x00, 0x12][..], &[][..]] {
+        let e = client
+            .do_get(Ticket::new(garbage.to_vec()))
+            .await
+            .unwrap_err();
+        let (code, _) = code_and_message(e);
+        assert_ne!(code, Code::Ok);
+    }
+    assert_eq!(
+        query(&mut client, "SELECT 1 AS one").await,
+        "+-----+\n| one |\n+-----+\n| 1   |\n+-----+"
+    );
+}
+
+/// One row of parameter values, cast to the types the server announced (as drivers do);
+/// values of parameters whose type the server could not infer keep their own.
+fn bind(parameters: &Schema, values: Vec<ArrayRef>) -> RecordBatch {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = parameters
+        .fields()
+        .iter()
+        .zip(values)
+        .map(|(field, value)| match field.data_type() {
+            DataType::Null => (
+                Field::new(field.name(), value.data_type().clone(), true),
+                value,
+            ),
+            wanted => (field.as_ref().clone(), cast(&value, wanted).unwrap()),
+        })
+        .unzip();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_parameters() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    let mut prepared = client
+        .prepare(
+            "SELECT n_name FROM nation WHERE n_nationkey = ? OR n_name = ? ORDER BY n_name".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let parameters = prepared.parameter_schema().unwrap().clone();
+    assert_eq!(parameters.fields().len(), 2, "{parameters:?}");
+    assert_eq!(prepared.dataset_schema().unwrap().field(0).name(), "n_name");
+    prepared
+        .set_parameters(bind(
+            &parameters,
+            vec![
+                Arc::new(Int32Array::from(vec![3])),
+                Arc::new(StringArray::from(vec!["JAPAN"])),
+            ],
+        ))
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        "+--------+\n| n_name |\n+--------+\n| CANADA |\n| JAPAN  |\n+--------+"
+    );
+    prepared.close().await.unwrap();
+
+    // `$n` placeholders, reused, and a statement without any.
+    let mut prepared = client
+        .prepare("SELECT $1 + 1 AS a, $1 * 2 AS b".into(), None)
+        .await
+        .unwrap();
+    let parameters = prepared.parameter_schema().unwrap().clone();
+    assert_eq!(parameters.fields().len(), 1);
+    prepared
+        .set_parameters(bind(
+            &parameters,
+            vec![Arc::new(arrow::array::Int64Array::from(vec![20]))],
+        ))
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        "+----+----+\n| a  | b  |\n+----+----+\n| 21 | 40 |\n+----+----+"
+    );
+
+    let mut prepared = client
+        .prepare("SELECT 7 AS seven".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(prepared.parameter_schema().unwrap().fields().len(), 0);
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(batches[0].num_rows(), 1);
+
+    // Preparing bad SQL fails at once.
+    let e = client
+        .prepare("SELECT nope FROM nation".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(code_and_message(e).0, Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn metadata_lists_catalogs_schemas_tables_types_and_keys() {
+    let db = Database::create("flight").await;
+    db.execute(
+        "CREATE TABLE orders (region varchar(10), id int, amount decimal(10, 2), PRIMARY KEY (region, id));
+         CREATE VIEW big AS SELECT * FROM orders WHERE amount > 100;",
+    )
+    .await;
+    let yaml = format!(
+        "sources:\n  - name: demo\n    kind: tpch\n    scale_factor: 0.01\n  - name: my\n    kind: mysql\n    url: {}\n    schemas: {{include: [{}]}}\n",
+        server_url(),
+        db.name
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap();
+    let server = start(Engine::new(&config).unwrap()).await;
+    let mut client = client(&server).await;
+
+    let info = client.get_catalogs().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("| demo ") && text.contains("| my "), "{text}");
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: Some("my".into()),
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains(&db.name), "{text}");
+    assert!(!text.contains("tpch"), "{text}");
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: Some(db.name.clone()),
+            table_name_filter_pattern: Some("%r%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let names: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let names = b.column_by_name("table_name").unwrap();
+            let types = b.column_by_name("table_type").unwrap();
+            let names = names
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let types = types
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..b.num_rows())
+                .map(move |i| format!("{}:{}", names.value(i), types.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(names, ["orders:TABLE"]);
+    let schema_bytes = batches[0]
+        .column_by_name("table_schema")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow::array::BinaryArray>()
+        .unwrap()
+        .value(0)
+        .to_vec();
+    let schema = Schema::try_from(IpcMessage(schema_bytes.into())).unwrap();
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(columns, ["region", "id", "amount"]);
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: Some("my".into()),
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec!["VIEW".into()],
+            include_schema: false,
+        })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(
+        text.contains("| big ") && !text.contains("orders"),
+        "{text}"
+    );
+
+    let info = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: Some("my".into()),
+            db_schema: Some(db.name.clone()),
+            table: "orders".into(),
+        })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(
+        text.contains("| region ") && text.contains("| id "),
+        "{text}"
+    );
+    let e = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: Some("my".into()),
+            db_schema: Some(db.name.clone()),
+            table: "no_such".into(),
+        })
+        .await
+        .unwrap_err();
+    let (code, message) = code_and_message(e);
+    assert_eq!(code, Code::NotFound);
+    assert!(message.contains("no_such"), "{message}");
+
+    let info = client.get_table_types().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert!(
+        pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+            .contains("VIEW")
+    );
+
+    let info = client
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::FlightSqlServerReadOnly,
+        ])
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 2);
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("Tributary"), "{text}");
+
+    let info = client
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    let text = pretty_format_batches(&batches).unwrap().to_string();
+    assert!(
+        text.contains("VARCHAR") && text.contains("TIMESTAMP"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn only_loopback_addresses_are_served_without_authentication() {
+    let e = tributary::server::bind("0.0.0.0:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("server.auth"), "{e}");
+}
+
+#[tokio::test]
+async fn the_adbc_driver_queries_binds_and_lists() {
+    let server = demo().await;
+    let python = std::env::var("TRIBUTARY_PYTHON")
+        .expect("TRIBUTARY_PYTHON names the test venv's python (scripts/test sets it)");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/adbc_flight_sql.py"
+    );
+    let uri = format!("grpc://{}", server.addr);
+    // The driver blocks; the server answers on this test's runtime meanwhile.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(uri)
+            .output()
+            .expect("running the ADBC client")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ADBC client failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(passed, 13, "{stdout}");
+}
+
+#[tokio::test]
+async fn cancel_flight_info_stops_a_streaming_query() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    // 1.5 million rows: far more than gRPC's flow-control window lets the server send ahead.
+    let info = client
+        .execute(
+            "SELECT a.l_orderkey, b.n_name FROM lineitem a CROSS JOIN nation b".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let first = stream.try_next().await.unwrap().expect("a first batch");
+    let mut rows = first.num_rows();
+
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = arrow_flight::FlightClient::new(channel);
+    let status = flight
+        .cancel_flight_info(arrow_flight::CancelFlightInfoRequest::new(info))
+        .await
+        .unwrap();
+    assert_eq!(status.status(), arrow_flight::CancelStatus::Cancelled);
+
+    // What was already on its way still arrives; then the stream ends with CANCELLED.
+    let code = loop {
+        match stream.try_next().await {
+            Ok(Some(batch)) => rows += batch.num_rows(),
+            Ok(None) => panic!("the query finished ({rows} rows) despite the cancel"),
+            Err(e) => break code_and_message(e).0,
+        }
+    };
+    assert_eq!(code, Code::Cancelled);
+    assert!(rows < 60_175 * 25, "{rows}");
+    // The server goes on answering.
+    assert_eq!(
+        query(&mut client, "SELECT 1 AS one").await,
+        "+-----+\n| one |\n+-----+\n| 1   |\n+-----+"
+    );
+}
+
+#[tokio::test]
+async fn the_serve_command_answers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(crate::common::binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("TRIBUTARY_CONFIG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    let addr = banner
+        .split("grpc://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_string();
+    assert!(banner.contains("catalogs: demo"), "{banner}");
+
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    assert_eq!(
+        query(&mut client, "SELECT count(*) AS n FROM region").await,
+        "+---+\n| n |\n+---+\n| 5 |\n+---+"
+    );
+    drop(client);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("Tributary stopped"), "{rest}");
+}
