@@ -53,20 +53,32 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves Flight SQL on `listener` until `shutdown` completes; requests under way then
-/// finish before this returns.
+/// Serves Flight SQL, and gRPC health checks, on `listener` until `shutdown` completes;
+/// health then turns to NOT_SERVING (so load balancers stop sending work) while requests
+/// under way finish, before this returns.
 pub async fn serve(
     engine: Engine,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = FlightServiceServer::new(TributaryFlightSql::new(engine))
+    type Flight = FlightServiceServer<TributaryFlightSql>;
+    let service = Flight::new(TributaryFlightSql::new(engine))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<Flight>().await;
+    let draining = async move {
+        shutdown.await;
+        health.set_not_serving::<Flight>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, draining)
         .await?;
     Ok(())
 }
