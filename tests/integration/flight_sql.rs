@@ -594,3 +594,57 @@ async fn health_checks_report_serving() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+/// How many queries on `database`'s `big` table the MariaDB server is running.
+async fn running_on_big(database: &str) -> i64 {
+    use mysql_async::prelude::Queryable;
+    let mut conn = tributary_testkit::mysql::connect().await;
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND IN ('Query', 'Execute') AND INFO LIKE '%{database}%big%' AND INFO NOT LIKE '%PROCESSLIST%'"
+    );
+    conn.query_first(&sql).await.unwrap().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_the_source_query() {
+    let db = Database::create("flight_gone").await;
+    db.execute(
+        "CREATE TABLE big (id bigint PRIMARY KEY, f double);
+         INSERT INTO big SELECT seq, seq FROM seq_1_to_1000000;",
+    )
+    .await;
+    let yaml = format!(
+        "sources:\n  - name: my\n    kind: mysql\n    url: {}\n    schemas: {{include: [{}]}}\n    partitions: 1\n",
+        server_url(),
+        db.name
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap();
+    let server = start(Engine::new(&config).unwrap()).await;
+    let mut client = client(&server).await;
+    let info = client
+        .execute(format!("SELECT id, f FROM my.{}.big", db.name), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    assert!(stream.try_next().await.unwrap().is_some());
+    // The client reads no further: flow control holds the server, which holds MariaDB.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        running_on_big(&db.name).await,
+        1,
+        "the query should be running"
+    );
+
+    drop(stream);
+    drop(client);
+    let mut active = 1;
+    for _ in 0..50 {
+        active = running_on_big(&db.name).await;
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(active, 0, "the abandoned query is still running on MariaDB");
+}
