@@ -115,7 +115,7 @@ impl TributaryFlightSql {
         let batches = batches.map_err(|e| FlightError::Tonic(Box::new(status(e))));
         Ok(Response::new(encode(
             schema,
-            self.running.track(ticket, batches),
+            self.running.track(ticket, &handle.sql, batches),
         )))
     }
 

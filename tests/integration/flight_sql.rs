@@ -520,7 +520,13 @@ async fn the_serve_command_answers_and_stops_on_sigterm() {
     use std::process::{Command, Stdio};
 
     let mut child = Command::new(crate::common::binary())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "tributary=info",
+        ])
         .env_remove("TRIBUTARY_CONFIG")
         .stderr(Stdio::piped())
         .spawn()
@@ -560,6 +566,18 @@ async fn the_serve_command_answers_and_stops_on_sigterm() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
     assert!(rest.contains("Tributary stopped"), "{rest}");
+    // The query's life is logged in a span carrying its id and SQL.
+    let ended = rest
+        .lines()
+        .find(|l| l.contains("query ended"))
+        .unwrap_or_else(|| panic!("no end of query logged: {rest}"));
+    assert!(
+        ended.contains("query{id=")
+            && ended.contains("FROM region")
+            && ended.contains("rows=1")
+            && ended.contains("outcome=Done"),
+        "{ended}"
+    );
 }
 
 #[tokio::test]
