@@ -24,11 +24,10 @@ reads from memory.
 """
 
 import argparse
-import subprocess
 import sys
 
-from scanbench import (CONNECTORX, DUCKDB, build, duckdb_extension, ensure_venv, generate_lineitem,
-                       lineitem_rows, pushed_scan, run, timing_table, tributary_configs, write_report)
+from scanbench import (build, duckdb_extension, ensure_venv, generate_lineitem, lineitem_queries, lineitem_rows,
+                       peers, pushed_scan, run, timing_table, tributary_configs, write_report)
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306"
 MYSQL = ["mysql", "-h", "127.0.0.1", "-P", "3306", "-u", "root", "--batch", "--skip-column-names"]
@@ -83,36 +82,23 @@ def main():
     url = f"{MYSQL_URL}/{database}"
     attach = f"ATTACH 'host=127.0.0.1 port=3306 user=root database={database}' AS my (TYPE mysql, READ_ONLY)"
 
-    queries = {
-        "full scan": f"SELECT * FROM {database}.lineitem",
-        "selective": f"SELECT l_orderkey, l_extendedprice, l_discount FROM {database}.lineitem "
-                     f"WHERE l_shipdate = DATE '1995-06-17' AND l_quantity < 10",
-    }
-    configs = tributary_configs(
-        lambda parts: f"  - name: my\n    kind: mysql\n    url: {MYSQL_URL}\n"
-                      f"    schemas: {{include: [{database}]}}\n    partitions: {parts}\n    pool_size: 4\n"
-    )
+    configs = tributary_configs("my", "mysql", MYSQL_URL, database)
     # One untimed scan puts the table in the buffer pool.
     mysql(f"SELECT count(*) FROM {database}.lineitem FORCE INDEX (PRIMARY)")
 
     report = [f"# MariaDB extraction, TPC-H lineitem SF{args.scale:g} ({rows:,} rows), median of {args.runs} runs\n",
               f"Server: {mysql('SELECT version()')}."]
-    for name, query in queries.items():
+    for name, query in lineitem_queries(database).items():
         ours = query.replace(f"{database}.", f"my.{database}.")
-        duck = query.replace(f"{database}.", "my.")
         client = MYSQL + ["--quick", "-e", query]
         size = len(run(client, capture_output=True).stdout)
         returned = int(mysql(f"SELECT count(*) FROM ({query}) q"))
         contenders = [("mysql --quick (ceiling)", 1, ["sh", "-c", '"$@" > /dev/null', "mysql"] + client)]
-        for parts in (1, 2):
-            contenders.append(("tributary", parts, [binary, "-c", configs[parts], "query", "--format", "null", ours]))
-            contenders.append(("connectorx", parts, [python, "-c", CONNECTORX, url, query, str(parts)]))
-            contenders.append(("duckdb mysql scanner", parts, [python, "-c", DUCKDB, duck, str(parts), extension, attach]))
+        contenders += peers(binary, python, configs, ours, query, url, "duckdb mysql scanner",
+                            query.replace(f"{database}.", "my."), extension, attach)
         report += timing_table(name, returned, size, "as the mysql client's text output", contenders, args.runs)
         if name == "selective":
-            fetched, sql = pushed_scan(binary, configs[1], ours)
-            report.append(f"\nTributary fetched {fetched} rows from MariaDB for {returned:,} returned "
-                          f"(filters pushed: `{sql}`).")
+            report.append(pushed_scan(binary, configs[1], ours, returned, "MariaDB"))
     write_report("mysql_scan", report)
 
 

@@ -21,11 +21,10 @@ Needs the services of scripts/services.sh; installs its Python peers into a venv
 """
 
 import argparse
-import subprocess
 import sys
 
-from scanbench import (CONNECTORX, DUCKDB, build, duckdb_extension, ensure_venv, generate_lineitem,
-                       lineitem_rows, pushed_scan, run, timing_table, tributary_configs, write_report)
+from scanbench import (build, duckdb_extension, ensure_venv, generate_lineitem, lineitem_queries, lineitem_rows,
+                       peers, pushed_scan, run, timing_table, tributary_configs, write_report)
 
 PG_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
@@ -74,32 +73,19 @@ def main():
     schema = "tributary_bench_sf" + str(args.scale).replace(".", "_")
     rows = load(binary, schema, args.scale)
 
-    queries = {
-        "full scan": f"SELECT * FROM {schema}.lineitem",
-        "selective": f"SELECT l_orderkey, l_extendedprice, l_discount FROM {schema}.lineitem "
-                     f"WHERE l_shipdate = DATE '1995-06-17' AND l_quantity < 10",
-    }
-    configs = tributary_configs(
-        lambda parts: f"  - name: pg\n    kind: postgres\n    url: {PG_URL}\n"
-                      f"    schemas: {{include: [{schema}]}}\n    partitions: {parts}\n    pool_size: 4\n"
-    )
+    configs = tributary_configs("pg", "postgres", PG_URL, schema)
 
     report = [f"# PostgreSQL extraction, TPC-H lineitem SF{args.scale:g} ({rows:,} rows), median of {args.runs} runs\n"]
-    for name, query in queries.items():
+    for name, query in lineitem_queries(schema).items():
         ours = query.replace(f"{schema}.", f"pg.{schema}.")
         size = len(run(PSQL + ["-Atqc", f"\\copy ({query}) TO STDOUT WITH (FORMAT binary)"],
                        capture_output=True).stdout)
         returned = int(psql(f"SELECT count(*) FROM ({query}) q"))
         contenders = [("psql binary COPY (ceiling)", 1, PSQL + ["-qc", f"\\copy ({query}) TO '/dev/null' WITH (FORMAT binary)"])]
-        for parts in (1, 2):
-            contenders.append(("tributary", parts, [binary, "-c", configs[parts], "query", "--format", "null", ours]))
-            contenders.append(("connectorx", parts, [python, "-c", CONNECTORX, PG_URL, query, str(parts)]))
-            contenders.append(("duckdb postgres scanner", parts, [python, "-c", DUCKDB, ours, str(parts), extension, ATTACH]))
+        contenders += peers(binary, python, configs, ours, query, PG_URL, "duckdb postgres scanner", ours, extension, ATTACH)
         report += timing_table(name, returned, size, "as binary COPY", contenders, args.runs)
         if name == "selective":
-            fetched, sql = pushed_scan(binary, configs[1], ours)
-            report.append(f"\nTributary fetched {fetched} rows from PostgreSQL for {returned:,} returned "
-                          f"(filters pushed: `{sql}`).")
+            report.append(pushed_scan(binary, configs[1], ours, returned, "PostgreSQL"))
     write_report("postgres_scan", report)
 
 

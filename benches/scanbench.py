@@ -101,15 +101,36 @@ def measured(cmd, runs):
     return statistics.median(times), min(times), max(peaks)
 
 
-def tributary_configs(source_yaml):
-    """Config files for 1 and 2 partitions; `source_yaml(parts)` is the source's YAML."""
+def lineitem_queries(schema):
+    """The full scan and the selective query both benchmarks time, on `schema`.lineitem."""
+    return {
+        "full scan": f"SELECT * FROM {schema}.lineitem",
+        "selective": f"SELECT l_orderkey, l_extendedprice, l_discount FROM {schema}.lineitem "
+                     f"WHERE l_shipdate = DATE '1995-06-17' AND l_quantity < 10",
+    }
+
+
+def tributary_configs(name, kind, url, schema):
+    """Config files for 1 and 2 partitions of a source `name` of `kind` limited to `schema`."""
     workdir = Path(tempfile.mkdtemp(prefix="tributary-bench-"))
     configs = {}
     for parts in (1, 2):
         path = workdir / f"p{parts}.yaml"
-        path.write_text("sources:\n" + source_yaml(parts))
+        path.write_text(f"sources:\n  - name: {name}\n    kind: {kind}\n    url: {url}\n"
+                        f"    schemas: {{include: [{schema}]}}\n    partitions: {parts}\n    pool_size: 4\n")
         configs[parts] = str(path)
     return configs
+
+
+def peers(binary, python, configs, ours, query, connectorx_url, duckdb_label, duckdb_query, extension, attach):
+    """Tributary (running `ours`), ConnectorX and DuckDB (running `duckdb_query`) at 1 and 2
+    parts, as timing_table's contenders."""
+    contenders = []
+    for parts in (1, 2):
+        contenders.append(("tributary", parts, [binary, "-c", configs[parts], "query", "--format", "null", ours]))
+        contenders.append(("connectorx", parts, [python, "-c", CONNECTORX, connectorx_url, query, str(parts)]))
+        contenders.append((duckdb_label, parts, [python, "-c", DUCKDB, duckdb_query, str(parts), extension, attach]))
+    return contenders
 
 
 def timing_table(name, returned, size, size_unit, contenders, runs):
@@ -129,13 +150,14 @@ def timing_table(name, returned, size, size_unit, contenders, runs):
     return lines
 
 
-def pushed_scan(binary, config, query):
-    """A sentence on how many rows Tributary fetched for `query` and the SQL it sent."""
+def pushed_scan(binary, config, query, returned, server):
+    """A sentence on how many rows Tributary fetched from `server` for `query` and the SQL
+    it sent."""
     explained = run([binary, "-c", config, "explain", "--analyze", query], capture_output=True, text=True).stdout
     scan = next((l for l in explained.splitlines() if "RemoteScanExec" in l), "")
     fetched = scan.split("output_rows=")[1].split(",")[0].split("]")[0] if "output_rows=" in scan else "?"
     sql = scan.split("sql=", 1)[-1].split(", metrics=")[0]
-    return fetched, sql
+    return f"\nTributary fetched {fetched} rows from {server} for {returned:,} returned (filters pushed: `{sql}`)."
 
 
 def write_report(name, lines):

@@ -159,16 +159,21 @@ impl Engine {
         Ok(DataFrame::new(state, plan))
     }
 
-    /// Plans a single SQL statement.
-    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+    /// Parses `sql`, which must hold exactly one statement.
+    pub fn statement(&self, sql: &str) -> Result<Statement> {
         let mut statements = self.parse(sql)?;
         match (statements.pop_front(), statements.is_empty()) {
-            (Some(statement), true) => self.plan(statement).await,
+            (Some(statement), true) => Ok(statement),
             (None, _) => Err(DataFusionError::Plan("no SQL statement given".into())),
             (Some(_), false) => Err(DataFusionError::Plan(
                 "expected one SQL statement, got several".into(),
             )),
         }
+    }
+
+    /// Plans a single SQL statement.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        self.plan(self.statement(sql)?).await
     }
 
     /// Fills every catalog's name cache. A source that fails is logged and left out of

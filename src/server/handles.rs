@@ -5,7 +5,6 @@
 use arrow::array::RecordBatch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
-use arrow_flight::sql::{Any, ProstMessageExt};
 use bytes::Bytes;
 use prost::Message;
 use tonic::Status;
@@ -20,19 +19,6 @@ pub struct StatementHandle {
     /// Bound parameters as an Arrow IPC stream; empty when none are bound.
     #[prost(bytes = "bytes", tag = "2")]
     pub parameters: Bytes,
-}
-
-impl ProstMessageExt for StatementHandle {
-    fn type_url() -> &'static str {
-        "type.googleapis.com/tributary.StatementHandle"
-    }
-
-    fn as_any(&self) -> Any {
-        Any {
-            type_url: Self::type_url().to_string(),
-            value: self.encode_to_vec().into(),
-        }
-    }
 }
 
 impl StatementHandle {
@@ -57,14 +43,12 @@ impl StatementHandle {
 
     /// This handle with `batch` (one row of values) bound as its parameters.
     pub fn with_parameters(&self, batch: &RecordBatch) -> Result<Self, Status> {
-        let mut buffer = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut buffer, &batch.schema())
-            .and_then(|mut w| w.write(batch).map(|_| w))
-            .map_err(|e| Status::internal(format!("encoding parameters: {e}")))?;
-        writer
-            .finish()
-            .map_err(|e| Status::internal(format!("encoding parameters: {e}")))?;
-        drop(writer);
+        let failed =
+            |e: arrow::error::ArrowError| Status::internal(format!("encoding parameters: {e}"));
+        let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(failed)?;
+        writer.write(batch).map_err(failed)?;
+        writer.finish().map_err(failed)?;
+        let buffer = writer.into_inner().map_err(failed)?;
         Ok(StatementHandle {
             sql: self.sql.clone(),
             parameters: buffer.into(),

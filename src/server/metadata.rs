@@ -8,6 +8,7 @@ use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
 use arrow::array::{BooleanArray, Scalar, StringArray};
 use arrow::compute::kernels::comparison::like;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::sql::metadata::{
     SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
@@ -356,32 +357,29 @@ pub async fn tables(engine: &Engine, cmd: CommandGetTables) -> Result<RecordBatc
             if !types.is_empty() && !types.iter().any(|t| t == kind) {
                 continue;
             }
-            let columns = if include_schema {
-                wire_schema(opened.schema())
-            } else {
-                Arc::new(empty.clone())
-            };
+            let columns = include_schema.then(|| wire_schema(opened.schema()));
             builder
-                .append(&catalog, &schema, &table, kind, &columns)
+                .append(
+                    &catalog,
+                    &schema,
+                    &table,
+                    kind,
+                    columns.as_deref().unwrap_or(&empty),
+                )
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
     }
     builder.build().map_err(|e| Status::internal(e.to_string()))
 }
 
-/// A schema as clients receive it: dictionary columns are sent as their values.
+/// A schema as clients receive it: dictionary columns are sent as their values. Asked of
+/// the encoder itself, so the announced schema is the one on the wire.
 pub fn wire_schema(schema: SchemaRef) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, values) => {
-                f.as_ref().clone().with_data_type(values.as_ref().clone())
-            }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    FlightDataEncoderBuilder::new()
+        .with_schema(Arc::clone(&schema))
+        .build(futures::stream::empty())
+        .known_schema()
+        .unwrap_or(schema)
 }
 
 /// The schema of `GetPrimaryKeys` answers.
@@ -396,38 +394,32 @@ pub fn primary_keys_schema() -> SchemaRef {
     ]))
 }
 
+/// The table a `GetPrimaryKeys` command names (the session's default catalog and schema
+/// where it names none), as `(catalog, schema, table)`; an error if it does not exist.
+pub async fn key_table(
+    engine: &Engine,
+    cmd: &CommandGetPrimaryKeys,
+) -> Result<(String, String, Arc<dyn TableProvider>), Status> {
+    let state = engine.context().state();
+    let defaults = &state.config().options().catalog;
+    let catalog = cmd
+        .catalog
+        .clone()
+        .unwrap_or_else(|| defaults.default_catalog.clone());
+    let schema = cmd
+        .db_schema
+        .clone()
+        .unwrap_or_else(|| defaults.default_schema.clone());
+    let table = open_table(engine, &catalog, &schema, &cmd.table).await?;
+    Ok((catalog, schema, table))
+}
+
 /// The rows of a `GetPrimaryKeys` answer, from the table's declared primary key.
 pub async fn primary_keys(
     engine: &Engine,
     cmd: CommandGetPrimaryKeys,
 ) -> Result<RecordBatch, Status> {
-    let catalog = cmd
-        .catalog
-        .clone()
-        .or_else(|| {
-            Some(
-                engine
-                    .context()
-                    .state()
-                    .config()
-                    .options()
-                    .catalog
-                    .default_catalog
-                    .clone(),
-            )
-        })
-        .unwrap_or_default();
-    let schema = cmd.db_schema.clone().unwrap_or_else(|| {
-        engine
-            .context()
-            .state()
-            .config()
-            .options()
-            .catalog
-            .default_schema
-            .clone()
-    });
-    let table = open_table(engine, &catalog, &schema, &cmd.table).await?;
+    let (catalog, schema, table) = key_table(engine, &cmd).await?;
     let mut catalogs = StringBuilder::new();
     let mut schemas = StringBuilder::new();
     let mut tables = StringBuilder::new();
@@ -480,9 +472,9 @@ pub fn foreign_keys_schema() -> SchemaRef {
     ]))
 }
 
-/// Checks that a table named by a key command exists, so a typo is an error rather than
-/// an empty answer.
-pub async fn open_table(
+/// Opens a table named by a key command, so a typo is an error rather than an empty
+/// answer.
+async fn open_table(
     engine: &Engine,
     catalog: &str,
     schema: &str,

@@ -69,16 +69,7 @@ impl TributaryFlightSql {
     /// Plans the handle's statement with its bound parameters. `?` placeholders are
     /// numbered (`$1`, `$2`, …) in the order they appear, as JDBC and ADBC expect.
     async fn plan(&self, handle: &StatementHandle) -> Result<DataFrame, Status> {
-        let mut statements = self.engine.parse(&handle.sql).map_err(status)?;
-        let mut statement = match (statements.pop_front(), statements.is_empty()) {
-            (Some(statement), true) => statement,
-            (None, _) => return Err(Status::invalid_argument("no SQL statement given")),
-            (Some(_), false) => {
-                return Err(Status::invalid_argument(
-                    "expected one SQL statement, got several",
-                ));
-            }
-        };
+        let mut statement = self.engine.statement(&handle.sql).map_err(status)?;
         number_placeholders(&mut statement);
         let df = self.engine.plan(statement).await.map_err(status)?;
         match handle.parameters()? {
@@ -96,10 +87,7 @@ impl TributaryFlightSql {
 
     /// The schema the statement's results will have on the wire.
     async fn dataset_schema(&self, handle: &StatementHandle) -> Result<SchemaRef, Status> {
-        let df = self.plan(handle).await?;
-        Ok(metadata::wire_schema(Arc::new(
-            df.schema().as_arrow().clone(),
-        )))
+        Ok(result_schema(&self.plan(handle).await?))
     }
 
     /// Runs the statement, streaming its batches as they come, until it ends, the client
@@ -110,7 +98,7 @@ impl TributaryFlightSql {
         ticket: Bytes,
     ) -> Result<Response<DoGetStream>, Status> {
         let df = self.plan(handle).await?;
-        let schema = metadata::wire_schema(Arc::new(df.schema().as_arrow().clone()));
+        let schema = result_schema(&df);
         let batches = df.execute_stream().await.map_err(status)?;
         let batches = batches.map_err(|e| FlightError::Tonic(Box::new(status(e))));
         Ok(Response::new(encode(
@@ -131,6 +119,11 @@ impl TributaryFlightSql {
         tracing::info!(cancelled, "CancelFlightInfo");
         cancelled
     }
+}
+
+/// The schema a query's results have on the wire.
+fn result_schema(df: &DataFrame) -> SchemaRef {
+    metadata::wire_schema(Arc::new(df.schema().as_arrow().clone()))
 }
 
 /// Record batches as Flight data, the schema first even when no batch follows.
@@ -265,7 +258,7 @@ impl FlightSqlService for TributaryFlightSql {
         parameters.sort_by_key(|(position, _)| *position);
         let parameter_schema =
             Schema::new(parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
-        let dataset_schema = metadata::wire_schema(Arc::new(df.schema().as_arrow().clone()));
+        let dataset_schema = result_schema(&df);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode(),
             dataset_schema: schema_bytes(&dataset_schema)?,
@@ -468,7 +461,7 @@ impl FlightSqlService for TributaryFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         // A table that does not exist is an error now, not an empty answer later.
-        metadata::primary_keys(&self.engine, query.clone()).await?;
+        metadata::key_table(&self.engine, &query).await?;
         flight_info(
             &metadata::primary_keys_schema(),
             query.as_any(),

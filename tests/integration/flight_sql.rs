@@ -666,3 +666,21 @@ async fn a_client_that_goes_away_stops_the_source_query() {
     }
     assert_eq!(active, 0, "the abandoned query is still running on MariaDB");
 }
+
+#[tokio::test]
+async fn stopping_lets_a_running_query_finish() {
+    let mut server = demo().await;
+    let mut client = client(&server).await;
+    let info = client
+        .execute("SELECT l_orderkey FROM lineitem".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket).await.unwrap();
+    let mut rows = stream.try_next().await.unwrap().unwrap().num_rows();
+    let _ = server.stop.take().unwrap().send(());
+    while let Some(batch) = stream.try_next().await.unwrap() {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, 60_175);
+}
