@@ -65,7 +65,7 @@ def main():
     binary = build()
     query = "SELECT * FROM demo.tpch.lineitem"
     port = free_port()
-    server = subprocess.Popen([binary, "--demo-scale", str(args.scale), "serve", "--listen", f"127.0.0.1:{port}"],
+    server = subprocess.Popen([binary, "--demo-scale", str(args.scale), "serve", "--listen", f"127.0.0.1:{port}", "--metrics-listen", "off"],
                               stderr=subprocess.PIPE, text=True)
     try:
         banner = server.stderr.readline()

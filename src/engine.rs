@@ -224,7 +224,7 @@ fn build_source(
         SourceKind::Files(files) => Arc::new(FilesSource::new(context, files.clone())?),
         SourceKind::Mysql(mysql) => Arc::new(MysqlSource::new(context, mysql.clone())?),
         SourceKind::Postgres(pg) => Arc::new(PostgresSource::new(context, pg.clone())?),
-        SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(&config.key, tpch.clone())?),
+        SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(context, tpch.clone())?),
     })
 }
 

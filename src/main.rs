@@ -52,7 +52,13 @@ enum Command {
         /// Address to listen on (default: the config's `server.listen`, 127.0.0.1:50051).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Where Prometheus scrapes `/metrics`, or `off` (default: `server.metrics_listen`,
+        /// 127.0.0.1:9464).
+        #[arg(long, value_parser = address_or_off)]
+        metrics_listen: Option<MetricsListen>,
     },
+    /// Hash a password (read from standard input) for `server.auth.users[].password_hash`.
+    HashPassword,
     /// Run SQL and print the results.
     Query {
         /// The SQL; read from --file or standard input when absent or `-`.
@@ -138,14 +144,39 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     }
 }
 
+/// `--metrics-listen`: an address, or none.
+#[derive(Debug, Clone, Copy)]
+struct MetricsListen(Option<std::net::SocketAddr>);
+
+fn address_or_off(text: &str) -> Result<MetricsListen, String> {
+    match text {
+        "off" => Ok(MetricsListen(None)),
+        addr => addr
+            .parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|e| format!("{e} (expected host:port, or `off`)")),
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Command::HashPassword = cli.command {
+        return hash_password();
+    }
     let config = load_config(&cli)?;
     let engine = Engine::new(&config).map_err(|e| e.to_string())?;
     match cli.command {
-        Command::Serve { listen } => {
-            serve(engine, listen.unwrap_or(config.server.listen)).await?;
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => {
+            let options = server::Options::from_config(&config.server, &config.dir)
+                .map_err(|e| e.to_string())?;
+            let listen = listen.unwrap_or(config.server.listen);
+            let metrics = metrics_listen.map_or(config.server.metrics_listen, |m| m.0);
+            serve(engine, options, listen, metrics).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashPassword => unreachable!("handled before loading the config"),
         Command::Query {
             sql,
             file,
@@ -184,21 +215,93 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-async fn serve(engine: Engine, addr: std::net::SocketAddr) -> Result<(), String> {
-    let listener = server::bind(addr).await.map_err(|e| e.to_string())?;
+async fn serve(
+    engine: Engine,
+    options: server::Options,
+    addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let listener = server::bind(addr, &options)
+        .await
+        .map_err(|e| e.to_string())?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let metrics_listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                format!("server.metrics_listen: cannot listen on {addr}: {e} (`--metrics-listen off` to go without)")
+            })?;
+            let bound = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+            let task = tokio::spawn(server::serve_metrics(
+                std::sync::Arc::clone(&options.metrics),
+                metrics_listener,
+                std::future::pending(),
+            ));
+            Some((bound, task))
+        }
+        None => None,
+    };
     let catalogs: Vec<&str> = engine.catalogs().iter().map(|c| c.name()).collect();
+    let scheme = if options.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
+    let metrics_note = metrics
+        .as_ref()
+        .map(|(addr, _)| format!(", metrics on http://{addr}/metrics"))
+        .unwrap_or_default();
+    let auth_note = if options.auth.is_some() {
+        ""
+    } else {
+        ", no authentication"
+    };
     eprintln!(
-        "Tributary {} serving Flight SQL on grpc://{local} (catalogs: {}); Ctrl-C to stop",
+        "Tributary {} serving Flight SQL on {scheme}://{local} (catalogs: {}{auth_note}{metrics_note}); Ctrl-C to stop",
         env!("CARGO_PKG_VERSION"),
         catalogs.join(", ")
     );
-    tracing::info!(%local, "serving Flight SQL");
-    server::serve(engine, listener, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    tracing::info!(%local, tls = options.tls.is_some(), auth = options.auth.is_some(), "serving Flight SQL");
+    let served = server::serve(engine, listener, options, shutdown_signal()).await;
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
+    served.map_err(|e| e.to_string())?;
     eprintln!("Tributary stopped");
     Ok(())
+}
+
+/// Reads a password from standard input (without echo at a terminal) and prints its
+/// Argon2id hash.
+fn hash_password() -> Result<ExitCode, String> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let echo = |on: bool| {
+        if terminal {
+            let _ = std::process::Command::new("stty")
+                .arg(if on { "echo" } else { "-echo" })
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+    };
+    if terminal {
+        eprint!("password: ");
+    }
+    echo(false);
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    echo(true);
+    if terminal {
+        eprintln!();
+    }
+    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    let hash = server::auth::hash_password(password)?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on Ctrl-C or SIGTERM (how service managers and containers stop a process).

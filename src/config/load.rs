@@ -8,8 +8,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
+use super::AuthConfig;
 use super::interpolate::interpolate;
+use super::security::FROM_ENV_ONLY;
 use super::{Config, MaterializationConfig, RefreshMode, ServerConfig, SourceConfig, SourceKind};
+use crate::server::auth::PasswordHash;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ impl Config {
                 "expected a mapping with `server`, `sources` and `materializations`".into(),
             )));
         }
+        secrets_from_env(&value).map_err(invalid)?;
         interpolate(&mut value, "", env).map_err(invalid)?;
 
         let raw: RawConfig = deserialize(value, "").map_err(invalid)?;
@@ -148,6 +152,10 @@ impl Config {
                 .map_err(|e| (format!("server.datafusion.{key}"), e.strip_backtrace()))?;
         }
 
+        if let Some(auth) = &self.server.auth {
+            validate_auth(auth)?;
+        }
+
         let mut jobs = BTreeSet::new();
         for (i, m) in self.materializations.iter().enumerate() {
             let key = format!("materializations[{i}]");
@@ -178,6 +186,100 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks that the secrets of `server.auth` are written as `${ENV}` references, so that
+/// they never sit in a config file that gets copied, committed or attached to a ticket.
+fn secrets_from_env(config: &Value) -> Result<(), KeyError> {
+    let Some(auth) = config.get("server").and_then(|s| s.get("auth")) else {
+        return Ok(());
+    };
+    for (list, field) in FROM_ENV_ONLY {
+        let entries: Vec<(String, &Value)> = if list.is_empty() {
+            vec![(format!("server.auth.{field}"), auth)]
+        } else {
+            match auth.get(*list).and_then(Value::as_sequence) {
+                Some(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| (format!("server.auth.{list}[{i}].{field}"), item))
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
+        for (key, entry) in entries {
+            let Some(value) = entry.get(*field) else {
+                continue;
+            };
+            let reference = value.as_str().is_some_and(|text| {
+                let text = text.trim();
+                text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1
+            });
+            if !reference {
+                let hint = if *field == "password" {
+                    " (or store a hash in `password_hash`: `tributary hash-password`)"
+                } else {
+                    ""
+                };
+                return Err((
+                    key,
+                    format!(
+                        "write this secret as an environment variable reference, `${{NAME}}`{hint}"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks each user has one usable credential and names are unique.
+fn validate_auth(auth: &AuthConfig) -> Result<(), KeyError> {
+    let mut names = BTreeSet::new();
+    for (i, user) in auth.users.iter().enumerate() {
+        let key = format!("server.auth.users[{i}]");
+        if !names.insert(user.name.as_str()) {
+            return Err((
+                format!("{key}.name"),
+                format!("user `{}` is defined twice", user.name),
+            ));
+        }
+        match (&user.password_hash, &user.password) {
+            (Some(hash), None) => {
+                PasswordHash::parse(hash).map_err(|e| (format!("{key}.password_hash"), e))?;
+            }
+            (None, Some(_)) => {}
+            _ => {
+                return Err((
+                    key,
+                    "give exactly one of `password_hash` and `password`".into(),
+                ));
+            }
+        }
+    }
+    for (i, token) in auth.tokens.iter().enumerate() {
+        if token.token.expose().len() < 16 {
+            return Err((
+                format!("server.auth.tokens[{i}].token"),
+                "a static token must be at least 16 characters".into(),
+            ));
+        }
+    }
+    if auth.users.is_empty() && auth.tokens.is_empty() {
+        return Err((
+            "server.auth".into(),
+            "configure at least one of `users` and `tokens`".into(),
+        ));
+    }
+    if let Some(secret) = &auth.token_secret
+        && secret.expose().len() < 32
+    {
+        return Err((
+            "server.auth.token_secret".into(),
+            "the signing secret must be at least 32 characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads one `sources[i]` entry: `name` and `kind` first, then the rest as that kind's

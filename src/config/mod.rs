@@ -5,6 +5,7 @@
 
 mod interpolate;
 mod load;
+mod security;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tributary_postgres::PostgresConfig;
 use tributary_tpch::TpchConfig;
 
 pub use load::ConfigError;
+pub use security::{AuthConfig, TlsConfig, TokenConfig, UserConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone)]
@@ -58,6 +60,16 @@ pub struct ServerConfig {
     /// DataFusion settings, e.g. `datafusion.execution.target_partitions: 8`.
     #[serde(default)]
     pub datafusion: BTreeMap<String, OptionValue>,
+    /// Who may connect; required unless the server listens on loopback only.
+    pub auth: Option<AuthConfig>,
+    /// Serve over TLS.
+    pub tls: Option<TlsConfig>,
+    /// Where Prometheus scrapes `/metrics` (HTTP); `off` for nowhere.
+    #[serde(
+        default = "security::default_metrics_listen",
+        deserialize_with = "security::address_or_off"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -82,6 +94,9 @@ impl Default for ServerConfig {
             probe_timeout: default_probe_timeout(),
             memory_limit: None,
             datafusion: BTreeMap::new(),
+            auth: None,
+            tls: None,
+            metrics_listen: security::default_metrics_listen(),
         }
     }
 }

@@ -23,11 +23,13 @@ use arrow_flight::sql::{
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
-    FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+    Action, ActionType, BasicAuth, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
 };
 use bytes::Bytes;
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
@@ -35,9 +37,11 @@ use futures::{Stream, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Authenticator, Authorization, Issued, Principal, Refusal};
 use super::handles::StatementHandle;
 use super::metadata;
-use super::running::Running;
+use super::metrics::Metrics;
+use super::running::{Query, Running};
 use super::status::{read_only, status};
 use crate::engine::Engine;
 
@@ -46,6 +50,8 @@ const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
+type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
+
 /// Tributary's Flight SQL service. Stateless: handles and tickets carry the statement.
 #[derive(Clone)]
 pub struct TributaryFlightSql {
@@ -53,16 +59,81 @@ pub struct TributaryFlightSql {
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
     running: Arc<Running>,
+    auth: Option<Arc<Authenticator>>,
+    metrics: Arc<Metrics>,
 }
 
 impl TributaryFlightSql {
-    /// A service over `engine`'s session.
-    pub fn new(engine: Engine) -> Self {
+    /// A service over `engine`'s session, logging users in with `auth` (every call is let
+    /// in without it) and counting queries in `metrics`.
+    pub fn new(engine: Engine, auth: Option<Arc<Authenticator>>, metrics: Arc<Metrics>) -> Self {
         TributaryFlightSql {
             engine,
             sql_info: Arc::new(metadata::sql_info()),
             xdbc_types: Arc::new(metadata::xdbc_types()),
-            running: Arc::new(Running::default()),
+            running: Arc::new(Running::new(Arc::clone(&metrics))),
+            auth,
+            metrics,
+        }
+    }
+
+    /// Checks a login's credentials: the `authorization: Basic …` header arrow-flight,
+    /// ADBC and the JDBC driver send, or a `BasicAuth` message in the handshake's payload
+    /// (older Flight clients).
+    async fn log_in(
+        &self,
+        auth: &Arc<Authenticator>,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<Issued, Status> {
+        let peer = request.remote_addr();
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let credentials = match header.as_deref().map(Authorization::parse) {
+            Some(Authorization::Basic { user, password }) => Ok((user, password)),
+            Some(_) => Err(Refusal::Malformed),
+            None => {
+                let mut messages = request.into_inner();
+                match messages.message().await? {
+                    Some(message) => BasicAuth::decode(message.payload)
+                        .ok()
+                        .filter(|basic| !basic.username.is_empty())
+                        .map(|basic| (basic.username, basic.password))
+                        .ok_or(Refusal::Missing),
+                    None => Err(Refusal::Missing),
+                }
+            }
+        };
+        let (user, outcome) = match credentials {
+            Ok((user, password)) => {
+                let auth = Arc::clone(auth);
+                let checked = user.clone();
+                // Password hashes take tens of milliseconds on purpose: keep them off the
+                // threads that stream results.
+                let outcome = tokio::task::spawn_blocking(move || auth.login(&checked, &password))
+                    .await
+                    .map_err(|e| Status::internal(format!("checking the password: {e}")))?;
+                (Some(user), outcome)
+            }
+            Err(refusal) => (None, Err(refusal)),
+        };
+        match outcome {
+            Ok(issued) => {
+                tracing::info!(user = user.as_deref(), ?peer, "logged in");
+                Ok(issued)
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    user = user.as_deref(),
+                    ?peer,
+                    reason = refusal.label(),
+                    "login failed"
+                );
+                self.metrics.refused(refusal.label());
+                Err(Status::unauthenticated(refusal.message()))
+            }
         }
     }
 
@@ -95,16 +166,27 @@ impl TributaryFlightSql {
     async fn execute(
         &self,
         handle: &StatementHandle,
-        ticket: Bytes,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let user = request.extensions().get::<Principal>().map(|p| p.0.clone());
+        let ticket = request.into_inner().ticket;
         let df = self.plan(handle).await?;
         let schema = result_schema(&df);
-        let batches = df.execute_stream().await.map_err(status)?;
+        let task = Arc::new(df.task_ctx());
+        // Kept for the sources' row and byte counts when the query ends.
+        let plan = df.create_physical_plan().await.map_err(status)?;
+        let batches = execute_stream(Arc::clone(&plan), task).map_err(status)?;
         let batches = batches.map_err(|e| FlightError::Tonic(Box::new(status(e))));
-        Ok(Response::new(encode(
-            schema,
-            self.running.track(ticket, &handle.sql, batches),
-        )))
+        let query = Query {
+            ticket,
+            sql: &handle.sql,
+            user: user.as_deref(),
+            plan,
+        };
+        let data = self
+            .running
+            .track(query, batches, |batches| encode(schema, batches));
+        Ok(Response::new(Box::pin(data)))
     }
 
     /// Stops the queries behind `info`'s tickets.
@@ -210,7 +292,7 @@ impl FlightSqlService for TributaryFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&ticket.statement_handle)?;
-        self.execute(&handle, request.into_inner().ticket).await
+        self.execute(&handle, request).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -229,7 +311,7 @@ impl FlightSqlService for TributaryFlightSql {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let handle = StatementHandle::decode(&cmd.prepared_statement_handle)?;
-        self.execute(&handle, request.into_inner().ticket).await
+        self.execute(&handle, request).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -589,4 +671,26 @@ impl FlightSqlService for TributaryFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> Result<Response<HandshakeStream>, Status> {
+        let Some(auth) = &self.auth else {
+            // Nothing to check: clients that always log in get an empty answer and no token.
+            let answer = futures::stream::iter([Ok(HandshakeResponse::default())]);
+            return Ok(Response::new(Box::pin(answer)));
+        };
+        let issued = self.log_in(auth, request).await?;
+        let bearer = format!("Bearer {}", issued.token)
+            .parse()
+            .map_err(|_| Status::internal("the token is not a valid header value"))?;
+        let answer = futures::stream::iter([Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(issued.token),
+        })]);
+        let mut response = Response::new(Box::pin(answer) as HandshakeStream);
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
 }

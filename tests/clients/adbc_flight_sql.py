@@ -1,11 +1,17 @@
 """Drives a Tributary Flight SQL server with the ADBC Flight SQL driver through Python's
-DBAPI, as a notebook or BI tool would. Usage: adbc_flight_sql.py grpc://host:port
+DBAPI, as a notebook or BI tool would.
+
+Usage: adbc_flight_sql.py grpc://host:port
+       adbc_flight_sql.py grpc+tls://localhost:port USER PASSWORD CA_PEM_FILE
+The second form logs in (handshake with Basic credentials, then the bearer token the server
+returns) over TLS trusting the given CA, and first checks that a wrong password is refused.
 
 Serving the built-in demo catalog (TPC-H at SF 0.01, default schema demo.tpch) is assumed.
 Each check prints `ok <name>`; the first failure raises, so the exit status tells."""
 
 import sys
 
+import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flight_sql
 import adbc_driver_manager
 import pyarrow as pa
@@ -17,9 +23,24 @@ def check(name, condition, detail=""):
     print(f"ok {name}", flush=True)
 
 
-def main(uri):
+def main(uri, user=None, password=None, ca=None):
+    options = {}
+    if ca is not None:
+        with open(ca) as f:
+            options[adbc_driver_flightsql.DatabaseOptions.TLS_ROOT_CERTS.value] = f.read()
+    if user is not None:
+        try:
+            with flight_sql.connect(uri, db_kwargs={**options, "username": user, "password": password + "x"},
+                                    autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchall()
+        except adbc_driver_manager.Error as e:
+            check("wrong password refused", "invalid user name or password" in str(e), e)
+        else:
+            raise AssertionError("a wrong password was accepted")
+        options.update({"username": user, "password": password})
     # Tributary is read-only and has no transactions: autocommit is the only mode.
-    with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+    with flight_sql.connect(uri, db_kwargs=options, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute("SELECT n_nationkey, n_name FROM nation WHERE n_nationkey < 3 ORDER BY n_nationkey")
         table = cur.fetch_arrow_table()
         check("query", table.column("n_name").to_pylist() == ["ALGERIA", "ARGENTINA", "BRAZIL"], table)
@@ -71,4 +92,4 @@ def main(uri):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

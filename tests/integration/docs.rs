@@ -4,8 +4,14 @@ use std::path::Path;
 
 use tributary::{Config, Engine};
 
-fn no_env(_: &str) -> Option<String> {
-    None
+/// The environment the example's secrets come from; everything else takes its default.
+fn example_env(name: &str) -> Option<String> {
+    match name {
+        "TRIBUTARY_ETL_PASSWORD" => Some("etl password".into()),
+        "TRIBUTARY_DASHBOARD_TOKEN" => Some("a-long-random-dashboard-token".into()),
+        "TRIBUTARY_TOKEN_SECRET" => Some("a-long-random-secret-shared-by-nodes".into()),
+        _ => None,
+    }
 }
 
 #[test]
@@ -13,10 +19,12 @@ fn example_config_loads_and_builds_an_engine() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join("examples/tributary.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let config = Config::parse(&text, Some(&path), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(&text, Some(&path), &example_env).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.sources.len(), 3);
     assert_eq!(config.materializations.len(), 1);
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"));
+    tributary::server::Options::from_config(&config.server, &config.dir)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

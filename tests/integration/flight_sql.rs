@@ -18,14 +18,15 @@ use futures::TryStreamExt;
 use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
+use tributary::server::Options;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
 
-type Client = FlightSqlServiceClient<Channel>;
+pub type Client = FlightSqlServiceClient<Channel>;
 
 /// A server on a free loopback port, stopped when dropped.
-struct Running {
-    addr: SocketAddr,
+pub struct Running {
+    pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -38,13 +39,18 @@ impl Drop for Running {
 }
 
 async fn start(engine: Engine) -> Running {
-    let listener = tributary::server::bind("127.0.0.1:0".parse().unwrap())
+    start_with(engine, Options::default()).await
+}
+
+/// A server with `options` on a free loopback port.
+pub async fn start_with(engine: Engine, options: Options) -> Running {
+    let listener = tributary::server::bind("127.0.0.1:0".parse().unwrap(), &options)
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        tributary::server::serve(engine, listener, async {
+        tributary::server::serve(engine, listener, options, async {
             let _ = stopped.await;
         })
         .await
@@ -70,7 +76,7 @@ async fn client(server: &Running) -> Client {
 }
 
 /// Every batch behind a `FlightInfo`, with the schema the info announced.
-async fn fetch(client: &mut Client, info: FlightInfo) -> (Schema, Vec<RecordBatch>) {
+pub async fn fetch(client: &mut Client, info: FlightInfo) -> (Schema, Vec<RecordBatch>) {
     let schema = info.clone().try_decode_schema().unwrap();
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
@@ -81,7 +87,7 @@ async fn fetch(client: &mut Client, info: FlightInfo) -> (Schema, Vec<RecordBatc
     (schema, batches)
 }
 
-async fn query(client: &mut Client, sql: &str) -> String {
+pub async fn query(client: &mut Client, sql: &str) -> String {
     let info = client.execute(sql.to_string(), None).await.unwrap();
     let (schema, batches) = fetch(client, info).await;
     for batch in &batches {
@@ -90,7 +96,7 @@ async fn query(client: &mut Client, sql: &str) -> String {
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
-fn code_and_message(e: arrow_flight::error::FlightError) -> (Code, String) {
+pub fn code_and_message(e: arrow_flight::error::FlightError) -> (Code, String) {
     match e {
         arrow_flight::error::FlightError::Tonic(status) => {
             (status.code(), status.message().to_string())
@@ -432,7 +438,7 @@ async fn metadata_lists_catalogs_schemas_tables_types_and_keys() {
 
 #[tokio::test]
 async fn only_loopback_addresses_are_served_without_authentication() {
-    let e = tributary::server::bind("0.0.0.0:0".parse().unwrap())
+    let e = tributary::server::bind("0.0.0.0:0".parse().unwrap(), &Options::default())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("server.auth"), "{e}");
@@ -441,18 +447,26 @@ async fn only_loopback_addresses_are_served_without_authentication() {
 #[tokio::test]
 async fn the_adbc_driver_queries_binds_and_lists() {
     let server = demo().await;
+    let uri = format!("grpc://{}", server.addr);
+    let stdout = run_adbc_client(&[uri]).await;
+    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(passed, 13, "{stdout}");
+}
+
+/// Runs `tests/clients/adbc_flight_sql.py` with `args`; its output if it succeeded.
+pub async fn run_adbc_client(args: &[String]) -> String {
+    let args = args.to_vec();
     let python = std::env::var("TRIBUTARY_PYTHON")
         .expect("TRIBUTARY_PYTHON names the test venv's python (scripts/test sets it)");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/adbc_flight_sql.py"
     );
-    let uri = format!("grpc://{}", server.addr);
     // The driver blocks; the server answers on this test's runtime meanwhile.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .arg(uri)
+            .args(args)
             .output()
             .expect("running the ADBC client")
     })
@@ -464,8 +478,7 @@ async fn the_adbc_driver_queries_binds_and_lists() {
         out.status.success(),
         "ADBC client failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
-    let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 13, "{stdout}");
+    stdout.into_owned()
 }
 
 #[tokio::test]
@@ -526,6 +539,8 @@ async fn the_serve_command_answers_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--log",
             "tributary=info",
+            "--metrics-listen",
+            "off",
         ])
         .env_remove("TRIBUTARY_CONFIG")
         .stderr(Stdio::piped())

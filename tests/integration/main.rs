@@ -8,6 +8,7 @@ mod demo;
 mod docs;
 mod files;
 mod flight_sql;
+mod flight_sql_security;
 mod matrix;
 mod mysql;
 mod mysql_pushdown;

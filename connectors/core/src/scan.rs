@@ -1,5 +1,6 @@
 //! Tags a table's scans with the source and table they read, so an error raised while
-//! reading (a malformed row, a truncated file, a dropped connection) names them.
+//! reading (a malformed row, a truncated file, a dropped connection) names them, and
+//! counts the rows and bytes each source delivered (the server's per-source metrics).
 //!
 //! The wrapper plan is transparent to the optimizer: statistics, limits, projections,
 //! sort and filter pushdown (including dynamic filters from joins) pass through to the scan
@@ -22,6 +23,9 @@ use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet, RecordOutput,
 };
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -148,12 +152,17 @@ impl TableProvider for TaggedTable {
 pub struct SourceScanExec {
     input: Arc<dyn ExecutionPlan>,
     tag: Arc<ScanTag>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl SourceScanExec {
     /// Wraps the scan `input` of the table described by `tag`.
     pub fn new(input: Arc<dyn ExecutionPlan>, tag: Arc<ScanTag>) -> Self {
-        SourceScanExec { input, tag }
+        SourceScanExec {
+            input,
+            tag,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
     }
 
     /// The source, table and location this scan reads.
@@ -237,10 +246,17 @@ impl ExecutionPlan for SourceScanExec {
             .execute(partition, context)
             .map_err(|e| tag.annotate(e))?;
         let schema = stream.schema();
+        let output = BaselineMetrics::new(&self.metrics, partition);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
-            stream.map_err(move |e| tag.annotate(e)),
+            stream
+                .map_ok(move |batch| batch.record_output(&output))
+                .map_err(move |e| tag.annotate(e)),
         )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {

@@ -10,7 +10,7 @@ use datafusion::common::{Result as DfResult, Statistics};
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use serde::Deserialize;
-use tributary_core::{Error, Health, Result, Source};
+use tributary_core::{Error, Health, Result, ScanTag, Source, SourceContext, TaggedTable};
 
 use crate::TpchTable;
 use crate::exec::TpchExec;
@@ -53,20 +53,22 @@ impl Default for TpchConfig {
 /// The TPC-H tables, generated on every scan.
 #[derive(Debug)]
 pub struct TpchSource {
+    name: String,
     scale: f64,
     schema: String,
 }
 
 impl TpchSource {
-    /// A source with the given config; `key` is its config path, for errors.
-    pub fn new(key: &str, config: TpchConfig) -> Result<Self> {
+    /// The source `context` names, with the given config.
+    pub fn new(context: &SourceContext, config: TpchConfig) -> Result<Self> {
         if !(config.scale_factor.is_finite() && config.scale_factor > 0.0) {
             return Err(Error::config(
-                format!("{key}.scale_factor"),
+                format!("{}.scale_factor", context.key),
                 format!("expected a positive number, got {}", config.scale_factor),
             ));
         }
         Ok(TpchSource {
+            name: context.name.clone(),
             scale: config.scale_factor,
             schema: config.schema,
         })
@@ -100,10 +102,16 @@ impl Source for TpchSource {
             return Ok(None);
         }
         Ok(TpchTable::from_name(table).map(|table| {
-            Arc::new(TpchTableProvider {
+            let tag = ScanTag {
+                source: self.name.clone(),
+                table: format!("{schema}.{}", table.name()),
+                location: format!("generated at scale factor {}", self.scale),
+            };
+            let provider = Arc::new(TpchTableProvider {
                 table,
                 scale: self.scale,
-            }) as Arc<dyn TableProvider>
+            });
+            Arc::new(TaggedTable::new(provider, tag)) as Arc<dyn TableProvider>
         }))
     }
 

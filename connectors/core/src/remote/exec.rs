@@ -10,7 +10,9 @@ use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet, RecordOutput,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -159,7 +161,8 @@ impl ExecutionPlan for RemoteScanExec {
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let counted = stream.map(move |batch| {
             if let Ok(b) = &batch {
-                metrics.record_output(b.num_rows());
+                // Rows and Arrow bytes, read by EXPLAIN ANALYZE and the server's metrics.
+                b.record_output(&metrics);
             }
             batch
         });
