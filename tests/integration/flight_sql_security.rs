@@ -510,7 +510,7 @@ async fn metrics_count_queries_sources_errors_and_refusals() {
 }
 
 /// Reads `http://addr/metrics` (HTTP/1.0, so the server closes the connection).
-async fn scrape(addr: &str) -> String {
+pub async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream

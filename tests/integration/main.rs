@@ -15,3 +15,4 @@ mod mysql_pushdown;
 mod object_stores;
 mod postgres;
 mod postgres_pushdown;
+mod soak;
