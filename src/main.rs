@@ -144,18 +144,13 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
     }
 }
 
-/// `--metrics-listen`: an address, or none.
+/// `--metrics-listen`: an address, or none (clap reads `Option<Option<_>>` as an optional
+/// value, hence the wrapper).
 #[derive(Debug, Clone, Copy)]
 struct MetricsListen(Option<std::net::SocketAddr>);
 
 fn address_or_off(text: &str) -> Result<MetricsListen, String> {
-    match text {
-        "off" => Ok(MetricsListen(None)),
-        addr => addr
-            .parse()
-            .map(|a| MetricsListen(Some(a)))
-            .map_err(|e| format!("{e} (expected host:port, or `off`)")),
-    }
+    tributary::config::parse_address_or_off(text).map(MetricsListen)
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {

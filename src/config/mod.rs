@@ -20,7 +20,7 @@ use tributary_postgres::PostgresConfig;
 use tributary_tpch::TpchConfig;
 
 pub use load::ConfigError;
-pub use security::{AuthConfig, TlsConfig, TokenConfig, UserConfig};
+pub use security::{AuthConfig, TlsConfig, TokenConfig, UserConfig, parse_address_or_off};
 
 /// The whole configuration.
 #[derive(Debug, Clone)]

@@ -87,15 +87,19 @@ pub fn default_metrics_listen() -> Option<SocketAddr> {
 pub fn address_or_off<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SocketAddr>, D::Error> {
-    let Some(OptionValue(text)) = Option::<OptionValue>::deserialize(deserializer)? else {
-        return Ok(None);
-    };
+    match Option::<OptionValue>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(OptionValue(text)) => parse_address_or_off(&text).map_err(de::Error::custom),
+    }
+}
+
+/// Reads `host:port`, or `off` (also `false`, `none`) for no address.
+pub fn parse_address_or_off(text: &str) -> Result<Option<SocketAddr>, String> {
     match text.trim() {
         "off" | "false" | "none" => Ok(None),
-        addr => addr.parse().map(Some).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid value `{text}`: {e} (expected host:port, or `off`)"
-            ))
-        }),
+        addr => addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("invalid value `{text}`: {e} (expected host:port, or `off`)")),
     }
 }

@@ -448,6 +448,19 @@ mod tests {
     }
 
     #[test]
+    fn a_user_removed_from_the_config_loses_access_at_once() {
+        let auth = authenticator(Duration::from_secs(60));
+        let token = auth.login("ada", "s3cret:x").unwrap().token;
+        let mut without_ada = authenticator(Duration::from_secs(60));
+        without_ada.users.remove("ada");
+        assert_eq!(without_ada.verify_token(&token), Err(Refusal::BadToken));
+        assert_eq!(
+            authenticator(Duration::from_secs(60)).verify_token(&token),
+            Ok(Principal("ada".into()))
+        );
+    }
+
+    #[test]
     fn headers_are_read_case_insensitively_and_never_printed() {
         let basic = format!("basic {}", BASIC.encode("ada:pa:ss"));
         // Unpadded, as grpc-go sends it.

@@ -227,6 +227,23 @@ fn one_batch(batch: RecordBatch) -> Response<DoGetStream> {
     Response::new(encode(schema, futures::stream::iter([Ok(batch)])))
 }
 
+/// The `FlightInfo` of a foreign-key command (`command`): sources declare none.
+fn foreign_keys_info(
+    command: Any,
+    request: Request<FlightDescriptor>,
+) -> Result<Response<FlightInfo>, Status> {
+    flight_info(
+        &metadata::foreign_keys_schema(),
+        command,
+        request.into_inner(),
+    )
+}
+
+/// The answer to every foreign-key command: none, with the schema drivers expect.
+fn no_foreign_keys() -> Response<DoGetStream> {
+    one_batch(RecordBatch::new_empty(metadata::foreign_keys_schema()))
+}
+
 /// A `FlightInfo` whose one endpoint's ticket is `ticket` (a packed command).
 fn flight_info(
     schema: &Schema,
@@ -566,11 +583,7 @@ impl FlightSqlService for TributaryFlightSql {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &metadata::foreign_keys_schema(),
-            query.as_any(),
-            request.into_inner(),
-        )
+        foreign_keys_info(query.as_any(), request)
     }
 
     async fn do_get_exported_keys(
@@ -578,9 +591,7 @@ impl FlightSqlService for TributaryFlightSql {
         _query: CommandGetExportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        Ok(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        )))
+        Ok(no_foreign_keys())
     }
 
     async fn get_flight_info_imported_keys(
@@ -588,11 +599,7 @@ impl FlightSqlService for TributaryFlightSql {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &metadata::foreign_keys_schema(),
-            query.as_any(),
-            request.into_inner(),
-        )
+        foreign_keys_info(query.as_any(), request)
     }
 
     async fn do_get_imported_keys(
@@ -600,9 +607,7 @@ impl FlightSqlService for TributaryFlightSql {
         _query: CommandGetImportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        Ok(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        )))
+        Ok(no_foreign_keys())
     }
 
     async fn get_flight_info_cross_reference(
@@ -610,11 +615,7 @@ impl FlightSqlService for TributaryFlightSql {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(
-            &metadata::foreign_keys_schema(),
-            query.as_any(),
-            request.into_inner(),
-        )
+        foreign_keys_info(query.as_any(), request)
     }
 
     async fn do_get_cross_reference(
@@ -622,9 +623,7 @@ impl FlightSqlService for TributaryFlightSql {
         _query: CommandGetCrossReference,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        Ok(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        )))
+        Ok(no_foreign_keys())
     }
 
     async fn do_action_fallback(

@@ -165,3 +165,85 @@ fn create(path: &Path) -> std::fs::File {
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tributary"))
 }
+
+/// A `tributary serve` process started by a test; killed when dropped unless stopped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    stderr: Option<std::io::BufReader<std::process::ChildStderr>>,
+    /// The line announcing where it serves.
+    pub banner: String,
+}
+
+impl ServeProcess {
+    /// Runs `tributary <args>` (a `serve` command line) with `env` set and without
+    /// `TRIBUTARY_CONFIG`, and waits for its banner.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(binary())
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("TRIBUTARY_CONFIG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut banner = String::new();
+        while !banner.contains("serving Flight SQL") {
+            banner.clear();
+            assert!(
+                stderr.read_line(&mut banner).unwrap() > 0,
+                "the server exited before serving"
+            );
+        }
+        ServeProcess {
+            child,
+            stderr: Some(stderr),
+            banner,
+        }
+    }
+
+    /// What follows `marker` in the banner, up to a space or a `/`: an address or a port.
+    pub fn after(&self, marker: &str) -> String {
+        self.banner
+            .split(marker)
+            .nth(1)
+            .and_then(|rest| rest.split([' ', '/']).next())
+            .unwrap_or_else(|| panic!("no {marker} in {:?}", self.banner))
+            .to_string()
+    }
+
+    /// Reads the log away in the background, for a server that logs more than a pipe
+    /// holds and is never stopped with [`ServeProcess::stop`].
+    pub fn discard_log(&mut self) {
+        if let Some(mut stderr) = self.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        }
+    }
+
+    /// Stops it with SIGTERM, as a service manager would; its exit status and the rest of
+    /// its log.
+    pub async fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut stderr = self.stderr.take().expect("the log was not discarded");
+        tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            let mut log = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+            (status, log)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        // Already exited when stopped; otherwise a failed test leaves no server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -22,6 +22,8 @@ use tributary::server::Options;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
 
+use crate::common::ServeProcess;
+
 pub type Client = FlightSqlServiceClient<Channel>;
 
 /// A server on a free loopback port, stopped when dropped.
@@ -529,11 +531,8 @@ async fn cancel_flight_info_stops_a_streaming_query() {
 
 #[tokio::test]
 async fn the_serve_command_answers_and_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
-    let mut child = Command::new(crate::common::binary())
-        .args([
+    let server = ServeProcess::start(
+        &[
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -541,21 +540,15 @@ async fn the_serve_command_answers_and_stops_on_sigterm() {
             "tributary=info",
             "--metrics-listen",
             "off",
-        ])
-        .env_remove("TRIBUTARY_CONFIG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    let addr = banner
-        .split("grpc://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_string();
-    assert!(banner.contains("catalogs: demo"), "{banner}");
+        ],
+        &[],
+    );
+    let addr = server.after("grpc://");
+    assert!(
+        server.banner.contains("catalogs: demo"),
+        "{}",
+        server.banner
+    );
 
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -569,16 +562,7 @@ async fn the_serve_command_answers_and_stops_on_sigterm() {
     );
     drop(client);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let (status, rest) = server.stop().await;
     assert!(status.success(), "{status}: {rest}");
     assert!(rest.contains("Tributary stopped"), "{rest}");
     // The query's life is logged in a span carrying its id and SQL.

@@ -22,6 +22,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tributary::server::Options;
 use tributary::{Config, Engine};
 
+use crate::common::ServeProcess;
 use crate::flight_sql::{Client, code_and_message, query, run_adbc_client, start_with};
 
 fn fixtures() -> PathBuf {
@@ -528,9 +529,6 @@ pub async fn scrape(addr: &str) -> String {
 
 #[tokio::test]
 async fn the_serve_command_with_auth_and_tls_listens_beyond_loopback() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = tempfile::tempdir().unwrap();
     let fixtures = fixtures();
     let config = dir.path().join("tributary.yaml");
@@ -545,10 +543,10 @@ async fn the_serve_command_with_auth_and_tls_listens_beyond_loopback() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(crate::common::binary())
-        .args(["--config"])
-        .arg(&config)
-        .args([
+    let server = ServeProcess::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
             "serve",
             "--listen",
             "0.0.0.0:0",
@@ -556,31 +554,11 @@ async fn the_serve_command_with_auth_and_tls_listens_beyond_loopback() {
             "127.0.0.1:0",
             "--log",
             "tributary=info",
-        ])
-        .env("ETL_PASSWORD", "correct horse")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    while !banner.contains("serving Flight SQL") {
-        banner.clear();
-        assert!(
-            stderr.read_line(&mut banner).unwrap() > 0,
-            "the server exited"
-        );
-    }
-    let port = banner
-        .split("grpc+tls://0.0.0.0:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no TLS address in {banner:?}"));
-    let metrics = banner
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in {banner:?}"))
-        .to_string();
+        ],
+        &[("ETL_PASSWORD", "correct horse")],
+    );
+    let port = server.after("grpc+tls://0.0.0.0:");
+    let metrics = server.after("metrics on http://");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     let wrong = log_in(
@@ -612,16 +590,7 @@ async fn the_serve_command_with_auth_and_tls_listens_beyond_loopback() {
     );
 
     drop(client);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+    let (status, log) = server.stop().await;
     assert!(status.success(), "{status}: {log}");
     // The failed login is logged with the user and the reason, never the password.
     let failed = log

@@ -6,8 +6,6 @@
 //! `TRIBUTARY_SOAK_SECS` sets the loaded time (default 20 s; a longer run locally:
 //! `TRIBUTARY_SOAK_SECS=600 cargo nextest run soak`).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -18,28 +16,22 @@ use futures::{StreamExt, TryStreamExt};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::common::ServeProcess;
 use crate::flight_sql::{Client, code_and_message, fetch};
 use crate::flight_sql_security::scrape;
 
 const CLIENTS: usize = 32;
 
-/// The server process, killed if the test fails before stopping it.
+/// The server process and its addresses.
 struct Server {
-    child: Child,
+    _process: ServeProcess,
     flight: String,
     metrics: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Server {
-    let mut child = Command::new(crate::common::binary())
-        .args([
+    let mut process = ServeProcess::start(
+        &[
             "--demo-scale",
             "0.01",
             "serve",
@@ -47,30 +39,14 @@ fn start() -> Server {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
-        ])
-        .env_remove("TRIBUTARY_CONFIG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    let after = |marker: &str| {
-        banner
-            .split(marker)
-            .nth(1)
-            .and_then(|rest| rest.split([' ', '/']).next())
-            .unwrap_or_else(|| panic!("no {marker} in {banner:?}"))
-            .to_string()
-    };
-    let flight = after("grpc://");
-    let metrics = after("metrics on http://");
-    // Keep draining the log so the server never blocks writing it.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        ],
+        &[],
+    );
+    process.discard_log();
     Server {
-        child,
-        flight,
-        metrics,
+        flight: process.after("grpc://"),
+        metrics: process.after("metrics on http://"),
+        _process: process,
     }
 }
 
