@@ -25,6 +25,7 @@ use tributary_tpch::TpchSource;
 use url::Url;
 
 use crate::config::{Config, SourceConfig, SourceKind};
+use crate::materialize::{self, Job, MaterializedCatalog};
 
 /// Why the engine could not be built from a config.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,14 @@ pub enum EngineError {
         /// What is wrong.
         error: tributary_core::Error,
     },
+    /// A materialization's target is not usable.
+    #[error("{origin}: {message}")]
+    Materialization {
+        /// The config file, or `built-in demo`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// DataFusion refused a setting.
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
@@ -47,12 +56,14 @@ pub enum EngineError {
 pub struct Engine {
     ctx: SessionContext,
     catalogs: Vec<SourceCatalog>,
+    materializations: Arc<[Job]>,
 }
 
 impl Engine {
     /// Builds the session and registers every source as a catalog. No source is contacted:
     /// discovery happens when a query first needs it.
     pub fn new(config: &Config) -> Result<Engine, EngineError> {
+        install_crypto_provider();
         let mut session = SessionConfig::new().with_information_schema(true);
         // A folder table holds every file below it, so globs can span folders
         // (`logs/2024-*/*.parquet`); hive `key=value` folders are read either way.
@@ -113,7 +124,19 @@ impl Engine {
             ctx.register_catalog(&source.name, Arc::new(catalog.clone()));
             catalogs.push(catalog);
         }
-        Ok(Engine { ctx, catalogs })
+        let jobs = Job::all(config).map_err(|message| EngineError::Materialization {
+            origin: config.origin(),
+            message,
+        })?;
+        if !jobs.is_empty() {
+            let catalog = MaterializedCatalog::new(&jobs, ctx.runtime_env());
+            ctx.register_catalog(materialize::CATALOG, Arc::new(catalog));
+        }
+        Ok(Engine {
+            ctx,
+            catalogs,
+            materializations: jobs.into(),
+        })
     }
 
     /// The DataFusion session.
@@ -124,6 +147,11 @@ impl Engine {
     /// The source catalogs, in config order.
     pub fn catalogs(&self) -> &[SourceCatalog] {
         &self.catalogs
+    }
+
+    /// The configured materializations, in config order.
+    pub fn materializations(&self) -> &[Job] {
+        &self.materializations
     }
 
     /// Splits `sql` into statements, in the session's SQL dialect.
@@ -214,6 +242,18 @@ impl std::fmt::Debug for Engine {
         let names: Vec<&str> = self.catalogs.iter().map(|c| c.name()).collect();
         f.debug_struct("Engine").field("catalogs", &names).finish()
     }
+}
+
+/// Makes ring the process's TLS crypto provider. Both of rustls's providers are compiled
+/// in (tonic and the database drivers use ring; deltalake's HTTP client asks for
+/// aws-lc-rs), so rustls cannot choose one by itself and would panic at the first TLS
+/// connection that relies on the default.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if a provider is already installed, which is what we want anyway.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn build_source(

@@ -3,10 +3,12 @@
 //!
 //! - [`config`]: the YAML configuration.
 //! - [`engine`]: the DataFusion session with one catalog per source.
+//! - [`materialize`]: sync runs that copy sources into Delta tables.
 //! - [`output`]: writing results as a table, CSV, JSON or Parquet.
 
 pub mod config;
 pub mod engine;
+pub mod materialize;
 pub mod output;
 pub mod server;
 

@@ -84,6 +84,15 @@ enum Command {
         #[arg(long)]
         analyze: bool,
     },
+    /// Run materializations once: copy their sources into their Delta tables.
+    Sync {
+        /// The materializations to run, in this order.
+        #[arg(required_unless_present = "all")]
+        names: Vec<String>,
+        /// Run every configured materialization.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
     /// List the catalogs (sources), their schemas and tables.
     Sources,
     /// Probe every source; exits non-zero if any is unhealthy.
@@ -113,7 +122,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    // deltalake's merge warns on every run that a metric it derives itself is missing;
+    // keep that out of the default log unless deltalake's logging is asked for.
+    let filter = if filter.contains("deltalake") {
+        filter.to_string()
+    } else {
+        format!("{filter},deltalake_core::operations::merge=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colour codes only for a person at a terminal, never in files or log collectors.
     let builder = tracing_subscriber::fmt()
@@ -205,6 +221,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sync { names, all } => sync(&engine, names, all).await,
         Command::Sources => sources(&engine).await,
         Command::Check => Ok(check(&engine).await),
     }
@@ -387,6 +404,47 @@ async fn query(
     sink.flush()
         .map_err(|e| format!("cannot write the results: {e}"))?;
     Ok(())
+}
+
+/// Runs each materialization once, in order, reporting each; fails if any failed.
+async fn sync(engine: &Engine, names: Vec<String>, all: bool) -> Result<ExitCode, String> {
+    use tributary::materialize::{self, Counters, ProgressDisplay, ProgressReporter};
+    let jobs = if all {
+        if engine.materializations().is_empty() {
+            return Err("the config has no `materializations`".into());
+        }
+        engine.materializations().iter().collect::<Vec<_>>()
+    } else {
+        names
+            .iter()
+            .map(|n| materialize::job(engine, n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?
+    };
+    let display = if std::io::stderr().is_terminal() {
+        ProgressDisplay::Bar
+    } else {
+        ProgressDisplay::Log
+    };
+    let mut failed = 0;
+    for job in jobs {
+        let counters = std::sync::Arc::new(Counters::default());
+        let reporter = ProgressReporter::start(job.name(), counters.clone(), display);
+        let result = materialize::sync(engine, job, counters).await;
+        drop(reporter);
+        match result {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn sources(engine: &Engine) -> Result<ExitCode, String> {

@@ -52,7 +52,12 @@ struct RawConfig {
 }
 
 /// Names a source may not take: DataFusion's own catalog and schema, and Tributary's.
-const RESERVED_NAMES: &[&str] = &["datafusion", "information_schema", "tributary"];
+const RESERVED_NAMES: &[&str] = &[
+    "datafusion",
+    "information_schema",
+    "tributary",
+    crate::materialize::CATALOG,
+];
 
 impl Config {
     /// Loads the config file at `path`, reading `${VAR}`s from the environment.
@@ -165,27 +170,63 @@ impl Config {
                     format!("materialization `{}` is defined twice", m.name),
                 ));
             }
-            if m.from.trim().is_empty() {
-                return Err((format!("{key}.from"), "expected a table or a query".into()));
-            }
-            match m.mode {
-                RefreshMode::Incremental if m.cursor.is_none() => {
-                    return Err((
-                        format!("{key}.cursor"),
-                        "`incremental` mode needs a cursor column".into(),
-                    ));
-                }
-                RefreshMode::Upsert if m.key.is_empty() => {
-                    return Err((
-                        format!("{key}.key"),
-                        "`upsert` mode needs the key columns".into(),
-                    ));
-                }
-                _ => {}
-            }
+            validate_materialization(m, &key)?;
         }
         Ok(())
     }
+}
+
+/// Checks the settings of one materialization that only make sense together.
+fn validate_materialization(m: &MaterializationConfig, key: &str) -> Result<(), KeyError> {
+    let err = |field: &str, message: &str| Err((format!("{key}.{field}"), message.to_string()));
+    if m.name.is_empty()
+        || !m
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        // The name is a table name and, by default, a folder name.
+        return err(
+            "name",
+            "expected letters, digits and `_` only (it names a table and a folder)",
+        );
+    }
+    if m.from.trim().is_empty() {
+        return err("from", "expected a table or a query");
+    }
+    match m.mode {
+        RefreshMode::Incremental if m.cursor.is_none() => {
+            return err("cursor", "`incremental` mode needs a cursor column");
+        }
+        RefreshMode::Upsert if m.key.is_empty() => {
+            return err("key", "`upsert` mode needs the key columns");
+        }
+        RefreshMode::Full | RefreshMode::Append if m.cursor.is_some() => {
+            return err(
+                "cursor",
+                "only `incremental` and `upsert` modes read from a cursor",
+            );
+        }
+        _ => {}
+    }
+    if m.lookback.is_some() && m.mode != RefreshMode::Incremental {
+        return err("lookback", "only `incremental` mode reads back");
+    }
+    if m.delete_missing {
+        if m.mode != RefreshMode::Upsert {
+            return err("delete_missing", "only `upsert` mode deletes missing rows");
+        }
+        if m.cursor.is_some() {
+            return err(
+                "delete_missing",
+                "a run that reads only rows past the cursor cannot tell which rows were deleted; drop `cursor` or `delete_missing`",
+            );
+        }
+    }
+    if !m.key.is_empty() && m.mode != RefreshMode::Upsert {
+        return err("key", "only `upsert` mode merges on a key");
+    }
+    Ok(())
 }
 
 /// Checks that the secrets of `server.auth` are written as `${ENV}` references, so that

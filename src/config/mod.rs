@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub auth: Option<AuthConfig>,
     /// Serve over TLS.
     pub tls: Option<TlsConfig>,
+    /// Where Tributary keeps its own data (materializations without a `target`), relative
+    /// to the config file's folder.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
     /// Where Prometheus scrapes `/metrics` (HTTP); `off` for nowhere.
     #[serde(
         default = "security::default_metrics_listen",
@@ -74,6 +78,10 @@ pub struct ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
 }
 
 fn default_metadata_ttl() -> Duration {
@@ -96,6 +104,7 @@ impl Default for ServerConfig {
             datafusion: BTreeMap::new(),
             auth: None,
             tls: None,
+            data_dir: default_data_dir(),
             metrics_listen: security::default_metrics_listen(),
         }
     }
@@ -153,9 +162,16 @@ pub struct MaterializationConfig {
     pub mode: RefreshMode,
     /// The column whose growth marks new rows (`incremental` mode).
     pub cursor: Option<String>,
+    /// How far before the stored cursor value each `incremental` run reads again, for rows
+    /// that commit late: a duration (`10m`) for time cursors, a number for integer ones.
+    #[serde(default, deserialize_with = "de::option_parsed")]
+    pub lookback: Option<Lookback>,
     /// Primary-key columns (`upsert` mode).
     #[serde(default)]
     pub key: Vec<String>,
+    /// In `upsert` mode, delete rows of the copy whose key the source no longer has.
+    #[serde(default)]
+    pub delete_missing: bool,
     /// When it runs; on demand only if unset.
     pub schedule: Option<Schedule>,
     /// Where the Delta table lives (an object-store URL or folder); by default under the
@@ -170,6 +186,32 @@ pub struct MaterializationConfig {
     /// The longest one run may take.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub timeout: Option<Duration>,
+}
+
+/// The `lookback` of an incremental materialization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookback {
+    /// For timestamp and date cursors.
+    Time(Duration),
+    /// For integer cursors.
+    Count(i64),
+}
+
+impl std::str::FromStr for Lookback {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(n) = text.trim().parse::<i64>() {
+            return if n >= 0 {
+                Ok(Lookback::Count(n))
+            } else {
+                Err(format!("expected a lookback of zero or more, got `{text}`"))
+            };
+        }
+        de::parse_duration(text).map(Lookback::Time).map_err(|_| {
+            format!("expected a duration such as `10m` (time cursors) or a number (integer cursors), got `{text}`")
+        })
+    }
 }
 
 /// How a materialization run changes its copy.

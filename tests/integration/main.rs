@@ -9,6 +9,7 @@ mod docs;
 mod files;
 mod flight_sql;
 mod flight_sql_security;
+mod materialize;
 mod matrix;
 mod mysql;
 mod mysql_pushdown;

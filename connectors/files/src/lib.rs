@@ -13,4 +13,5 @@ mod location;
 mod source;
 
 pub use config::{ColumnConfig, FileFormatKind, FileTableConfig, FilesConfig};
+pub use location::{ensure_store, resolve_root};
 pub use source::FilesSource;

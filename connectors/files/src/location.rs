@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -121,11 +121,10 @@ fn looks_like_folder(url: &Url) -> bool {
 /// bucket when no options are given), else builds one from `options` plus the environment
 /// and registers it.
 pub fn ensure_store(
-    state: &SessionState,
+    runtime: &RuntimeEnv,
     url: &Url,
     options: &BTreeMap<String, Secret>,
 ) -> Result<(), String> {
-    let runtime = state.runtime_env();
     let registered = runtime.object_store_registry.get_store(url).is_ok();
     let (scheme, _) = ObjectStoreScheme::parse(url)
         .map_err(|_| format!("`{url}` has no object store (use file://, s3://, gs://, az://, http(s):// or memory://)"))?;

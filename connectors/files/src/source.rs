@@ -64,7 +64,7 @@ impl FilesSource {
         let state = ctx.state.clone();
         let root = resolve_root(&config.url, &ctx.config_dir)
             .map_err(|m| Error::config(ctx.key("url"), m))?;
-        ensure_store(&state, &root, &config.options).map_err(|m| {
+        ensure_store(state.runtime_env(), &root, &config.options).map_err(|m| {
             let key = if config.options.is_empty() {
                 "url"
             } else {
@@ -98,7 +98,7 @@ impl FilesSource {
             // The source's options configure its own store; a table elsewhere (another
             // bucket or scheme) gets its credentials from the environment.
             if !same_store(&location.url, &root) {
-                ensure_store(&state, &location.url, &BTreeMap::new())
+                ensure_store(state.runtime_env(), &location.url, &BTreeMap::new())
                     .map_err(|m| Error::config(format!("{key}.path"), m))?;
             }
             let format = table.format.or(config.format);

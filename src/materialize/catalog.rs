@@ -1,0 +1,106 @@
+//! The `materialized` catalog: each materialization's Delta table, at its latest version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use tokio::sync::Mutex;
+
+use super::{Job, SCHEMA};
+
+/// The catalog of materialized tables.
+#[derive(Debug)]
+pub struct MaterializedCatalog {
+    schema: Arc<MaterializedSchema>,
+}
+
+impl MaterializedCatalog {
+    /// A catalog over `jobs`; tables are opened through `runtime`'s object stores.
+    pub fn new(jobs: &[Job], runtime: Arc<RuntimeEnv>) -> Self {
+        let tables = jobs
+            .iter()
+            .map(|j| {
+                (
+                    j.config.name.clone(),
+                    Arc::new(Slot {
+                        job: j.clone(),
+                        table: Mutex::new(None),
+                    }),
+                )
+            })
+            .collect();
+        MaterializedCatalog {
+            schema: Arc::new(MaterializedSchema { tables, runtime }),
+        }
+    }
+}
+
+impl CatalogProvider for MaterializedCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        vec![SCHEMA.to_string()]
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        (name == SCHEMA).then(|| Arc::clone(&self.schema) as _)
+    }
+}
+
+#[derive(Debug)]
+struct MaterializedSchema {
+    tables: BTreeMap<String, Arc<Slot>>,
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// One table, kept open between queries and brought up to date by each.
+#[derive(Debug)]
+struct Slot {
+    job: Job,
+    table: Mutex<Option<deltalake::DeltaTable>>,
+}
+
+#[async_trait]
+impl SchemaProvider for MaterializedSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.keys().cloned().collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(slot) = self.tables.get(name) else {
+            return Ok(None);
+        };
+        let delta = |e: deltalake::errors::DeltaTableError| {
+            DataFusionError::Plan(format!(
+                "materialized table `{name}` ({}): {e}",
+                slot.job.target
+            ))
+        };
+        let mut open = slot.table.lock().await;
+        let table = match open.take() {
+            Some(mut table) if table.version().is_some() => {
+                table.update_state().await.map_err(delta)?;
+                table
+            }
+            _ => super::target::open(&self.runtime, &slot.job.target)
+                .await
+                .map_err(delta)?,
+        };
+        let table = open.insert(table);
+        if table.version().is_none() {
+            return Err(DataFusionError::Plan(format!(
+                "materialized table `{name}` has no data yet: run `tributary sync {name}`"
+            )));
+        }
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| DataFusionError::Plan(format!("materialized table `{name}`: {e}")))?;
+        Ok(Some(provider))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.contains_key(name)
+    }
+}

@@ -1,0 +1,308 @@
+//! Materializations: source tables and queries copied into Delta tables by sync runs.
+//!
+//! A run plans `from` in the engine (so filters, including the cursor bounds, are pushed
+//! down to the source), streams the rows into one Delta commit, and records its state in
+//! that same commit ([`state`]): a run killed at any point leaves the table and its state
+//! as the last committed run left them, and the next run neither skips nor doubles rows.
+
+mod catalog;
+mod progress;
+mod source;
+mod state;
+mod target;
+mod write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::error::DataFusionError;
+use deltalake::errors::DeltaTableError;
+use deltalake::kernel::transaction::CommitProperties;
+use url::Url;
+
+pub use catalog::MaterializedCatalog;
+pub use progress::{ProgressDisplay, ProgressReporter, summary};
+pub use source::Counters;
+pub use state::{Cursor, State};
+pub use write::Written;
+
+use crate::Engine;
+use crate::config::{Config, MaterializationConfig, RefreshMode};
+use write::Change;
+
+/// The catalog materialized tables are queried in: `materialized.public.<name>`.
+pub const CATALOG: &str = "materialized";
+
+/// The schema of [`CATALOG`].
+pub const SCHEMA: &str = "public";
+
+/// A configured materialization and where its table lives.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its settings.
+    pub config: MaterializationConfig,
+    /// The folder URL of its Delta table.
+    pub target: Url,
+}
+
+impl Job {
+    /// The materializations of `config`, with their targets resolved.
+    pub fn all(config: &Config) -> Result<Vec<Job>, String> {
+        config
+            .materializations
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let target = target::resolve(m, config)
+                    .map_err(|e| format!("materializations[{i}].target: {e}"))?;
+                Ok(Job {
+                    config: m.clone(),
+                    target,
+                })
+            })
+            .collect()
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// Why a run failed. Nothing was committed: the table and its state are as before.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No materialization has that name.
+    #[error("no materialization is named `{0}` (configured: {1})")]
+    Unknown(String, String),
+    /// The source could not be read.
+    #[error("materialization `{name}`: reading `{from}`: {source}")]
+    Source {
+        /// The materialization.
+        name: String,
+        /// Its `from`.
+        from: String,
+        /// Why.
+        source: DataFusionError,
+    },
+    /// The settings do not fit the source (e.g. the cursor column is missing).
+    #[error("materialization `{name}`: {message}")]
+    Invalid {
+        /// The materialization.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The Delta table could not be read or written.
+    #[error("materialization `{name}`: writing {target}: {source}")]
+    Target {
+        /// The materialization.
+        name: String,
+        /// The table's URL.
+        target: Url,
+        /// Why (boxed: Delta's errors are large).
+        source: Box<DeltaTableError>,
+    },
+    /// The run took longer than its `timeout`.
+    #[error("materialization `{name}`: timed out after {}", humantime::format_duration(*.timeout))]
+    TimedOut {
+        /// The materialization.
+        name: String,
+        /// Its `timeout`.
+        timeout: Duration,
+    },
+}
+
+/// What one run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The materialization.
+    pub name: String,
+    /// The run number (committed runs so far, this one included when it committed).
+    pub run: i64,
+    /// Rows read from the source.
+    pub rows_read: u64,
+    /// Arrow bytes read from the source.
+    pub bytes_read: u64,
+    /// What the commit changed.
+    pub written: Written,
+    /// The table version committed; `None` when there was nothing new to commit.
+    pub version: Option<u64>,
+    /// The cursor value now stored, as text.
+    pub watermark: Option<String>,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.version {
+            Some(v) => write!(
+                f,
+                "{}: run {} committed version {v}: {} rows read, {} inserted, {} updated, {} deleted",
+                self.name,
+                self.run,
+                self.rows_read,
+                self.written.inserted,
+                self.written.updated,
+                self.written.deleted
+            )?,
+            None => write!(f, "{}: nothing new", self.name)?,
+        }
+        if let Some(w) = &self.watermark {
+            write!(f, "; cursor at {w}")?;
+        }
+        write!(f, " ({:.2?})", self.elapsed)
+    }
+}
+
+/// Finds the materialization `name`.
+pub fn job<'a>(engine: &'a Engine, name: &str) -> Result<&'a Job, SyncError> {
+    engine
+        .materializations()
+        .iter()
+        .find(|j| j.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = engine.materializations().iter().map(Job::name).collect();
+            SyncError::Unknown(
+                name.to_string(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
+            )
+        })
+}
+
+/// Runs `job` once, counting what it reads in `counters`.
+pub async fn sync(
+    engine: &Engine,
+    job: &Job,
+    counters: Arc<Counters>,
+) -> Result<RunReport, SyncError> {
+    let span = tracing::info_span!("sync", materialization = %job.name());
+    let run = tracing::Instrument::instrument(run(engine, job, counters), span);
+    match job.config.timeout {
+        Some(timeout) => {
+            tokio::time::timeout(timeout, run)
+                .await
+                .map_err(|_| SyncError::TimedOut {
+                    name: job.name().to_string(),
+                    timeout,
+                })?
+        }
+        None => run.await,
+    }
+}
+
+async fn run(engine: &Engine, job: &Job, counters: Arc<Counters>) -> Result<RunReport, SyncError> {
+    let clock = Instant::now();
+    let config = &job.config;
+    let name = config.name.as_str();
+    let source_error = |source| SyncError::Source {
+        name: name.to_string(),
+        from: config.from.clone(),
+        source,
+    };
+    let target_error = |source| SyncError::Target {
+        name: name.to_string(),
+        target: job.target.clone(),
+        source: Box::new(source),
+    };
+    let invalid = |message| SyncError::Invalid {
+        name: name.to_string(),
+        message,
+    };
+
+    let table = target::open(&engine.context().runtime_env(), &job.target)
+        .await
+        .map_err(target_error)?;
+    let state = State::load(&table, name).await.map_err(target_error)?;
+    let mut df = source::plan(engine, &config.from)
+        .await
+        .map_err(source_error)?;
+    let mut next = State {
+        runs: state.runs + 1,
+        watermark: state.watermark,
+    };
+    let merge = Change::Merge {
+        key: config.key.clone(),
+        delete_missing: config.delete_missing,
+    };
+    let mut watermark_text = None;
+    let change = match (&config.cursor, config.mode) {
+        (None, RefreshMode::Full) => Change::Replace,
+        (None, RefreshMode::Append) => Change::Append,
+        (None, RefreshMode::Upsert) => merge,
+        (None, RefreshMode::Incremental) => {
+            return Err(invalid("`incremental` mode needs a `cursor`".to_string()));
+        }
+        (Some(column), mode) => {
+            let cursor = Cursor::new(column, df.schema()).map_err(invalid)?;
+            let (low, inclusive) = match (state.watermark, config.lookback) {
+                (Some(w), Some(lookback)) => {
+                    (Some(cursor.minus(w, lookback).map_err(invalid)?), true)
+                }
+                (w, _) => (w, false),
+            };
+            let high = source::upper_bound(&df, &cursor, low, inclusive)
+                .await
+                .map_err(source_error)?;
+            let Some(high) = high else {
+                return Ok(RunReport {
+                    name: name.to_string(),
+                    run: state.runs,
+                    rows_read: 0,
+                    bytes_read: 0,
+                    written: Written::default(),
+                    version: None,
+                    watermark: state.watermark.map(|w| cursor.display(w)),
+                    elapsed: clock.elapsed(),
+                });
+            };
+            df = source::between(df, &cursor, low, inclusive, high).map_err(source_error)?;
+            let high = high.max(state.watermark.unwrap_or(i64::MIN));
+            next.watermark = Some(high);
+            watermark_text = Some(cursor.display(high));
+            match (mode, low) {
+                (RefreshMode::Upsert, _) => merge,
+                (_, Some(low)) if inclusive => Change::ReplaceFrom {
+                    cursor: cursor.name().to_string(),
+                    from: cursor.literal(low),
+                },
+                _ => Change::Append,
+            }
+        }
+    };
+    tracing::info!(run = next.runs, change = ?change, "sync starting");
+
+    let input = source::stream_plan(df, Arc::clone(&counters))
+        .await
+        .map_err(source_error)?;
+    let metadata = serde_json::json!({
+        "materialization": name,
+        "run": next.runs,
+        "mode": format!("{:?}", config.mode).to_lowercase(),
+        "watermark": watermark_text,
+    });
+    let commit = CommitProperties::default()
+        .with_application_transactions(next.transactions(name))
+        .with_metadata([("tributary".to_string(), metadata)]);
+    let (table, written) = write::commit(table, input, change, &config.partition_by, commit)
+        .await
+        .map_err(target_error)?;
+    if source::crash_point("committed").is_some() {
+        std::process::abort();
+    }
+    Ok(RunReport {
+        name: name.to_string(),
+        run: next.runs,
+        rows_read: counters.rows(),
+        bytes_read: counters.bytes(),
+        written,
+        version: table.version(),
+        watermark: watermark_text,
+        elapsed: clock.elapsed(),
+    })
+}

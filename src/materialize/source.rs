@@ -1,0 +1,180 @@
+//! The read side of a run: the source query, the cursor bounds, and the one stream that
+//! feeds the Delta writer.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::provider_as_source;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::functions_aggregate::expr_fn::max;
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+
+use super::state::Cursor;
+use crate::Engine;
+
+/// Plans `from`: a table name (`pg.public.orders`) or a SQL query over the sources.
+pub async fn plan(engine: &Engine, from: &str) -> Result<DataFrame> {
+    let text = from.trim();
+    let is_query = text.chars().any(char::is_whitespace) || text.starts_with('(');
+    if is_query {
+        engine.sql(text).await
+    } else {
+        engine.context().table(text).await
+    }
+}
+
+/// The highest cursor value in `df` from `low` on (past it unless `inclusive`), encoded;
+/// `None` when no row qualifies. Runs as `max()` so the source does the work where it can.
+pub async fn upper_bound(
+    df: &DataFrame,
+    cursor: &Cursor,
+    low: Option<i64>,
+    inclusive: bool,
+) -> Result<Option<i64>> {
+    let mut df = df.clone();
+    if let Some(low) = low {
+        let column = col(quoted(cursor.name()));
+        let low = lit(cursor.literal(low));
+        df = df.filter(if inclusive {
+            column.gt_eq(low)
+        } else {
+            column.gt(low)
+        })?;
+    }
+    let batches = df
+        .aggregate(vec![], vec![max(col(quoted(cursor.name()))).alias("high")])?
+        .collect()
+        .await?;
+    let value = match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => ScalarValue::try_from_array(b.column(0), 0)?,
+        None => return Ok(None),
+    };
+    cursor.encode(&value).map_err(DataFusionError::Plan)
+}
+
+/// Rows of `df` with `low < cursor <= high` (`low <= cursor` when `inclusive`).
+pub fn between(
+    df: DataFrame,
+    cursor: &Cursor,
+    low: Option<i64>,
+    inclusive: bool,
+    high: i64,
+) -> Result<DataFrame> {
+    let column = col(quoted(cursor.name()));
+    let mut predicate = column.clone().lt_eq(lit(cursor.literal(high)));
+    if let Some(low) = low {
+        let low = lit(cursor.literal(low));
+        let lower = if inclusive {
+            column.gt_eq(low)
+        } else {
+            column.gt(low)
+        };
+        predicate = lower.and(predicate);
+    }
+    df.filter(predicate)
+}
+
+/// `col()` parses dots and folds case; a quoted name is taken as it is.
+pub fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Rows and Arrow bytes read so far by a run.
+#[derive(Debug, Default)]
+pub struct Counters {
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Rows read.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Arrow bytes read.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts `df` in the engine (so it runs with the engine's object stores and settings)
+/// and wraps its stream as a plan any DataFusion session can consume exactly once: the
+/// Delta writer plans with its own session.
+pub async fn stream_plan(df: DataFrame, counters: Arc<Counters>) -> Result<LogicalPlan> {
+    let stream = df.execute_stream().await?;
+    let schema = stream.schema();
+    let crash_after = crash_point("batch").and_then(|n| n.parse::<u64>().ok());
+    let mut batches = 0u64;
+    let counted = stream.inspect(move |batch| {
+        batches += 1;
+        if crash_after == Some(batches) {
+            std::process::abort();
+        }
+        if let Ok(b) = batch {
+            counters
+                .rows
+                .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(b.get_array_memory_size() as u64, Ordering::Relaxed);
+        }
+    });
+    let once = OneShot {
+        schema: Arc::clone(&schema),
+        stream: Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&schema),
+            counted,
+        )))),
+    };
+    let table = StreamingTable::try_new(schema, vec![Arc::new(once)])?;
+    LogicalPlanBuilder::scan("source", provider_as_source(Arc::new(table)), None)?.build()
+}
+
+/// For the crash tests: `TRIBUTARY_TEST_CRASH_AT=<point>[:<arg>]` makes a sync process
+/// abort (as abruptly as SIGKILL) at `point`; returns the argument when set for `point`.
+pub fn crash_point(point: &str) -> Option<String> {
+    let spec = std::env::var("TRIBUTARY_TEST_CRASH_AT").ok()?;
+    let (name, arg) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+    (name == point).then(|| arg.to_string())
+}
+
+/// A stream that can be executed once.
+struct OneShot {
+    schema: SchemaRef,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OneShot").finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for OneShot {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let taken = self.stream.lock().ok().and_then(|mut s| s.take());
+        taken.unwrap_or_else(|| {
+            let error = DataFusionError::Internal(
+                "a materialization's source stream was read twice".into(),
+            );
+            Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                futures::stream::once(async move { Err(error) }),
+            ))
+        })
+    }
+}

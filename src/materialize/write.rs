@@ -1,0 +1,157 @@
+//! The write side of a run: one Delta commit per run, carrying the data and the state.
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::logical_expr::{Expr, LogicalPlan, Operator, binary_expr, col, lit};
+use datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::DeltaTable;
+use deltalake::errors::DeltaResult;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+
+/// How a run changes the table.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Replace everything (readers see the old or the new version, never a mix).
+    Replace,
+    /// Add the rows.
+    Append,
+    /// Replace the rows with `cursor >= from` by the rows read (an incremental run that
+    /// reads back: rows re-read replace their earlier copies instead of doubling them).
+    ReplaceFrom {
+        /// The cursor column.
+        cursor: String,
+        /// The lowest cursor value read.
+        from: ScalarValue,
+    },
+    /// Update rows whose key matches, insert the others, and optionally delete rows the
+    /// source no longer has.
+    Merge {
+        /// The key columns.
+        key: Vec<String>,
+        /// Delete target rows with no source row.
+        delete_missing: bool,
+    },
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// Rows inserted or appended.
+    pub inserted: u64,
+    /// Rows updated in place (merge).
+    pub updated: u64,
+    /// Rows deleted (merge, replace-from).
+    pub deleted: u64,
+}
+
+/// Writes `input` to `table` as `change`, with `commit` (state and run metadata) in the
+/// same commit. A table that does not exist yet is created by the first write.
+pub async fn commit(
+    table: DeltaTable,
+    input: LogicalPlan,
+    change: Change,
+    partition_by: &[String],
+    commit: CommitProperties,
+) -> DeltaResult<(DeltaTable, Written)> {
+    let exists = table.version().is_some();
+    let columns: Vec<String> = input
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    if let Change::Merge {
+        key,
+        delete_missing,
+    } = &change
+        && exists
+    {
+        let source = DataFrame::new(SessionContext::new().state(), input);
+        let side = |side: &str, name: &str| col(Column::new(Some(side), name));
+        let on = key
+            .iter()
+            .map(|k| side("target", k).eq(side("source", k)))
+            .reduce(Expr::and)
+            .unwrap_or_else(|| lit(false));
+        let mut merge = table
+            .merge(source, on)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_streaming(true)
+            .with_commit_properties(commit)
+            .when_matched_update(|u| {
+                // Only rows that changed count (and are written) as updated.
+                let changed = columns
+                    .iter()
+                    .filter(|c| !key.contains(c))
+                    .map(|c| {
+                        binary_expr(
+                            side("target", c),
+                            Operator::IsDistinctFrom,
+                            side("source", c),
+                        )
+                    })
+                    .reduce(Expr::or)
+                    .unwrap_or_else(|| lit(false));
+                columns.iter().fold(u.predicate(changed), |u, c| {
+                    u.update(Column::new_unqualified(c), side("source", c))
+                })
+            })?
+            .when_not_matched_insert(|i| {
+                columns.iter().fold(i, |i, c| {
+                    i.set(Column::new_unqualified(c), side("source", c))
+                })
+            })?;
+        if *delete_missing {
+            merge = merge.when_not_matched_by_source_delete(|d| d)?;
+        }
+        let (table, metrics) = merge.await?;
+        let written = Written {
+            inserted: metrics.num_target_rows_inserted as u64,
+            updated: metrics.num_target_rows_updated as u64,
+            deleted: metrics.num_target_rows_deleted as u64,
+        };
+        return Ok((table, written));
+    }
+
+    let mut write = table
+        .write(Vec::<RecordBatch>::new())
+        .with_input_plan(input)
+        .with_commit_properties(commit);
+    if !partition_by.is_empty() {
+        write = write.with_partition_columns(partition_by.to_vec());
+    }
+    write = match change {
+        Change::Replace => write.with_save_mode(SaveMode::Overwrite),
+        Change::ReplaceFrom { cursor, from } if exists => write
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(col(Column::new_unqualified(cursor)).gt_eq(lit(from))),
+        Change::Append | Change::ReplaceFrom { .. } | Change::Merge { .. } => {
+            write.with_save_mode(SaveMode::Append)
+        }
+    };
+    let table = write.await?;
+    let inserted = last_commit_rows(&table).await;
+    Ok((
+        table,
+        Written {
+            inserted,
+            ..Written::default()
+        },
+    ))
+}
+
+/// Rows the last commit added, from its `operationMetrics`.
+async fn last_commit_rows(table: &DeltaTable) -> u64 {
+    use futures::TryStreamExt;
+    let Ok(commits) = table.history(Some(1)).try_collect::<Vec<_>>().await else {
+        return 0;
+    };
+    commits
+        .first()
+        .and_then(|c| c.info.get("operationMetrics"))
+        .and_then(|m| m.get("num_added_rows"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+}
