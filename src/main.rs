@@ -92,6 +92,10 @@ enum Command {
         /// Run every configured materialization.
         #[arg(long, conflicts_with = "names")]
         all: bool,
+        /// Resume paused materializations (their columns are checked again under the
+        /// current `drift` policy).
+        #[arg(long)]
+        resume: bool,
     },
     /// List the catalogs (sources), their schemas and tables.
     Sources,
@@ -221,7 +225,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { names, all } => sync(&engine, names, all).await,
+        Command::Sync { names, all, resume } => sync(&engine, names, all, resume).await,
         Command::Sources => sources(&engine).await,
         Command::Check => Ok(check(&engine).await),
     }
@@ -407,8 +411,13 @@ async fn query(
 }
 
 /// Runs each materialization once, in order, reporting each; fails if any failed.
-async fn sync(engine: &Engine, names: Vec<String>, all: bool) -> Result<ExitCode, String> {
-    use tributary::materialize::{self, Counters, ProgressDisplay, ProgressReporter};
+async fn sync(
+    engine: &Engine,
+    names: Vec<String>,
+    all: bool,
+    resume: bool,
+) -> Result<ExitCode, String> {
+    use tributary::materialize::{self, Counters, ProgressDisplay, ProgressReporter, RunOptions};
     let jobs = if all {
         if engine.materializations().is_empty() {
             return Err("the config has no `materializations`".into());
@@ -430,7 +439,7 @@ async fn sync(engine: &Engine, names: Vec<String>, all: bool) -> Result<ExitCode
     for job in jobs {
         let counters = std::sync::Arc::new(Counters::default());
         let reporter = ProgressReporter::start(job.name(), counters.clone(), display);
-        let result = materialize::sync(engine, job, counters).await;
+        let result = materialize::sync(engine, job, counters, RunOptions { resume }).await;
         drop(reporter);
         match result {
             Ok(report) => println!("{report}"),

@@ -6,6 +6,7 @@
 //! as the last committed run left them, and the next run neither skips nor doubles rows.
 
 mod catalog;
+mod drift;
 mod progress;
 mod source;
 mod state;
@@ -28,6 +29,7 @@ pub use write::Written;
 
 use crate::Engine;
 use crate::config::{Config, MaterializationConfig, RefreshMode};
+use drift::{Decision, SchemaChange};
 use write::Change;
 
 /// The catalog materialized tables are queried in: `materialized.public.<name>`.
@@ -103,6 +105,24 @@ pub enum SyncError {
         /// Why (boxed: Delta's errors are large).
         source: Box<DeltaTableError>,
     },
+    /// The source's columns changed and the drift policy (or the change) stops the run.
+    #[error("materialization `{name}`: {message}")]
+    Drift {
+        /// The materialization.
+        name: String,
+        /// What changed and why the run stopped.
+        message: String,
+    },
+    /// The materialization is paused (policy `pause` met drift); the copy stays as it was.
+    #[error(
+        "materialization `{name}` is paused: the source's columns changed ({reason}); fix the source or the `drift` policy, then run `tributary sync {name} --resume`"
+    )]
+    Paused {
+        /// The materialization.
+        name: String,
+        /// What drifted.
+        reason: String,
+    },
     /// The run took longer than its `timeout`.
     #[error("materialization `{name}`: timed out after {}", humantime::format_duration(*.timeout))]
     TimedOut {
@@ -175,14 +195,23 @@ pub fn job<'a>(engine: &'a Engine, name: &str) -> Result<&'a Job, SyncError> {
         })
 }
 
+/// How a run is started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Resume a paused materialization (its drift is checked again under the current
+    /// policy).
+    pub resume: bool,
+}
+
 /// Runs `job` once, counting what it reads in `counters`.
 pub async fn sync(
     engine: &Engine,
     job: &Job,
     counters: Arc<Counters>,
+    options: RunOptions,
 ) -> Result<RunReport, SyncError> {
     let span = tracing::info_span!("sync", materialization = %job.name());
-    let run = tracing::Instrument::instrument(run(engine, job, counters), span);
+    let run = tracing::Instrument::instrument(run(engine, job, counters, options), span);
     match job.config.timeout {
         Some(timeout) => {
             tokio::time::timeout(timeout, run)
@@ -196,7 +225,12 @@ pub async fn sync(
     }
 }
 
-async fn run(engine: &Engine, job: &Job, counters: Arc<Counters>) -> Result<RunReport, SyncError> {
+async fn run(
+    engine: &Engine,
+    job: &Job,
+    counters: Arc<Counters>,
+    options: RunOptions,
+) -> Result<RunReport, SyncError> {
     let clock = Instant::now();
     let config = &job.config;
     let name = config.name.as_str();
@@ -215,13 +249,74 @@ async fn run(engine: &Engine, job: &Job, counters: Arc<Counters>) -> Result<RunR
         message,
     };
 
-    let table = target::open(&engine.context().runtime_env(), &job.target)
+    let mut table = target::open(&engine.context().runtime_env(), &job.target)
         .await
         .map_err(target_error)?;
+    if let Some(reason) = drift::paused(&table) {
+        if !options.resume {
+            return Err(SyncError::Paused {
+                name: name.to_string(),
+                reason,
+            });
+        }
+        table = drift::set_paused(table, "").await.map_err(target_error)?;
+        tracing::info!("resumed");
+    }
     let state = State::load(&table, name).await.map_err(target_error)?;
     let mut df = source::plan(engine, &config.from)
         .await
         .map_err(source_error)?;
+    let mut schema = SchemaChange::Keep;
+    let mut deprecate = Vec::new();
+    let mut absent = Vec::new();
+    let mut added = Vec::new();
+    let mut drift_note = None;
+    if table.version().is_some() {
+        let full = config.mode == RefreshMode::Full;
+        match drift::decide(&table, df, config.drift, full).map_err(target_error)? {
+            Decision::Fail(message) => {
+                return Err(SyncError::Drift {
+                    name: name.to_string(),
+                    message,
+                });
+            }
+            Decision::Pause(reason) => {
+                tracing::warn!(drift = %reason, "paused: the source's columns changed");
+                drift::set_paused(table, &reason)
+                    .await
+                    .map_err(target_error)?;
+                return Err(SyncError::Paused {
+                    name: name.to_string(),
+                    reason,
+                });
+            }
+            Decision::Proceed {
+                df: adapted,
+                schema: change,
+                widen,
+                deprecate: columns,
+                absent: missing,
+                added: new_columns,
+                note,
+            } => {
+                added = new_columns;
+                df = *adapted;
+                absent = missing;
+                schema = change;
+                deprecate = columns;
+                if let Some(note) = &note {
+                    tracing::warn!(drift = %note, "the source's columns changed");
+                }
+                if !widen.is_empty() {
+                    let note = note.as_deref().unwrap_or("widened");
+                    table = drift::widen(table, &widen, note)
+                        .await
+                        .map_err(target_error)?;
+                }
+                drift_note = note;
+            }
+        }
+    }
     let mut next = State {
         runs: state.runs + 1,
         watermark: state.watermark,
@@ -229,6 +324,8 @@ async fn run(engine: &Engine, job: &Job, counters: Arc<Counters>) -> Result<RunR
     let merge = Change::Merge {
         key: config.key.clone(),
         delete_missing: config.delete_missing,
+        frozen: absent,
+        added,
     };
     let mut watermark_text = None;
     let change = match (&config.cursor, config.mode) {
@@ -285,13 +382,22 @@ async fn run(engine: &Engine, job: &Job, counters: Arc<Counters>) -> Result<RunR
         "run": next.runs,
         "mode": format!("{:?}", config.mode).to_lowercase(),
         "watermark": watermark_text,
+        "drift": drift_note,
     });
     let commit = CommitProperties::default()
         .with_application_transactions(next.transactions(name))
         .with_metadata([("tributary".to_string(), metadata)]);
-    let (table, written) = write::commit(table, input, change, &config.partition_by, commit)
-        .await
-        .map_err(target_error)?;
+    let (mut table, written) =
+        write::commit(table, input, change, &config.partition_by, schema, commit)
+            .await
+            .map_err(target_error)?;
+    if !deprecate.is_empty() {
+        // A commit of its own after the data: if the process dies in between, the next
+        // run finds the columns unmarked and marks them.
+        table = drift::deprecate(table, &deprecate, next.runs)
+            .await
+            .map_err(target_error)?;
+    }
     if source::crash_point("committed").is_some() {
         std::process::abort();
     }

@@ -7,7 +7,10 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::errors::DeltaResult;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
+
+use super::drift::SchemaChange;
 
 /// How a run changes the table.
 #[derive(Debug, Clone)]
@@ -31,6 +34,10 @@ pub enum Change {
         key: Vec<String>,
         /// Delete target rows with no source row.
         delete_missing: bool,
+        /// Columns the source no longer has: updates leave their values alone.
+        frozen: Vec<String>,
+        /// Columns the copy does not have yet.
+        added: Vec<String>,
     },
 }
 
@@ -52,6 +59,7 @@ pub async fn commit(
     input: LogicalPlan,
     change: Change,
     partition_by: &[String],
+    schema: SchemaChange,
     commit: CommitProperties,
 ) -> DeltaResult<(DeltaTable, Written)> {
     let exists = table.version().is_some();
@@ -64,11 +72,14 @@ pub async fn commit(
     if let Change::Merge {
         key,
         delete_missing,
+        frozen,
+        added,
     } = &change
         && exists
     {
         let source = DataFrame::new(SessionContext::new().state(), input);
         let side = |side: &str, name: &str| col(Column::new(Some(side), name));
+        let updated: Vec<&String> = columns.iter().filter(|c| !frozen.contains(c)).collect();
         let on = key
             .iter()
             .map(|k| side("target", k).eq(side("source", k)))
@@ -79,23 +90,28 @@ pub async fn commit(
             .with_source_alias("source")
             .with_target_alias("target")
             .with_streaming(true)
+            .with_merge_schema(schema == SchemaChange::Merge)
             .with_commit_properties(commit)
             .when_matched_update(|u| {
                 // Only rows that changed count (and are written) as updated.
-                let changed = columns
+                let changed = updated
                     .iter()
                     .filter(|c| !key.contains(c))
                     .map(|c| {
-                        binary_expr(
-                            side("target", c),
-                            Operator::IsDistinctFrom,
-                            side("source", c),
-                        )
+                        if added.contains(c) {
+                            side("source", c).is_not_null()
+                        } else {
+                            binary_expr(
+                                side("target", c),
+                                Operator::IsDistinctFrom,
+                                side("source", c),
+                            )
+                        }
                     })
                     .reduce(Expr::or)
                     .unwrap_or_else(|| lit(false));
-                columns.iter().fold(u.predicate(changed), |u, c| {
-                    u.update(Column::new_unqualified(c), side("source", c))
+                updated.iter().fold(u.predicate(changed), |u, c| {
+                    u.update(Column::new_unqualified(*c), side("source", c))
                 })
             })?
             .when_not_matched_insert(|i| {
@@ -121,6 +137,11 @@ pub async fn commit(
         .with_commit_properties(commit);
     if !partition_by.is_empty() {
         write = write.with_partition_columns(partition_by.to_vec());
+    }
+    match schema {
+        SchemaChange::Keep => {}
+        SchemaChange::Merge => write = write.with_schema_mode(SchemaMode::Merge),
+        SchemaChange::Overwrite => write = write.with_schema_mode(SchemaMode::Overwrite),
     }
     write = match change {
         Change::Replace => write.with_save_mode(SaveMode::Overwrite),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tributary::materialize::{self, Counters, RunReport};
+use tributary::materialize::{self, Counters, RunOptions, RunReport};
 use tributary::{Config, Engine};
 use tributary_testkit::postgres::{Schema, url};
 
@@ -30,9 +30,14 @@ fn config_yaml(schema: &str, materializations: &str) -> String {
 
 async fn sync(engine: &Engine, name: &str) -> RunReport {
     let job = materialize::job(engine, name).unwrap();
-    materialize::sync(engine, job, Arc::new(Counters::default()))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
+    materialize::sync(
+        engine,
+        job,
+        Arc::new(Counters::default()),
+        RunOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Asserts the materialized table holds exactly the rows of `source` (a query), as a
@@ -290,10 +295,15 @@ async fn settings_that_do_not_fit_the_source_are_named() {
         let engine = engine.clone();
         async move {
             let job = materialize::job(&engine, name).unwrap();
-            materialize::sync(&engine, job, Arc::new(Counters::default()))
-                .await
-                .unwrap_err()
-                .to_string()
+            materialize::sync(
+                &engine,
+                job,
+                Arc::new(Counters::default()),
+                RunOptions::default(),
+            )
+            .await
+            .unwrap_err()
+            .to_string()
         }
     };
     let e = run("wrong_cursor").await;
@@ -397,4 +407,240 @@ async fn runs_killed_at_any_point_neither_skip_nor_double_rows() {
             "after {crash}, some rows of a committed run are missing"
         );
     }
+}
+
+/// The five kinds of drift, as SQL run on the source after a first sync; each also adds
+/// row 4.
+const DRIFTS: &[(&str, &str)] = &[
+    (
+        "add",
+        "ALTER TABLE t ADD COLUMN d text; INSERT INTO t VALUES (4, 4, 'four', 4.5, 'dee')",
+    ),
+    (
+        "drop",
+        "ALTER TABLE t DROP COLUMN b; INSERT INTO t VALUES (4, 4, 4.5)",
+    ),
+    (
+        "rename",
+        "ALTER TABLE t RENAME COLUMN b TO b2; INSERT INTO t VALUES (4, 4, 'four', 4.5)",
+    ),
+    (
+        "widen",
+        "ALTER TABLE t ALTER COLUMN a TYPE bigint; INSERT INTO t VALUES (4, 1099511627776, 'four', 4.5)",
+    ),
+    (
+        "incompatible",
+        "ALTER TABLE t ALTER COLUMN a TYPE text USING a::text; INSERT INTO t VALUES (4, 'x', 'four', 4.5)",
+    ),
+];
+
+async fn drift_case(policy: &str, mode: &str, drift: &str) -> (tempfile::TempDir, Schema, String) {
+    let schema = Schema::create("mz_drift").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id int PRIMARY KEY, a int, b text, c numeric(10, 2));
+             INSERT INTO t VALUES (1, 1, 'one', 1.5), (2, NULL, NULL, NULL), (3, 3, 'thr''ee', 3.5);",
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = match mode {
+        "incremental" => "incremental\n    cursor: id",
+        "upsert" => "upsert\n    key: [id]",
+        other => other,
+    };
+    let jobs = format!(
+        "  - name: t\n    from: pg.{}.t\n    mode: {mode}\n    drift: {policy}\n",
+        schema.name
+    );
+    sync(&engine(dir.path(), &schema.name, &jobs), "t").await;
+    let sql = DRIFTS.iter().find(|(n, _)| *n == drift).unwrap().1;
+    schema.execute(sql).await;
+    (dir, schema, jobs)
+}
+
+async fn sync_err(engine: &Engine, name: &str, options: RunOptions) -> String {
+    let job = materialize::job(engine, name).unwrap();
+    match materialize::sync(engine, job, Arc::new(Counters::default()), options).await {
+        Ok(report) => panic!("{name} ran: {report}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn drift_policy_fail_stops_the_run_and_keeps_the_copy() {
+    for (drift, _) in DRIFTS {
+        let (dir, schema, jobs) = drift_case("fail", "incremental", drift).await;
+        let engine = engine(dir.path(), &schema.name, &jobs);
+        let e = sync_err(&engine, "t", RunOptions::default()).await;
+        assert!(
+            e.contains("materialization `t`: the source's columns changed ("),
+            "{drift}: {e}"
+        );
+        assert!(e.contains("`drift: fail` stops here"), "{drift}: {e}");
+        assert_eq!(
+            count(&engine, "SELECT count(*) FROM materialized.public.t").await,
+            "3",
+            "{drift}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn drift_policy_pause_keeps_serving_until_resumed() {
+    for (drift, _) in DRIFTS {
+        let (dir, schema, jobs) = drift_case("pause", "incremental", drift).await;
+        let paused = engine(dir.path(), &schema.name, &jobs);
+        let e = sync_err(&paused, "t", RunOptions::default()).await;
+        assert!(
+            e.contains("materialization `t` is paused: the source's columns changed"),
+            "{drift}: {e}"
+        );
+        assert!(e.contains("--resume"), "{drift}: {e}");
+        // Still paused on the next run, whatever the policy says now; the old copy serves.
+        let evolve = engine(
+            dir.path(),
+            &schema.name,
+            &jobs.replace("drift: pause", "drift: evolve"),
+        );
+        let again = sync_err(&evolve, "t", RunOptions::default()).await;
+        assert!(again.contains("is paused"), "{drift}: {again}");
+        assert_eq!(
+            count(&evolve, "SELECT count(*) FROM materialized.public.t").await,
+            "3"
+        );
+        // Resumed under `evolve`, the run applies what evolve can.
+        let job = materialize::job(&evolve, "t").unwrap();
+        let resumed = materialize::sync(
+            &evolve,
+            job,
+            Arc::new(Counters::default()),
+            RunOptions { resume: true },
+        )
+        .await;
+        match *drift {
+            "incompatible" => assert!(
+                resumed
+                    .unwrap_err()
+                    .to_string()
+                    .contains("cannot change a column")
+            ),
+            _ => {
+                let report = resumed.unwrap_or_else(|e| panic!("{drift}: {e}"));
+                assert_eq!(report.rows_read, 1, "{drift}");
+                assert_eq!(
+                    count(&evolve, "SELECT count(*) FROM materialized.public.t").await,
+                    "4"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn drift_policy_evolve_adds_keeps_and_widens_columns() {
+    for mode in ["incremental", "upsert"] {
+        for (drift, _) in DRIFTS {
+            let (dir, schema, jobs) = drift_case("evolve", mode, drift).await;
+            let engine = engine(dir.path(), &schema.name, &jobs);
+            let job = materialize::job(&engine, "t").unwrap();
+            let result = materialize::sync(
+                &engine,
+                job,
+                Arc::new(Counters::default()),
+                RunOptions::default(),
+            )
+            .await;
+            let copy = "materialized.public.t";
+            let context = format!("{mode} {drift}");
+            match *drift {
+                "add" => {
+                    result.unwrap_or_else(|e| panic!("{context}: {e}"));
+                    let t = table(&engine, &format!("SELECT id, d FROM {copy} ORDER BY id")).await;
+                    assert!(
+                        t.contains("| 4  | dee |") && t.contains("| 1  |     |"),
+                        "{context}: {t}"
+                    );
+                }
+                "drop" | "rename" => {
+                    result.unwrap_or_else(|e| panic!("{context}: {e}"));
+                    // The old column keeps its values and is NULL from now on.
+                    let t = table(&engine, &format!("SELECT id, b FROM {copy} ORDER BY id")).await;
+                    assert!(
+                        t.contains("| 3  | thr'ee |") && t.contains("| 4  |        |"),
+                        "{context}: {t}"
+                    );
+                    let log = std::fs::read_dir(dir.path().join("data/materialized/t/_delta_log"))
+                        .unwrap()
+                        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+                        .collect::<String>();
+                    assert!(
+                        log.contains("tributary.deprecated"),
+                        "{context}: not marked"
+                    );
+                    if *drift == "rename" {
+                        let t = table(
+                            &engine,
+                            &format!("SELECT id, b2 FROM {copy} WHERE id IN (1, 4) ORDER BY id"),
+                        )
+                        .await;
+                        // An upsert re-reads old rows, which now carry the new column.
+                        let row_1 = if mode == "upsert" {
+                            "| 1  | one  |"
+                        } else {
+                            "| 1  |      |"
+                        };
+                        assert!(
+                            t.contains("| 4  | four |") && t.contains(row_1),
+                            "{context}: {t}"
+                        );
+                    }
+                    // The next run sees no drift and keeps going.
+                    schema.execute("INSERT INTO t (id, a) VALUES (5, 5)").await;
+                    sync(&engine, "t").await;
+                    assert_eq!(
+                        count(&engine, &format!("SELECT count(*) FROM {copy}")).await,
+                        "5",
+                        "{context}"
+                    );
+                }
+                "widen" => {
+                    result.unwrap_or_else(|e| panic!("{context}: {e}"));
+                    let t = table(
+                        &engine,
+                        &format!("SELECT id, a, arrow_typeof(a) AS t FROM {copy} ORDER BY id"),
+                    )
+                    .await;
+                    assert!(
+                        t.contains("| 4  | 1099511627776 | Int64 |")
+                            && t.contains("| 3  | 3             | Int64 |"),
+                        "{context}: {t}"
+                    );
+                }
+                "incompatible" => {
+                    let e = result.unwrap_err().to_string();
+                    assert!(
+                        e.contains("changed incompatibly `a` integer -> string"),
+                        "{context}: {e}"
+                    );
+                    assert_eq!(
+                        count(&engine, &format!("SELECT count(*) FROM {copy}")).await,
+                        "3"
+                    );
+                }
+                _ => unreachable!(),
+            }
+            let source = format!("SELECT * FROM pg.{}.t", schema.name);
+            if *drift == "add" || *drift == "widen" {
+                assert_same_rows(&engine, "t", &source).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_run_under_evolve_applies_even_incompatible_changes() {
+    let (dir, schema, jobs) = drift_case("evolve", "full", "incompatible").await;
+    let engine = engine(dir.path(), &schema.name, &jobs);
+    sync(&engine, "t").await;
+    assert_same_rows(&engine, "t", &format!("SELECT * FROM pg.{}.t", schema.name)).await;
 }
