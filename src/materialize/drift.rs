@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType as ArrowType;
-use datafusion::common::{Column, ScalarValue};
-use datafusion::logical_expr::{Expr, cast, col, lit};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Expr, cast, ident, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::errors::{DeltaResult, DeltaTableError};
@@ -234,9 +234,10 @@ pub const PAUSED: &str = "tributary.paused";
 pub const DEPRECATED: &str = "tributary.deprecated";
 
 /// How a run's schema may change the copy's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SchemaChange {
     /// Not at all: the columns match.
+    #[default]
     Keep,
     /// Add the new columns.
     Merge,
@@ -244,26 +245,33 @@ pub enum SchemaChange {
     Overwrite,
 }
 
+/// How a run adapts the copy to the source's columns; the default (nothing to adapt) is
+/// what a table that does not exist yet gets.
+#[derive(Debug, Clone, Default)]
+pub struct Adaptation {
+    /// How the write may change the schema.
+    pub schema: SchemaChange,
+    /// Columns to widen (name, new Arrow type), in a commit of their own, before the data.
+    pub widen: Vec<(String, ArrowType)>,
+    /// Columns to mark deprecated after the data commit.
+    pub deprecate: Vec<String>,
+    /// Columns the source does not have (written as NULL, never updated).
+    pub absent: Vec<String>,
+    /// Columns the copy does not have yet.
+    pub added: Vec<String>,
+    /// What drifted and what was done, for the commit's record.
+    pub note: Option<String>,
+}
+
 /// What a run does about drift.
 pub enum Decision {
-    /// Write `df` with `schema`; first widen `widen` columns (name, new Arrow type), and
-    /// afterwards mark `deprecate` columns. `note` records what was decided.
+    /// Write `df` (the rows, with NULL for columns the source no longer has; boxed: a plan
+    /// is large) as `adaptation` says.
     Proceed {
-        /// The rows to write, with NULL for columns the source no longer has (boxed: a
-        /// plan is large).
+        /// The rows to write.
         df: Box<DataFrame>,
-        /// How the write may change the schema.
-        schema: SchemaChange,
-        /// Columns to widen, in a commit of their own, before the data commit.
-        widen: Vec<(String, ArrowType)>,
-        /// Columns to mark deprecated after the data commit.
-        deprecate: Vec<String>,
-        /// Columns the source does not have (written as NULL, never updated).
-        absent: Vec<String>,
-        /// Columns the copy does not have yet.
-        added: Vec<String>,
-        /// What drifted and what was done, for the commit's record.
-        note: Option<String>,
+        /// How the copy changes.
+        adaptation: Adaptation,
     },
     /// Stop the job and keep the copy (policy `pause`).
     Pause(String),
@@ -349,12 +357,14 @@ pub fn decide(
     let note = (!drift.is_empty()).then(|| format!("evolved: {drift}"));
     Ok(Decision::Proceed {
         df: Box::new(df),
-        schema,
-        widen,
-        deprecate,
-        absent,
-        added: drift.added.iter().map(|(n, _)| n.clone()).collect(),
-        note,
+        adaptation: Adaptation {
+            schema,
+            widen,
+            deprecate,
+            absent,
+            added: drift.added.iter().map(|(n, _)| n.clone()).collect(),
+            note,
+        },
     })
 }
 
@@ -394,7 +404,7 @@ pub async fn widen(
         .fields()
         .iter()
         .map(|f| {
-            let column = col(Column::new_unqualified(f.name()));
+            let column = ident(f.name());
             match columns.iter().find(|(n, _)| n == f.name()) {
                 Some((_, to)) => cast(column, to.clone()).alias(f.name()),
                 None => column,

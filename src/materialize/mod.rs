@@ -29,7 +29,7 @@ pub use write::Written;
 
 use crate::Engine;
 use crate::config::{Config, MaterializationConfig, RefreshMode};
-use drift::{Decision, SchemaChange};
+use drift::{Adaptation, Decision};
 use write::Change;
 
 /// The catalog materialized tables are queried in: `materialized.public.<name>`.
@@ -266,11 +266,7 @@ async fn run(
     let mut df = source::plan(engine, &config.from)
         .await
         .map_err(source_error)?;
-    let mut schema = SchemaChange::Keep;
-    let mut deprecate = Vec::new();
-    let mut absent = Vec::new();
-    let mut added = Vec::new();
-    let mut drift_note = None;
+    let mut adaptation = Adaptation::default();
     if table.version().is_some() {
         let full = config.mode == RefreshMode::Full;
         match drift::decide(&table, df, config.drift, full).map_err(target_error)? {
@@ -292,30 +288,21 @@ async fn run(
             }
             Decision::Proceed {
                 df: adapted,
-                schema: change,
-                widen,
-                deprecate: columns,
-                absent: missing,
-                added: new_columns,
-                note,
+                adaptation: a,
             } => {
-                added = new_columns;
                 df = *adapted;
-                absent = missing;
-                schema = change;
-                deprecate = columns;
-                if let Some(note) = &note {
-                    tracing::warn!(drift = %note, "the source's columns changed");
-                }
-                if !widen.is_empty() {
-                    let note = note.as_deref().unwrap_or("widened");
-                    table = drift::widen(table, &widen, note)
-                        .await
-                        .map_err(target_error)?;
-                }
-                drift_note = note;
+                adaptation = a;
             }
         }
+    }
+    if let Some(note) = &adaptation.note {
+        tracing::warn!(drift = %note, "the source's columns changed");
+    }
+    if !adaptation.widen.is_empty() {
+        let note = adaptation.note.as_deref().unwrap_or("widened");
+        table = drift::widen(table, &adaptation.widen, note)
+            .await
+            .map_err(target_error)?;
     }
     let mut next = State {
         runs: state.runs + 1,
@@ -324,8 +311,8 @@ async fn run(
     let merge = Change::Merge {
         key: config.key.clone(),
         delete_missing: config.delete_missing,
-        frozen: absent,
-        added,
+        frozen: adaptation.absent,
+        added: adaptation.added,
     };
     let mut watermark_text = None;
     let change = match (&config.cursor, config.mode) {
@@ -382,19 +369,26 @@ async fn run(
         "run": next.runs,
         "mode": format!("{:?}", config.mode).to_lowercase(),
         "watermark": watermark_text,
-        "drift": drift_note,
+        "drift": adaptation.note,
     });
     let commit = CommitProperties::default()
         .with_application_transactions(next.transactions(name))
         .with_metadata([("tributary".to_string(), metadata)]);
-    let (mut table, written) =
-        write::commit(table, input, change, &config.partition_by, schema, commit)
-            .await
-            .map_err(target_error)?;
-    if !deprecate.is_empty() {
+    let (mut table, written) = write::commit(
+        table,
+        input,
+        &counters,
+        change,
+        &config.partition_by,
+        adaptation.schema,
+        commit,
+    )
+    .await
+    .map_err(target_error)?;
+    if !adaptation.deprecate.is_empty() {
         // A commit of its own after the data: if the process dies in between, the next
         // run finds the columns unmarked and marks them.
-        table = drift::deprecate(table, &deprecate, next.runs)
+        table = drift::deprecate(table, &adaptation.deprecate, next.runs)
             .await
             .map_err(target_error)?;
     }

@@ -12,7 +12,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::functions_aggregate::expr_fn::max;
-use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ident, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::DataFrame;
@@ -21,14 +21,19 @@ use futures::StreamExt;
 use super::state::Cursor;
 use crate::Engine;
 
-/// Plans `from`: a table name (`pg.public.orders`) or a SQL query over the sources.
+/// Plans `from`: a SQL query over the sources, or a table name (`pg.public.orders`,
+/// `pg."My Schema".t`), which does not parse as a statement.
 pub async fn plan(engine: &Engine, from: &str) -> Result<DataFrame> {
     let text = from.trim();
-    let is_query = text.chars().any(char::is_whitespace) || text.starts_with('(');
-    if is_query {
-        engine.sql(text).await
-    } else {
-        engine.context().table(text).await
+    match engine.statement(text) {
+        Ok(statement) => engine.plan(statement).await,
+        Err(not_sql) => engine.context().table(text).await.map_err(|not_table| {
+            DataFusionError::Plan(format!(
+                "neither a query ({}) nor a table ({})",
+                not_sql.strip_backtrace(),
+                not_table.strip_backtrace()
+            ))
+        }),
     }
 }
 
@@ -42,16 +47,10 @@ pub async fn upper_bound(
 ) -> Result<Option<i64>> {
     let mut df = df.clone();
     if let Some(low) = low {
-        let column = col(quoted(cursor.name()));
-        let low = lit(cursor.literal(low));
-        df = df.filter(if inclusive {
-            column.gt_eq(low)
-        } else {
-            column.gt(low)
-        })?;
+        df = df.filter(above(cursor, low, inclusive))?;
     }
     let batches = df
-        .aggregate(vec![], vec![max(col(quoted(cursor.name()))).alias("high")])?
+        .aggregate(vec![], vec![max(ident(cursor.name())).alias("high")])?
         .collect()
         .await?;
     let value = match batches.iter().find(|b| b.num_rows() > 0) {
@@ -69,23 +68,21 @@ pub fn between(
     inclusive: bool,
     high: i64,
 ) -> Result<DataFrame> {
-    let column = col(quoted(cursor.name()));
-    let mut predicate = column.clone().lt_eq(lit(cursor.literal(high)));
+    let mut predicate = ident(cursor.name()).lt_eq(lit(cursor.literal(high)));
     if let Some(low) = low {
-        let low = lit(cursor.literal(low));
-        let lower = if inclusive {
-            column.gt_eq(low)
-        } else {
-            column.gt(low)
-        };
-        predicate = lower.and(predicate);
+        predicate = above(cursor, low, inclusive).and(predicate);
     }
     df.filter(predicate)
 }
 
-/// `col()` parses dots and folds case; a quoted name is taken as it is.
-pub fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// `cursor > low`, or `cursor >= low` when `inclusive`.
+fn above(cursor: &Cursor, low: i64, inclusive: bool) -> Expr {
+    let (column, low) = (ident(cursor.name()), lit(cursor.literal(low)));
+    if inclusive {
+        column.gt_eq(low)
+    } else {
+        column.gt(low)
+    }
 }
 
 /// Rows and Arrow bytes read so far by a run.

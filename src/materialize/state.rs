@@ -55,7 +55,7 @@ impl State {
 
     /// The transactions that record `self` in a commit of materialization `name`.
     pub fn transactions(&self, name: &str) -> Vec<Transaction> {
-        let now = chrono_millis();
+        let now = now_millis();
         let mut txns = vec![Transaction::new_with_last_update(
             run_app_id(name),
             self.runs,
@@ -72,7 +72,7 @@ impl State {
     }
 }
 
-fn chrono_millis() -> i64 {
+fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -11,6 +11,7 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 
 use super::drift::SchemaChange;
+use super::source::Counters;
 
 /// How a run changes the table.
 #[derive(Debug, Clone)]
@@ -53,10 +54,12 @@ pub struct Written {
 }
 
 /// Writes `input` to `table` as `change`, with `commit` (state and run metadata) in the
-/// same commit. A table that does not exist yet is created by the first write.
+/// same commit. A table that does not exist yet is created by the first write. `read`
+/// counts the rows `input` yields: all of them are inserted unless `change` merges.
 pub async fn commit(
     table: DeltaTable,
     input: LogicalPlan,
+    read: &Counters,
     change: Change,
     partition_by: &[String],
     schema: SchemaChange,
@@ -153,26 +156,11 @@ pub async fn commit(
         }
     };
     let table = write.await?;
-    let inserted = last_commit_rows(&table).await;
     Ok((
         table,
         Written {
-            inserted,
+            inserted: read.rows(),
             ..Written::default()
         },
     ))
-}
-
-/// Rows the last commit added, from its `operationMetrics`.
-async fn last_commit_rows(table: &DeltaTable) -> u64 {
-    use futures::TryStreamExt;
-    let Ok(commits) = table.history(Some(1)).try_collect::<Vec<_>>().await else {
-        return 0;
-    };
-    commits
-        .first()
-        .and_then(|c| c.info.get("operationMetrics"))
-        .and_then(|m| m.get("num_added_rows"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
 }
