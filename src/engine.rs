@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::source_as_provider;
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
@@ -25,7 +26,9 @@ use tributary_tpch::TpchSource;
 use url::Url;
 
 use crate::config::{Config, SourceConfig, SourceKind};
-use crate::materialize::{self, Job, MaterializedCatalog};
+use crate::materialize::{
+    self, AcceleratedCatalog, Job, MaterializedCatalog, Materializer, RuntimeCatalog,
+};
 
 /// Why the engine could not be built from a config.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +59,41 @@ pub enum EngineError {
 pub struct Engine {
     ctx: SessionContext,
     catalogs: Vec<SourceCatalog>,
-    materializations: Arc<[Job]>,
+    materializer: Arc<Materializer>,
+}
+
+/// The tables accelerated by materializations: `(catalog, schema, table, job)`, each
+/// `from` resolved against the session's default catalog and schema.
+fn accelerated_tables(
+    config: &Config,
+    ctx: &SessionContext,
+    jobs: &[Job],
+) -> Result<Vec<(String, String, String, Job)>, EngineError> {
+    let defaults = ctx.state().config_options().catalog.clone();
+    let mut tables = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        if !job.config.accelerate {
+            continue;
+        }
+        let table = TableReference::parse_str(job.config.from.trim())
+            .resolve(&defaults.default_catalog, &defaults.default_schema);
+        if !config.sources.iter().any(|s| *s.name == *table.catalog) {
+            return Err(EngineError::Materialization {
+                origin: config.origin(),
+                message: format!(
+                    "materializations[{i}].accelerate: `{}` is not in a configured source (catalog `{}`)",
+                    job.config.from, table.catalog
+                ),
+            });
+        }
+        tables.push((
+            table.catalog.to_string(),
+            table.schema.to_string(),
+            table.table.to_string(),
+            job.clone(),
+        ));
+    }
+    Ok(tables)
 }
 
 impl Engine {
@@ -108,6 +145,15 @@ impl Engine {
             probe_timeout: config.server.probe_timeout,
         };
 
+        let materializer = Materializer::new(config, ctx.runtime_env()).map_err(|message| {
+            EngineError::Materialization {
+                origin: config.origin(),
+                message,
+            }
+        })?;
+        let materializer = Arc::new(materializer);
+        let accelerated = accelerated_tables(config, &ctx, materializer.jobs())?;
+
         let mut catalogs = Vec::with_capacity(config.sources.len());
         for source in &config.sources {
             let context = SourceContext {
@@ -121,21 +167,30 @@ impl Engine {
                 error,
             })?;
             let catalog = SourceCatalog::new(&source.name, built, options.clone());
-            ctx.register_catalog(&source.name, Arc::new(catalog.clone()));
+            let mine: Vec<_> = accelerated
+                .iter()
+                .filter(|(c, ..)| *c == source.name)
+                .map(|(_, schema, table, job)| (schema.clone(), table.clone(), job.clone()))
+                .collect();
+            if mine.is_empty() {
+                ctx.register_catalog(&source.name, Arc::new(catalog.clone()));
+            } else {
+                let wrapped =
+                    AcceleratedCatalog::new(catalog.clone(), mine, Arc::clone(&materializer));
+                ctx.register_catalog(&source.name, Arc::new(wrapped));
+            }
             catalogs.push(catalog);
         }
-        let jobs = Job::all(config).map_err(|message| EngineError::Materialization {
-            origin: config.origin(),
-            message,
-        })?;
-        if !jobs.is_empty() {
-            let catalog = MaterializedCatalog::new(&jobs, ctx.runtime_env());
+        if !materializer.jobs().is_empty() {
+            let catalog = MaterializedCatalog::new(materializer.jobs(), ctx.runtime_env());
             ctx.register_catalog(materialize::CATALOG, Arc::new(catalog));
+            let runtime = RuntimeCatalog::new(Arc::clone(&materializer));
+            ctx.register_catalog(materialize::RUNTIME_CATALOG, Arc::new(runtime));
         }
         Ok(Engine {
             ctx,
             catalogs,
-            materializations: jobs.into(),
+            materializer,
         })
     }
 
@@ -151,7 +206,12 @@ impl Engine {
 
     /// The configured materializations, in config order.
     pub fn materializations(&self) -> &[Job] {
-        &self.materializations
+        self.materializer.jobs()
+    }
+
+    /// The materializations with their run history and health.
+    pub fn materializer(&self) -> &Arc<Materializer> {
+        &self.materializer
     }
 
     /// Splits `sql` into statements, in the session's SQL dialect.
@@ -184,6 +244,37 @@ impl Engine {
             .map_err(|e| {
                 DataFusionError::Plan(format!("Tributary is read-only: {}", e.message()))
             })?;
+        Ok(DataFrame::new(state, plan))
+    }
+
+    /// The source table `reference` (`catalog.schema.table`, or shorter with the session's
+    /// defaults) read from its source, past any acceleration that stands in for it.
+    pub async fn source_table(&self, reference: &str) -> Result<DataFrame> {
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        let table = TableReference::parse_str(reference)
+            .resolve(&defaults.default_catalog, &defaults.default_schema);
+        let catalog = self
+            .catalogs
+            .iter()
+            .find(|c| c.name() == &*table.catalog)
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "`{reference}`: no source is named `{}`",
+                    table.catalog
+                ))
+            })?;
+        let provider = catalog
+            .table(&table.schema, &table.table)
+            .await?
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "table `{}.{}` not found in source `{}`",
+                    table.schema, table.table, table.catalog
+                ))
+            })?;
+        let plan =
+            LogicalPlanBuilder::scan(table.clone(), provider_as_source(provider), None)?.build()?;
         Ok(DataFrame::new(state, plan))
     }
 

@@ -56,6 +56,10 @@ enum Command {
         /// 127.0.0.1:9464).
         #[arg(long, value_parser = address_or_off)]
         metrics_listen: Option<MetricsListen>,
+        /// Do not run materializations on their schedules (e.g. on all but one of several
+        /// servers sharing the data folder).
+        #[arg(long)]
+        no_schedules: bool,
     },
     /// Hash a password (read from standard input) for `server.auth.users[].password_hash`.
     HashPassword,
@@ -183,12 +187,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Serve {
             listen,
             metrics_listen,
+            no_schedules,
         } => {
             let options = server::Options::from_config(&config.server, &config.dir)
                 .map_err(|e| e.to_string())?;
+            options
+                .metrics
+                .watch_materializations(std::sync::Arc::clone(engine.materializer()));
             let listen = listen.unwrap_or(config.server.listen);
             let metrics = metrics_listen.map_or(config.server.metrics_listen, |m| m.0);
-            serve(engine, options, listen, metrics).await?;
+            serve(engine, options, listen, metrics, !no_schedules).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => unreachable!("handled before loading the config"),
@@ -236,6 +244,7 @@ async fn serve(
     options: server::Options,
     addr: std::net::SocketAddr,
     metrics_addr: Option<std::net::SocketAddr>,
+    schedules: bool,
 ) -> Result<(), String> {
     let listener = server::bind(addr, &options)
         .await
@@ -277,7 +286,30 @@ async fn serve(
         catalogs.join(", ")
     );
     tracing::info!(%local, tls = options.tls.is_some(), auth = options.auth.is_some(), "serving Flight SQL");
-    let served = server::serve(engine, listener, options, shutdown_signal()).await;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let scheduled: Vec<String> = engine
+        .materializations()
+        .iter()
+        .filter_map(|j| Some(format!("{} ({})", j.name(), j.config.schedule.as_ref()?)))
+        .collect();
+    let scheduler = (schedules && !scheduled.is_empty()).then(|| {
+        eprintln!("Scheduled materializations: {}", scheduled.join(", "));
+        tokio::spawn(tributary::materialize::run_schedules(
+            engine.clone(),
+            stopping,
+        ))
+    });
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Scheduled runs stop now (nothing half-written is committed); queries finish.
+        let _ = stop.send(true);
+    };
+    let served = server::serve(engine, listener, options, shutdown).await;
+    if let Some(scheduler) = scheduler
+        && let Err(e) = scheduler.await
+    {
+        tracing::error!(error = %e, "the scheduler stopped");
+    }
     if let Some((_, task)) = metrics {
         task.abort();
     }
@@ -439,7 +471,11 @@ async fn sync(
     for job in jobs {
         let counters = std::sync::Arc::new(Counters::default());
         let reporter = ProgressReporter::start(job.name(), counters.clone(), display);
-        let result = materialize::sync(engine, job, counters, RunOptions { resume }).await;
+        let options = RunOptions {
+            resume,
+            ..RunOptions::default()
+        };
+        let result = materialize::sync(engine, job, counters, options).await;
         drop(reporter);
         match result {
             Ok(report) => println!("{report}"),

@@ -172,6 +172,18 @@ impl Config {
             }
             validate_materialization(m, &key)?;
         }
+        let mut accelerated = BTreeSet::new();
+        for (i, m) in self.materializations.iter().enumerate() {
+            if m.accelerate && !accelerated.insert(m.from.trim().to_lowercase()) {
+                return Err((
+                    format!("materializations[{i}].accelerate"),
+                    format!(
+                        "`{}` is already accelerated by another materialization",
+                        m.from
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -225,6 +237,18 @@ fn validate_materialization(m: &MaterializationConfig, key: &str) -> Result<(), 
     }
     if !m.key.is_empty() && m.mode != RefreshMode::Upsert {
         return err("key", "only `upsert` mode merges on a key");
+    }
+    if m.accelerate && datafusion::sql::parser::DFParser::parse_sql(&m.from).is_ok() {
+        return err(
+            "accelerate",
+            "only a table `from` (e.g. `pg.public.orders`) can be served from its copy, not a query",
+        );
+    }
+    if m.max_staleness.is_some() && !m.accelerate {
+        return err(
+            "max_staleness",
+            "only an `accelerate`d materialization routes queries by staleness",
+        );
     }
     Ok(())
 }
@@ -574,6 +598,42 @@ materializations:
             e.contains("materializations[0].mode: unknown variant `sometimes`"),
             "{e}"
         );
+        let e = parse(
+            "materializations:\n  - name: m\n    from: SELECT * FROM a.b.c\n    accelerate: true\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("materializations[0].accelerate: only a table `from`"),
+            "{e}"
+        );
+        let e = parse("materializations:\n  - name: m\n    from: a.b.c\n    max_staleness: 5m\n")
+            .unwrap_err();
+        assert!(
+            e.contains("materializations[0].max_staleness: only an `accelerate`d"),
+            "{e}"
+        );
+        let e = parse(
+            "materializations:\n  - {name: m, from: a.b.c, accelerate: true}\n  - {name: n, from: A.b.c, accelerate: true}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("materializations[1].accelerate: `A.b.c` is already accelerated"),
+            "{e}"
+        );
+        let e = parse(
+            "materializations:\n  - {name: m, from: a.b.c, schedule: {cron: '61 * * * *'}}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("materializations[0].schedule") && e.contains("is not a cron expression"),
+            "{e}"
+        );
+        let c = parse(
+            "materializations:\n  - {name: m, from: a.b.c, schedule: {cron: '*/5 * * * *'}, retries: 0, retry_backoff: 1m}\n",
+        )
+        .unwrap();
+        let m = &c.materializations[0];
+        assert_eq!((m.retries, m.retry_backoff), (0, Duration::from_secs(60)));
     }
 
     #[test]

@@ -186,6 +186,28 @@ pub struct MaterializationConfig {
     /// The longest one run may take.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub timeout: Option<Duration>,
+    /// How many more times a scheduled run is tried when it failed on something that may
+    /// pass (the source or the target failing, a timeout).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each next one (with jitter).
+    #[serde(default = "default_retry_backoff", deserialize_with = "de::duration")]
+    pub retry_backoff: Duration,
+    /// Serve queries on the `from` table from this copy (a table `from` only).
+    #[serde(default)]
+    pub accelerate: bool,
+    /// With `accelerate`: how old the copy may be before queries go to the source live
+    /// instead; unset, the copy always serves them.
+    #[serde(default, deserialize_with = "de::option_duration")]
+    pub max_staleness: Option<Duration>,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_retry_backoff() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The `lookback` of an incremental materialization.
@@ -260,6 +282,25 @@ struct ScheduleSpec {
     cron: Option<String>,
 }
 
+impl Schedule {
+    /// The cron expression parsed (five fields, or six with seconds first; UTC).
+    pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+        croner::Cron::new(expression)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| format!("`{expression}` is not a cron expression: {e}"))
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Every(every) => write!(f, "every {}", humantime::format_duration(*every)),
+            Schedule::Cron(cron) => write!(f, "cron {cron}"),
+        }
+    }
+}
+
 impl TryFrom<ScheduleSpec> for Schedule {
     type Error = String;
 
@@ -267,7 +308,10 @@ impl TryFrom<ScheduleSpec> for Schedule {
         match (spec.every, spec.cron) {
             (Some(every), None) if !every.is_zero() => Ok(Schedule::Every(every)),
             (Some(_), None) => Err("`every` must be longer than zero".into()),
-            (None, Some(cron)) => Ok(Schedule::Cron(cron)),
+            (None, Some(cron)) => {
+                Schedule::parse_cron(&cron)?;
+                Ok(Schedule::Cron(cron))
+            }
             _ => Err("expected exactly one of `every` (e.g. `15m`) or `cron`".into()),
         }
     }

@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
+use deltalake::DeltaTable;
+use deltalake::errors::DeltaTableError;
 use tokio::sync::Mutex;
 
 use super::{Job, SCHEMA};
@@ -22,15 +24,7 @@ impl MaterializedCatalog {
     pub fn new(jobs: &[Job], runtime: Arc<RuntimeEnv>) -> Self {
         let tables = jobs
             .iter()
-            .map(|j| {
-                (
-                    j.config.name.clone(),
-                    Arc::new(Slot {
-                        job: j.clone(),
-                        table: Mutex::new(None),
-                    }),
-                )
-            })
+            .map(|j| (j.config.name.clone(), Arc::new(Slot::new(j.clone()))))
             .collect();
         MaterializedCatalog {
             schema: Arc::new(MaterializedSchema { tables, runtime }),
@@ -54,11 +48,43 @@ struct MaterializedSchema {
     runtime: Arc<RuntimeEnv>,
 }
 
-/// One table, kept open between queries and brought up to date by each.
+/// One materialization's table, kept open between queries and brought up to date by each.
 #[derive(Debug)]
-struct Slot {
+pub(super) struct Slot {
     job: Job,
-    table: Mutex<Option<deltalake::DeltaTable>>,
+    table: Mutex<Option<DeltaTable>>,
+}
+
+impl Slot {
+    /// A slot for `job`'s table, opened on first use.
+    pub(super) fn new(job: Job) -> Slot {
+        Slot {
+            job,
+            table: Mutex::new(None),
+        }
+    }
+
+    /// The materialization.
+    pub(super) fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The table at its latest version, or `None` while it has no data yet.
+    pub(super) async fn latest(
+        &self,
+        runtime: &RuntimeEnv,
+    ) -> std::result::Result<Option<DeltaTable>, DeltaTableError> {
+        let mut open = self.table.lock().await;
+        let table = match open.take() {
+            Some(mut table) if table.version().is_some() => {
+                table.update_state().await?;
+                table
+            }
+            _ => super::target::open(runtime, &self.job.target).await?,
+        };
+        let table = open.insert(table);
+        Ok(table.version().is_some().then(|| table.clone()))
+    }
 }
 
 #[async_trait]
@@ -71,28 +97,17 @@ impl SchemaProvider for MaterializedSchema {
         let Some(slot) = self.tables.get(name) else {
             return Ok(None);
         };
-        let delta = |e: deltalake::errors::DeltaTableError| {
+        let table = slot.latest(&self.runtime).await.map_err(|e| {
             DataFusionError::Plan(format!(
                 "materialized table `{name}` ({}): {e}",
                 slot.job.target
             ))
-        };
-        let mut open = slot.table.lock().await;
-        let table = match open.take() {
-            Some(mut table) if table.version().is_some() => {
-                table.update_state().await.map_err(delta)?;
-                table
-            }
-            _ => super::target::open(&self.runtime, &slot.job.target)
-                .await
-                .map_err(delta)?,
-        };
-        let table = open.insert(table);
-        if table.version().is_none() {
+        })?;
+        let Some(table) = table else {
             return Err(DataFusionError::Plan(format!(
                 "materialized table `{name}` has no data yet: run `tributary sync {name}`"
             )));
-        }
+        };
         let provider = table
             .table_provider()
             .await

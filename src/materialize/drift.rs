@@ -291,11 +291,7 @@ pub fn decide(
     let target_arrow = snapshot.snapshot().arrow_schema();
     let source_arrow = normalize_for_delta(&Arc::new(df.schema().as_arrow().clone()));
     let source: StructType = source_arrow.as_ref().try_into_kernel()?;
-    let deprecated: Vec<String> = target
-        .fields()
-        .filter(|f| f.metadata().contains_key(DEPRECATED))
-        .map(|f| f.name().clone())
-        .collect();
+    let deprecated = deprecated_columns(table);
     let drift = Drift::between(&target, &source, &deprecated);
     if !drift.is_empty() {
         match policy {
@@ -366,6 +362,19 @@ pub fn decide(
             note,
         },
     })
+}
+
+/// The columns of `table` marked deprecated: the source no longer has them.
+pub fn deprecated_columns(table: &DeltaTable) -> Vec<String> {
+    let Ok(snapshot) = table.snapshot() else {
+        return Vec::new();
+    };
+    snapshot
+        .schema()
+        .fields()
+        .filter(|f| f.metadata().contains_key(DEPRECATED))
+        .map(|f| f.name().clone())
+        .collect()
 }
 
 /// The reason the materialization in `table` is paused, if it is.

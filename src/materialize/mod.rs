@@ -5,24 +5,37 @@
 //! that same commit ([`state`]): a run killed at any point leaves the table and its state
 //! as the last committed run left them, and the next run neither skips nor doubles rows.
 
+mod accelerate;
 mod catalog;
 mod drift;
+mod health;
+mod history;
+mod lock;
 mod progress;
+mod runtime_catalog;
+mod scheduler;
 mod source;
 mod state;
 mod target;
 mod write;
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use deltalake::errors::DeltaTableError;
 use deltalake::kernel::transaction::CommitProperties;
 use url::Url;
 
+pub use accelerate::AcceleratedCatalog;
 pub use catalog::MaterializedCatalog;
+pub use health::{Health, JobHealth, LastRun, Route};
+pub use history::{History, RunRecord, RunStatus, Trigger};
 pub use progress::{ProgressDisplay, ProgressReporter, summary};
+pub use runtime_catalog::RuntimeCatalog;
+pub use scheduler::run_schedules;
 pub use source::Counters;
 pub use state::{Cursor, State};
 pub use write::Written;
@@ -31,6 +44,12 @@ use crate::Engine;
 use crate::config::{Config, MaterializationConfig, RefreshMode};
 use drift::{Adaptation, Decision};
 use write::Change;
+
+/// The catalog Tributary's own tables are queried in: `tributary.runtime.sync_runs`, …
+pub const RUNTIME_CATALOG: &str = "tributary";
+
+/// The schema of [`RUNTIME_CATALOG`].
+pub const RUNTIME_SCHEMA: &str = "runtime";
 
 /// The catalog materialized tables are queried in: `materialized.public.<name>`.
 pub const CATALOG: &str = "materialized";
@@ -68,6 +87,72 @@ impl Job {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+}
+
+/// The materializations of an engine and what is known of their runs.
+#[derive(Debug)]
+pub struct Materializer {
+    jobs: Arc<[Job]>,
+    locks: PathBuf,
+    history: History,
+    health: Health,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl Materializer {
+    /// The materializations of `config`, their history and locks under its data folder,
+    /// their tables opened through `runtime`'s object stores.
+    pub fn new(config: &Config, runtime: Arc<RuntimeEnv>) -> Result<Materializer, String> {
+        let jobs = Job::all(config)?;
+        let data_dir = config.dir.join(&config.server.data_dir).join("_tributary");
+        let history = tributary_files::resolve_root(
+            &data_dir.join("sync_runs").to_string_lossy(),
+            &config.dir,
+        )
+        .map_err(|e| format!("server.data_dir: {e}"))?;
+        Ok(Materializer {
+            jobs: jobs.into(),
+            locks: data_dir.join("locks"),
+            history: History::new(history, Arc::clone(&runtime)),
+            health: Health::default(),
+            runtime,
+        })
+    }
+
+    /// The configured materializations, in config order.
+    pub fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
+    /// The run history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// What is known of each materialization, filled from the history on first use.
+    pub async fn health(&self) -> &Health {
+        self.health.load(&self.history).await;
+        &self.health
+    }
+
+    /// What is known of each materialization, as loaded so far (never waits).
+    pub fn health_now(&self) -> &Health {
+        &self.health
+    }
+
+    /// The object stores tables are opened through.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
+    /// Records a finished run in the health and the history. The history failing to take
+    /// it is logged, not raised: the run itself committed (or failed) already.
+    async fn finished(&self, record: RunRecord) {
+        self.health().await.finished(&record);
+        if let Err(e) = self.history.record(std::slice::from_ref(&record)).await {
+            tracing::warn!(history = %self.history.url(), error = %e, "cannot record the run in the history");
+        }
     }
 }
 
@@ -122,6 +207,23 @@ pub enum SyncError {
         name: String,
         /// What drifted.
         reason: String,
+    },
+    /// Another run of the materialization is going on (in this process or another).
+    #[error(
+        "materialization `{name}` is already running (another run holds {}); runs of one materialization never overlap",
+        lock.display()
+    )]
+    Running {
+        /// The materialization.
+        name: String,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The run was stopped because the server is shutting down.
+    #[error("materialization `{name}`: stopped, the server is shutting down")]
+    Cancelled {
+        /// The materialization.
+        name: String,
     },
     /// The run took longer than its `timeout`.
     #[error("materialization `{name}`: timed out after {}", humantime::format_duration(*.timeout))]
@@ -195,41 +297,117 @@ pub fn job<'a>(engine: &'a Engine, name: &str) -> Result<&'a Job, SyncError> {
         })
 }
 
+impl SyncError {
+    /// Whether trying again later may succeed (the source or target failing, a timeout),
+    /// as opposed to settings or drift that fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Source { .. } | SyncError::Target { .. } | SyncError::TimedOut { .. }
+        )
+    }
+}
+
 /// How a run is started.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Resume a paused materialization (its drift is checked again under the current
     /// policy).
     pub resume: bool,
+    /// What started it (recorded in the history).
+    pub trigger: Trigger,
+    /// Which try this is: 1 (or 0) for the first, 2 for the first retry, …
+    pub attempt: u32,
+    /// Stops the run when it turns `true` (server shutdown); nothing is committed then.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
-/// Runs `job` once, counting what it reads in `counters`.
+/// Runs `job` once, counting what it reads in `counters`, and records the run in the
+/// history (`tributary.runtime.sync_runs`), failed or not. Fails at once with
+/// [`SyncError::Running`] while another run of `job` goes on, here or in another process.
 pub async fn sync(
     engine: &Engine,
     job: &Job,
     counters: Arc<Counters>,
     options: RunOptions,
 ) -> Result<RunReport, SyncError> {
-    let span = tracing::info_span!("sync", materialization = %job.name());
-    let run = tracing::Instrument::instrument(run(engine, job, counters, options), span);
-    match job.config.timeout {
-        Some(timeout) => {
-            tokio::time::timeout(timeout, run)
-                .await
-                .map_err(|_| SyncError::TimedOut {
-                    name: job.name().to_string(),
-                    timeout,
-                })?
+    let name = job.name().to_string();
+    let materializer = engine.materializer();
+    let _lock = lock::acquire(&materializer.locks, &name).map_err(|e| match e {
+        lock::LockError::Held(lock) => SyncError::Running {
+            name: name.clone(),
+            lock,
+        },
+        lock::LockError::Io(path, e) => SyncError::Invalid {
+            name: name.clone(),
+            message: format!("cannot take the run lock {}: {e}", path.display()),
+        },
+    })?;
+    let started = SystemTime::now();
+    materializer.health().await.started(&name, started);
+
+    let span = tracing::info_span!("sync", materialization = %name);
+    let work = tracing::Instrument::instrument(
+        run(engine, job, Arc::clone(&counters), options.resume),
+        span,
+    );
+    let bounded = async {
+        match job.config.timeout {
+            Some(timeout) => {
+                tokio::time::timeout(timeout, work)
+                    .await
+                    .map_err(|_| SyncError::TimedOut {
+                        name: name.clone(),
+                        timeout,
+                    })?
+            }
+            None => work.await,
         }
-        None => run.await,
-    }
+    };
+    let result = match options.cancel.clone() {
+        Some(mut cancel) => {
+            let cancelled = async move {
+                // A dropped sender means nobody will cancel.
+                if cancel.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = bounded => result,
+                () = cancelled => Err(SyncError::Cancelled { name: name.clone() }),
+            }
+        }
+        None => bounded.await,
+    };
+
+    let record = RunRecord {
+        job: name,
+        run: result.as_ref().ok().and_then(|r| r.version.map(|_| r.run)),
+        trigger: options.trigger,
+        attempt: options.attempt.max(1),
+        started,
+        ended: SystemTime::now(),
+        status: match &result {
+            Ok(_) => RunStatus::Succeeded,
+            Err(SyncError::Paused { .. }) => RunStatus::Paused,
+            Err(_) => RunStatus::Failed,
+        },
+        rows_read: counters.rows(),
+        bytes_read: counters.bytes(),
+        written: result.as_ref().map(|r| r.written).unwrap_or_default(),
+        version: result.as_ref().ok().and_then(|r| r.version),
+        watermark: result.as_ref().ok().and_then(|r| r.watermark.clone()),
+        error: result.as_ref().err().map(ToString::to_string),
+    };
+    materializer.finished(record).await;
+    result
 }
 
 async fn run(
     engine: &Engine,
     job: &Job,
     counters: Arc<Counters>,
-    options: RunOptions,
+    resume: bool,
 ) -> Result<RunReport, SyncError> {
     let clock = Instant::now();
     let config = &job.config;
@@ -239,10 +417,18 @@ async fn run(
         from: config.from.clone(),
         source,
     };
-    let target_error = |source| SyncError::Target {
-        name: name.to_string(),
-        target: job.target.clone(),
-        source: Box::new(source),
+    let target_error = |source| match counters.source_failure() {
+        // The writer met the source's failure in the stream it was reading.
+        Some(failure) => SyncError::Source {
+            name: name.to_string(),
+            from: config.from.clone(),
+            source: DataFusionError::External(failure.into()),
+        },
+        None => SyncError::Target {
+            name: name.to_string(),
+            target: job.target.clone(),
+            source: Box::new(source),
+        },
     };
     let invalid = |message| SyncError::Invalid {
         name: name.to_string(),
@@ -253,7 +439,7 @@ async fn run(
         .await
         .map_err(target_error)?;
     if let Some(reason) = drift::paused(&table) {
-        if !options.resume {
+        if !resume {
             return Err(SyncError::Paused {
                 name: name.to_string(),
                 reason,
@@ -263,7 +449,7 @@ async fn run(
         tracing::info!("resumed");
     }
     let state = State::load(&table, name).await.map_err(target_error)?;
-    let mut df = source::plan(engine, &config.from)
+    let mut df = source::plan(engine, &config.from, config.accelerate)
         .await
         .map_err(source_error)?;
     let mut adaptation = Adaptation::default();

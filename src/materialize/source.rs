@@ -22,9 +22,13 @@ use super::state::Cursor;
 use crate::Engine;
 
 /// Plans `from`: a SQL query over the sources, or a table name (`pg.public.orders`,
-/// `pg."My Schema".t`), which does not parse as a statement.
-pub async fn plan(engine: &Engine, from: &str) -> Result<DataFrame> {
+/// `pg."My Schema".t`), which does not parse as a statement. A table the materialization
+/// accelerates is read from its source, never from the copy that stands in for it.
+pub async fn plan(engine: &Engine, from: &str, accelerated: bool) -> Result<DataFrame> {
     let text = from.trim();
+    if accelerated {
+        return engine.source_table(text).await;
+    }
     match engine.statement(text) {
         Ok(statement) => engine.plan(statement).await,
         Err(not_sql) => engine.context().table(text).await.map_err(|not_table| {
@@ -85,14 +89,27 @@ fn above(cursor: &Cursor, low: i64, inclusive: bool) -> Expr {
     }
 }
 
-/// Rows and Arrow bytes read so far by a run.
+/// Rows and Arrow bytes read so far by a run, and the source's failure if it failed
+/// mid-stream (the writer reports it as its own, wrapped).
 #[derive(Debug, Default)]
 pub struct Counters {
     rows: AtomicU64,
     bytes: AtomicU64,
+    failure: Mutex<Option<String>>,
 }
 
 impl Counters {
+    fn source_failed(&self, error: &DataFusionError) {
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert_with(|| error.strip_backtrace());
+        }
+    }
+
+    /// Why the source stream failed, if it did.
+    pub fn source_failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Rows read.
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
@@ -117,13 +134,16 @@ pub async fn stream_plan(df: DataFrame, counters: Arc<Counters>) -> Result<Logic
         if crash_after == Some(batches) {
             std::process::abort();
         }
-        if let Ok(b) = batch {
-            counters
-                .rows
-                .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            counters
-                .bytes
-                .fetch_add(b.get_array_memory_size() as u64, Ordering::Relaxed);
+        match batch {
+            Ok(b) => {
+                counters
+                    .rows
+                    .fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                counters
+                    .bytes
+                    .fetch_add(b.get_array_memory_size() as u64, Ordering::Relaxed);
+            }
+            Err(e) => counters.source_failed(e),
         }
     });
     let once = OneShot {

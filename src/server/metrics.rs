@@ -2,12 +2,14 @@
 //! text format).
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::metrics::MetricValue;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,6 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tributary_core::SourceScanExec;
 use tributary_core::remote::RemoteScanExec;
+
+use crate::materialize::{JobHealth, Materializer};
 
 /// Labels naming a query's outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +48,126 @@ struct ReasonLabel {
 
 type DurationFamily = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
 
+/// Labels naming a materialization.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabel {
+    materialization: String,
+}
+
+/// Labels naming a materialization and how its runs ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStatusLabels {
+    materialization: String,
+    status: &'static str,
+}
+
+/// Labels naming an accelerated table's materialization and how queries were answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobRouteLabels {
+    materialization: String,
+    route: &'static str,
+}
+
+/// The materializations' health, read at each scrape (staleness grows between runs).
+#[derive(Debug, Default)]
+struct MaterializationCollector {
+    materializer: Arc<OnceLock<Arc<Materializer>>>,
+}
+
+impl Collector for MaterializationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(materializer) = self.materializer.get() else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let health = materializer.health_now();
+        let jobs: Vec<(JobLabel, JobHealth)> = materializer
+            .jobs()
+            .iter()
+            .map(|j| {
+                let label = JobLabel {
+                    materialization: j.name().to_string(),
+                };
+                (label, health.get(j.name()))
+            })
+            .collect();
+        let mut gauge = |name: &str,
+                         help: &str,
+                         unit: Option<&Unit>,
+                         value: &dyn Fn(&JobHealth) -> Option<f64>| {
+            let mut metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            for (label, h) in &jobs {
+                if let Some(v) = value(h) {
+                    metric.encode_family(label)?.encode_gauge(&v)?;
+                }
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        gauge(
+            "materialization_staleness",
+            "Age of each materialization's data: time since its last successful run started",
+            Some(&Unit::Seconds),
+            &|h| h.staleness(now).map(|s| s.as_secs_f64()),
+        )?;
+        gauge(
+            "materialization_last_success_timestamp",
+            "When each materialization's last successful run started (Unix time)",
+            Some(&Unit::Seconds),
+            &|h| {
+                h.last_success
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64())
+            },
+        )?;
+        gauge(
+            "materialization_running",
+            "1 while a run of the materialization is going on",
+            None,
+            &|h| Some(if h.running_since.is_some() { 1.0 } else { 0.0 }),
+        )?;
+        gauge(
+            "materialization_consecutive_failures",
+            "Runs failed or paused since the last successful one",
+            None,
+            &|h| Some(f64::from(h.failures)),
+        )?;
+        let mut runs = encoder.encode_descriptor(
+            "materialization_runs",
+            "Runs finished by this process, by materialization and status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (label, h) in &jobs {
+            for (status, count) in &h.runs {
+                let labels = JobStatusLabels {
+                    materialization: label.materialization.clone(),
+                    status: status.as_str(),
+                };
+                runs.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, f64>(count, None)?;
+            }
+        }
+        let mut routes = encoder.encode_descriptor(
+            "accelerated_queries",
+            "Queries on accelerated tables by how they were answered: copy (fresh), live (copy too old), fallback (copy too old, source down)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (label, h) in &jobs {
+            for (route, count) in &h.routes {
+                let labels = JobRouteLabels {
+                    materialization: label.materialization.clone(),
+                    route: route.as_str(),
+                };
+                routes
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, f64>(count, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The server's counters, shared by the Flight SQL service and the `/metrics` endpoint.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +181,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     refusals: Family<ReasonLabel, Counter>,
     resident: Gauge,
+    materializer: Arc<OnceLock<Arc<Materializer>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +252,12 @@ impl Default for Metrics {
             Unit::Bytes,
             resident.clone(),
         );
+        let materializer = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(MaterializationCollector {
+            materializer: Arc::clone(&materializer),
+        }));
         Metrics {
+            materializer,
             registry,
             queries,
             durations,
@@ -144,6 +274,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Shows `materializer`'s health (staleness, runs, routes) from now on; once.
+    pub fn watch_materializations(&self, materializer: Arc<Materializer>) {
+        let _ = self.materializer.set(materializer);
+    }
+
     /// A query started streaming.
     pub fn query_started(&self) {
         self.running.inc();

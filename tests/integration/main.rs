@@ -10,6 +10,7 @@ mod files;
 mod flight_sql;
 mod flight_sql_security;
 mod materialize;
+mod materialize_runtime;
 mod matrix;
 mod mysql;
 mod mysql_pushdown;

@@ -514,7 +514,10 @@ async fn drift_policy_pause_keeps_serving_until_resumed() {
             &evolve,
             job,
             Arc::new(Counters::default()),
-            RunOptions { resume: true },
+            RunOptions {
+                resume: true,
+                ..RunOptions::default()
+            },
         )
         .await;
         match *drift {
