@@ -100,6 +100,10 @@ enum Command {
         /// current `drift` policy).
         #[arg(long)]
         resume: bool,
+        /// After each successful run, compact the table's small files and delete files
+        /// older than its `vacuum_retention` that no version uses; the run history too.
+        #[arg(long)]
+        optimize: bool,
     },
     /// List the catalogs (sources), their schemas and tables.
     Sources,
@@ -233,7 +237,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { names, all, resume } => sync(&engine, names, all, resume).await,
+        Command::Sync {
+            names,
+            all,
+            resume,
+            optimize,
+        } => sync(&engine, names, all, resume, optimize).await,
         Command::Sources => sources(&engine).await,
         Command::Check => Ok(check(&engine).await),
     }
@@ -448,6 +457,7 @@ async fn sync(
     names: Vec<String>,
     all: bool,
     resume: bool,
+    optimize: bool,
 ) -> Result<ExitCode, String> {
     use tributary::materialize::{self, Counters, ProgressDisplay, ProgressReporter, RunOptions};
     let jobs = if all {
@@ -482,6 +492,32 @@ async fn sync(
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {e}");
+                continue;
+            }
+        }
+        if optimize {
+            match materialize::maintain(engine, job).await {
+                Ok(done) => println!("{done}"),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+    }
+    if optimize {
+        // The history's own retention: the shortest of the materializations'.
+        let retention = engine
+            .materializations()
+            .iter()
+            .map(|j| j.config.vacuum_retention)
+            .min()
+            .unwrap_or_default();
+        match materialize::maintain_history(engine, retention).await {
+            Ok(done) => println!("{done}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: run history: {e}");
             }
         }
     }

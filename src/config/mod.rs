@@ -200,6 +200,17 @@ pub struct MaterializationConfig {
     /// instead; unset, the copy always serves them.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub max_staleness: Option<Duration>,
+    /// How long files the table no longer uses are kept (for readers of older versions)
+    /// before `sync --optimize` deletes them.
+    #[serde(
+        default = "default_vacuum_retention",
+        deserialize_with = "de::duration"
+    )]
+    pub vacuum_retention: Duration,
+}
+
+fn default_vacuum_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_retries() -> u32 {

@@ -11,6 +11,7 @@ mod drift;
 mod health;
 mod history;
 mod lock;
+mod maintain;
 mod progress;
 mod runtime_catalog;
 mod scheduler;
@@ -33,6 +34,7 @@ pub use accelerate::AcceleratedCatalog;
 pub use catalog::MaterializedCatalog;
 pub use health::{Health, JobHealth, LastRun, Route};
 pub use history::{History, RunRecord, RunStatus, Trigger};
+pub use maintain::{Maintenance, maintain, maintain_history};
 pub use progress::{ProgressDisplay, ProgressReporter, summary};
 pub use runtime_catalog::RuntimeCatalog;
 pub use scheduler::run_schedules;
@@ -144,6 +146,20 @@ impl Materializer {
     /// The object stores tables are opened through.
     pub fn runtime(&self) -> &Arc<RuntimeEnv> {
         &self.runtime
+    }
+
+    /// Takes the run lock of materialization `name`, failing at once if it is held.
+    fn lock(&self, name: &str) -> Result<lock::JobLock, SyncError> {
+        lock::acquire(&self.locks, name).map_err(|e| match e {
+            lock::LockError::Held(lock) => SyncError::Running {
+                name: name.to_string(),
+                lock,
+            },
+            lock::LockError::Io(path, e) => SyncError::Invalid {
+                name: name.to_string(),
+                message: format!("cannot take the run lock {}: {e}", path.display()),
+            },
+        })
     }
 
     /// Records a finished run in the health and the history. The history failing to take
@@ -333,16 +349,7 @@ pub async fn sync(
 ) -> Result<RunReport, SyncError> {
     let name = job.name().to_string();
     let materializer = engine.materializer();
-    let _lock = lock::acquire(&materializer.locks, &name).map_err(|e| match e {
-        lock::LockError::Held(lock) => SyncError::Running {
-            name: name.clone(),
-            lock,
-        },
-        lock::LockError::Io(path, e) => SyncError::Invalid {
-            name: name.clone(),
-            message: format!("cannot take the run lock {}: {e}", path.display()),
-        },
-    })?;
+    let _lock = materializer.lock(&name)?;
     let started = SystemTime::now();
     materializer.health().await.started(&name, started);
 

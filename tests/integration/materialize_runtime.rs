@@ -475,3 +475,78 @@ async fn scheduled_runs_retry_transient_failures() {
     let expected: Vec<String> = (1..=first_tick.len()).map(|a| a.to_string()).collect();
     assert_eq!(attempts, expected, "{runs:?}");
 }
+
+/// The Parquet files under `dir`.
+fn parquet_files(dir: &Path) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            count += parquet_files(&path);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
+    let schema = Schema::create("mz_optimize").await;
+    schema.execute(ORDERS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(
+        dir.path(),
+        &url(),
+        &schema.name,
+        "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    vacuum_retention: 0s\n",
+    );
+    sync(&engine, "orders").await.unwrap();
+    for i in 0..4 {
+        schema
+            .execute(&format!(
+                "INSERT INTO orders SELECT g, 'more', {i} FROM generate_series({}, {}) g",
+                1000 + i * 10,
+                1009 + i * 10
+            ))
+            .await;
+        sync(&engine, "orders").await.unwrap();
+    }
+    let table = dir.path().join("data/materialized/orders");
+    assert!(parquet_files(&table) >= 5);
+    let before = rows(
+        &engine,
+        "SELECT * FROM materialized.public.orders ORDER BY id",
+    )
+    .await;
+
+    let job = materialize::job(&engine, "orders").unwrap();
+    let done = materialize::maintain(&engine, job).await.unwrap();
+    assert!(done.files_compacted >= 5, "{done}");
+    assert_eq!(done.files_written, 1, "{done}");
+    // Retention 0: the compacted files are gone from disk, only the new one is left.
+    assert_eq!(done.files_deleted as u64, done.files_compacted, "{done}");
+    assert_eq!(parquet_files(&table), 1);
+    let after = rows(
+        &engine,
+        "SELECT * FROM materialized.public.orders ORDER BY id",
+    )
+    .await;
+    assert_eq!(before, after);
+
+    // The state survives compaction: the next run reads only new rows.
+    schema
+        .execute("INSERT INTO orders VALUES (5000, 'newest', 1)")
+        .await;
+    let report = sync(&engine, "orders").await.unwrap();
+    assert_eq!(report.rows_read, 1);
+
+    let history = materialize::maintain_history(&engine, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(history.files_written, 1, "{history}");
+    assert_eq!(
+        one(&engine, "SELECT count(*) FROM tributary.runtime.sync_runs").await,
+        "6"
+    );
+}
