@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ResolvedTableReference, TableReference};
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -62,6 +62,15 @@ pub struct Engine {
     materializer: Arc<Materializer>,
 }
 
+/// The table `reference` names, completed with the session's default catalog and schema
+/// (unquoted names folded to lower case, as in SQL).
+fn resolve(ctx: &SessionContext, reference: &str) -> ResolvedTableReference {
+    let state = ctx.state();
+    let defaults = &state.config_options().catalog;
+    TableReference::parse_str(reference.trim())
+        .resolve(&defaults.default_catalog, &defaults.default_schema)
+}
+
 /// The tables accelerated by materializations: `(catalog, schema, table, job)`, each
 /// `from` resolved against the session's default catalog and schema.
 fn accelerated_tables(
@@ -69,14 +78,12 @@ fn accelerated_tables(
     ctx: &SessionContext,
     jobs: &[Job],
 ) -> Result<Vec<(String, String, String, Job)>, EngineError> {
-    let defaults = ctx.state().config_options().catalog.clone();
     let mut tables = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         if !job.config.accelerate {
             continue;
         }
-        let table = TableReference::parse_str(job.config.from.trim())
-            .resolve(&defaults.default_catalog, &defaults.default_schema);
+        let table = resolve(ctx, &job.config.from);
         if !config.sources.iter().any(|s| *s.name == *table.catalog) {
             return Err(EngineError::Materialization {
                 origin: config.origin(),
@@ -250,10 +257,7 @@ impl Engine {
     /// The source table `reference` (`catalog.schema.table`, or shorter with the session's
     /// defaults) read from its source, past any acceleration that stands in for it.
     pub async fn source_table(&self, reference: &str) -> Result<DataFrame> {
-        let state = self.ctx.state();
-        let defaults = &state.config_options().catalog;
-        let table = TableReference::parse_str(reference)
-            .resolve(&defaults.default_catalog, &defaults.default_schema);
+        let table = resolve(&self.ctx, reference);
         let catalog = self
             .catalogs
             .iter()
@@ -275,7 +279,7 @@ impl Engine {
             })?;
         let plan =
             LogicalPlanBuilder::scan(table.clone(), provider_as_source(provider), None)?.build()?;
-        Ok(DataFrame::new(state, plan))
+        Ok(DataFrame::new(self.ctx.state(), plan))
     }
 
     /// Parses `sql`, which must hold exactly one statement.

@@ -159,6 +159,8 @@ struct Row<'a> {
     job: &'a Job,
     health: JobHealth,
     copy: CopyState,
+    state: &'static str,
+    reason: Option<String>,
 }
 
 async fn materializations(materializer: &Materializer) -> Result<RecordBatch> {
@@ -168,10 +170,14 @@ async fn materializations(materializer: &Materializer) -> Result<RecordBatch> {
     let mut rows = Vec::with_capacity(jobs.len());
     for job in jobs {
         let copy = copy_state(materializer, job).await;
+        let health = health.get(job.name());
+        let (state, reason) = state(&health, &copy);
         rows.push(Row {
             job,
-            health: health.get(job.name()),
+            health,
             copy,
+            state,
+            reason,
         });
     }
     let text = |f: &dyn Fn(&Row) -> Option<String>| -> ArrayRef {
@@ -189,12 +195,8 @@ async fn materializations(materializer: &Materializer) -> Result<RecordBatch> {
         text(&|Row { job: j, .. }| j.config.schedule.as_ref().map(ToString::to_string)),
         text(&|Row { job: j, .. }| Some(j.target.to_string())),
         text(&|Row { job: j, .. }| j.config.accelerate.then(|| j.config.from.clone())),
-        text(&|Row {
-                   health: h, copy: c, ..
-               }| Some(state(h, c).0.to_string())),
-        text(&|Row {
-                   health: h, copy: c, ..
-               }| state(h, c).1),
+        text(&|r| Some(r.state.to_string())),
+        text(&|r| r.reason.clone()),
         time(&|h| h.running_since),
         time(&|h| h.last_run.as_ref().map(|r| r.started)),
         text(&|Row { health: h, .. }| h.last_run.as_ref().map(|r| r.status.as_str().to_string())),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tributary::materialize::{self, Counters, RunOptions, RunReport};
+use tributary::materialize::{self, Counters, RunOptions, RunReport, SyncError};
 use tributary::{Config, Engine};
 use tributary_testkit::postgres::{Schema, url};
 
@@ -28,16 +28,20 @@ fn config_yaml(schema: &str, materializations: &str) -> String {
     )
 }
 
-async fn sync(engine: &Engine, name: &str) -> RunReport {
+/// Runs materialization `name` once with `options`.
+pub async fn try_sync(
+    engine: &Engine,
+    name: &str,
+    options: RunOptions,
+) -> Result<RunReport, SyncError> {
     let job = materialize::job(engine, name).unwrap();
-    materialize::sync(
-        engine,
-        job,
-        Arc::new(Counters::default()),
-        RunOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    materialize::sync(engine, job, Arc::new(Counters::default()), options).await
+}
+
+async fn sync(engine: &Engine, name: &str) -> RunReport {
+    try_sync(engine, name, RunOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Asserts the materialized table holds exactly the rows of `source` (a query), as a
@@ -459,8 +463,7 @@ async fn drift_case(policy: &str, mode: &str, drift: &str) -> (tempfile::TempDir
 }
 
 async fn sync_err(engine: &Engine, name: &str, options: RunOptions) -> String {
-    let job = materialize::job(engine, name).unwrap();
-    match materialize::sync(engine, job, Arc::new(Counters::default()), options).await {
+    match try_sync(engine, name, options).await {
         Ok(report) => panic!("{name} ran: {report}"),
         Err(e) => e.to_string(),
     }

@@ -11,11 +11,12 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tributary::materialize::{self, Counters, Route, RunOptions, SyncError};
+use tributary::materialize::{self, Route, RunOptions, SyncError};
 use tributary::{Config, Engine};
 use tributary_testkit::postgres::{Schema, url};
 
 use crate::common::run;
+use crate::materialize::try_sync;
 
 /// A TCP proxy to the test PostgreSQL: cutting it is the source going down (connections
 /// refused, open ones dropped) without touching the server other tests use.
@@ -99,14 +100,22 @@ fn engine(dir: &Path, source_url: &str, schema: &str, materializations: &str) ->
 }
 
 async fn sync(engine: &Engine, name: &str) -> Result<materialize::RunReport, SyncError> {
-    let job = materialize::job(engine, name).unwrap();
-    materialize::sync(
-        engine,
-        job,
-        Arc::new(Counters::default()),
-        RunOptions::default(),
-    )
-    .await
+    try_sync(engine, name, RunOptions::default()).await
+}
+
+/// A test schema holding `orders` (100 rows), a data folder, and an engine reading the
+/// schema at `source_url` with `materializations`.
+async fn orders(
+    prefix: &str,
+    source_url: Option<&str>,
+    materializations: &str,
+) -> (Schema, tempfile::TempDir, Engine) {
+    let schema = Schema::create(prefix).await;
+    schema.execute(ORDERS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let source_url = source_url.map_or_else(url, str::to_string);
+    let engine = engine(dir.path(), &source_url, &schema.name, materializations);
+    (schema, dir, engine)
 }
 
 /// The rows of `sql`, each as its columns' text (NULL as `NULL`).
@@ -153,12 +162,9 @@ const ORDERS: &str = "
 
 #[tokio::test]
 async fn runs_and_health_are_tables_and_a_failing_source_keeps_the_last_good_copy() {
-    let schema = Schema::create("mz_health").await;
-    schema.execute(ORDERS).await;
     let mut proxy = Proxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let jobs = "  - name: orders\n    from: pg.SCHEMA.orders\n    schedule: {every: 1h}\n";
-    let engine = engine(dir.path(), &proxy.url(), &schema.name, jobs);
+    let (schema, dir, engine) = orders("mz_health", Some(&proxy.url()), jobs).await;
 
     let state = "SELECT state, last_run_status, consecutive_failures FROM tributary.runtime.materializations";
     assert_eq!(rows(&engine, state).await, [["never run", "NULL", "0"]]);
@@ -248,16 +254,8 @@ async fn runs_and_health_are_tables_and_a_failing_source_keeps_the_last_good_cop
 
 #[tokio::test]
 async fn accelerated_tables_route_by_staleness_and_fall_back_when_the_source_is_down() {
-    let schema = Schema::create("mz_accel").await;
-    schema.execute(ORDERS).await;
     let mut proxy = Proxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let engine = engine(
-        dir.path(),
-        &proxy.url(),
-        &schema.name,
-        "  - name: orders\n    from: pg.SCHEMA.orders\n    accelerate: true\n    max_staleness: 2s\n",
-    );
+    let (schema, _dir, engine) = orders("mz_accel", Some(&proxy.url()), "  - name: orders\n    from: pg.SCHEMA.orders\n    accelerate: true\n    max_staleness: 2s\n").await;
     let count = format!("SELECT count(*) FROM pg.{}.orders", schema.name);
     let routes = |engine: &Engine| {
         let h = engine.materializer().health_now().get("orders");
@@ -328,15 +326,12 @@ async fn accelerated_tables_route_by_staleness_and_fall_back_when_the_source_is_
 
 #[tokio::test]
 async fn accelerated_without_max_staleness_always_reads_the_copy() {
-    let schema = Schema::create("mz_accel_always").await;
-    schema.execute(ORDERS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let engine = engine(
-        dir.path(),
-        &url(),
-        &schema.name,
+    let (schema, _dir, engine) = orders(
+        "mz_accel_always",
+        None,
         "  - name: orders\n    from: pg.SCHEMA.orders\n    accelerate: true\n",
-    );
+    )
+    .await;
     sync(&engine, "orders").await.unwrap();
     schema.execute("DELETE FROM orders WHERE id > 10").await;
     let plan = rows(
@@ -373,15 +368,12 @@ fn lock_table(schema: &Schema, table: &str, hold: Duration) -> JoinHandle<()> {
 
 #[tokio::test]
 async fn scheduled_runs_never_overlap_retry_and_stop_with_the_server() {
-    let schema = Schema::create("mz_sched").await;
-    schema.execute(ORDERS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let engine = engine(
-        dir.path(),
-        &url(),
-        &schema.name,
+    let (schema, _dir, engine) = orders(
+        "mz_sched",
+        None,
         "  - name: orders\n    from: pg.SCHEMA.orders\n    schedule: {every: 500ms}\n",
-    );
+    )
+    .await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(materialize::run_schedules(engine.clone(), stopping));
 
@@ -430,17 +422,9 @@ async fn scheduled_runs_never_overlap_retry_and_stop_with_the_server() {
 
 #[tokio::test]
 async fn scheduled_runs_retry_transient_failures() {
-    let schema = Schema::create("mz_retry").await;
-    schema.execute(ORDERS).await;
     let mut proxy = Proxy::start().await;
     proxy.cut();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = engine(
-        dir.path(),
-        &proxy.url(),
-        &schema.name,
-        "  - name: orders\n    from: pg.SCHEMA.orders\n    schedule: {every: 1s}\n    retries: 5\n    retry_backoff: 300ms\n",
-    );
+    let (_schema, _dir, engine) = orders("mz_retry", Some(&proxy.url()), "  - name: orders\n    from: pg.SCHEMA.orders\n    schedule: {every: 1s}\n    retries: 5\n    retry_backoff: 300ms\n").await;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(materialize::run_schedules(engine.clone(), stopping));
     // The first tries fail while the source is down; one after it is back succeeds.
@@ -492,15 +476,7 @@ fn parquet_files(dir: &Path) -> usize {
 
 #[tokio::test]
 async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
-    let schema = Schema::create("mz_optimize").await;
-    schema.execute(ORDERS).await;
-    let dir = tempfile::tempdir().unwrap();
-    let engine = engine(
-        dir.path(),
-        &url(),
-        &schema.name,
-        "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    vacuum_retention: 0s\n",
-    );
+    let (schema, dir, engine) = orders("mz_optimize", None, "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    vacuum_retention: 0s\n").await;
     sync(&engine, "orders").await.unwrap();
     for i in 0..4 {
         schema
