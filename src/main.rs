@@ -497,7 +497,7 @@ async fn sync(
         }
         if optimize {
             match materialize::maintain(engine, job).await {
-                Ok(done) => println!("{done}"),
+                Ok(done) => done.iter().for_each(|d| println!("{d}")),
                 Err(e) => {
                     failed += 1;
                     eprintln!("error: {e}");

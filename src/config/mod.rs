@@ -180,6 +180,10 @@ pub struct MaterializationConfig {
     /// What to do when the source's columns change.
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// What to do with a row holding a value that does not fit the copy's column type
+    /// (after an incompatible type change the copy kept its type for).
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
     /// Columns the Delta table is partitioned by.
     #[serde(default)]
     pub partition_by: Vec<String>,
@@ -200,6 +204,9 @@ pub struct MaterializationConfig {
     /// instead; unset, the copy always serves them.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub max_staleness: Option<Duration>,
+    /// When `serve` compacts and vacuums the table (what `sync --optimize` does); never
+    /// on its own if unset.
+    pub optimize: Option<Schedule>,
     /// How long files the table no longer uses are kept (for readers of older versions)
     /// before `sync --optimize` deletes them.
     #[serde(
@@ -273,6 +280,17 @@ pub enum DriftPolicy {
     Pause,
     /// Fail the run.
     Fail,
+}
+
+/// What a run does with a row holding a value that does not fit the copy's column type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Fail the run, naming the value and its row.
+    #[default]
+    Fail,
+    /// Write the row to the quarantine table beside the copy, with the reason, and go on.
+    Quarantine,
 }
 
 /// When a materialization runs: `{every: 15m}` or `{cron: "0 */2 * * *"}`.

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use deltalake::DeltaTable;
@@ -12,6 +13,7 @@ use deltalake::errors::DeltaTableError;
 use tokio::sync::Mutex;
 
 use super::{Job, SCHEMA};
+use crate::config::OnInvalid;
 
 /// The catalog of materialized tables.
 #[derive(Debug)]
@@ -20,12 +22,24 @@ pub struct MaterializedCatalog {
 }
 
 impl MaterializedCatalog {
-    /// A catalog over `jobs`; tables are opened through `runtime`'s object stores.
+    /// A catalog over `jobs` (and the quarantine tables of those that quarantine rows:
+    /// `<name>__quarantine`); tables are opened through `runtime`'s object stores.
     pub fn new(jobs: &[Job], runtime: Arc<RuntimeEnv>) -> Self {
-        let tables = jobs
-            .iter()
-            .map(|j| (j.config.name.clone(), Arc::new(Slot::new(j.clone()))))
-            .collect();
+        let mut tables = BTreeMap::new();
+        for job in jobs {
+            tables.insert(job.config.name.clone(), Arc::new(Slot::new(job.clone())));
+            if job.config.on_invalid == OnInvalid::Quarantine {
+                let quarantine = Job {
+                    config: job.config.clone(),
+                    target: job.quarantine(),
+                };
+                let slot = Slot {
+                    empty: Some(super::quarantine::schema()),
+                    ..Slot::new(quarantine)
+                };
+                tables.insert(format!("{}__quarantine", job.config.name), Arc::new(slot));
+            }
+        }
         MaterializedCatalog {
             schema: Arc::new(MaterializedSchema { tables, runtime }),
         }
@@ -53,6 +67,8 @@ struct MaterializedSchema {
 pub(super) struct Slot {
     job: Job,
     table: Mutex<Option<DeltaTable>>,
+    /// The columns of an empty table to show while it has no data (instead of an error).
+    empty: Option<SchemaRef>,
 }
 
 impl Slot {
@@ -61,6 +77,7 @@ impl Slot {
         Slot {
             job,
             table: Mutex::new(None),
+            empty: None,
         }
     }
 
@@ -104,6 +121,12 @@ impl SchemaProvider for MaterializedSchema {
             ))
         })?;
         let Some(table) = table else {
+            if let Some(schema) = &slot.empty {
+                return Ok(Some(Arc::new(MemTable::try_new(
+                    Arc::clone(schema),
+                    vec![vec![]],
+                )?)));
+            }
             return Err(DataFusionError::Plan(format!(
                 "materialized table `{name}` has no data yet: run `tributary sync {name}`"
             )));

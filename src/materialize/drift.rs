@@ -18,6 +18,7 @@ use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructType, norm
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 
+use super::quarantine::Kept;
 use crate::config::DriftPolicy;
 
 /// A column whose type changed.
@@ -259,6 +260,9 @@ pub struct Adaptation {
     pub absent: Vec<String>,
     /// Columns the copy does not have yet.
     pub added: Vec<String>,
+    /// Columns whose source type changed incompatibly: the copy keeps its type and the
+    /// source's values are cast to it ([`super::quarantine`]).
+    pub keep: Vec<Kept>,
     /// What drifted and what was done, for the commit's record.
     pub note: Option<String>,
 }
@@ -301,11 +305,6 @@ pub fn decide(
                 )));
             }
             DriftPolicy::Pause => return Ok(Decision::Pause(drift.to_string())),
-            DriftPolicy::Evolve if !full && !drift.incompatible.is_empty() => {
-                return Ok(Decision::Fail(format!(
-                    "the source's columns changed ({drift}); `drift: evolve` cannot change a column to a type that does not hold its old values (a `full` run rebuilds the copy)"
-                )));
-            }
             DriftPolicy::Evolve => {}
         }
     }
@@ -350,7 +349,35 @@ pub fn decide(
         .filter(|f| schema == SchemaChange::Overwrite || !deprecated.contains(f.name()))
         .map(|f| f.name().clone())
         .collect();
-    let note = (!drift.is_empty()).then(|| format!("evolved: {drift}"));
+    // Only a full run may change a column's type to one that does not hold its old
+    // values; other runs keep the copy's type and cast what they read.
+    let keep: Vec<Kept> = if full {
+        Vec::new()
+    } else {
+        drift
+            .incompatible
+            .iter()
+            .filter_map(|r| {
+                let field = target_arrow.field_with_name(&r.name).ok()?;
+                Some(Kept {
+                    name: r.name.clone(),
+                    to: field.data_type().clone(),
+                    label: r.was.to_string(),
+                })
+            })
+            .collect()
+    };
+    let note = (!drift.is_empty()).then(|| {
+        let mut note = format!("evolved: {drift}");
+        if !keep.is_empty() {
+            let names: Vec<String> = keep.iter().map(|k| format!("`{}`", k.name)).collect();
+            note.push_str(&format!(
+                "; kept the copy's type of {} and cast the source's values (values that do not fit go by `on_invalid`)",
+                names.join(", ")
+            ));
+        }
+        note
+    });
     Ok(Decision::Proceed {
         df: Box::new(df),
         adaptation: Adaptation {
@@ -359,6 +386,7 @@ pub fn decide(
             deprecate,
             absent,
             added: drift.added.iter().map(|(n, _)| n.clone()).collect(),
+            keep,
             note,
         },
     })

@@ -23,6 +23,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::DeltaTable;
 use deltalake::errors::DeltaResult;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use tokio::sync::Mutex;
 use url::Url;
@@ -125,6 +126,7 @@ pub fn schema() -> SchemaRef {
         Field::new("rows_inserted", DataType::Int64, false),
         Field::new("rows_updated", DataType::Int64, false),
         Field::new("rows_deleted", DataType::Int64, false),
+        Field::new("rows_quarantined", DataType::Int64, true),
         Field::new("version", DataType::Int64, true),
         Field::new("watermark", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
@@ -178,6 +180,7 @@ fn to_batch(records: &[RunRecord]) -> Result<RecordBatch, ArrowError> {
         count(&|r| r.written.inserted),
         count(&|r| r.written.updated),
         count(&|r| r.written.deleted),
+        count(&|r| r.written.quarantined),
         Arc::new(Int64Array::from_iter(
             records
                 .iter()
@@ -260,6 +263,8 @@ impl History {
         let table = table
             .write(vec![batch])
             .with_save_mode(SaveMode::Append)
+            // Histories written before a column was added gain it.
+            .with_schema_mode(SchemaMode::Merge)
             .await?;
         *open = Some(table);
         Ok(())

@@ -10,6 +10,7 @@ use deltalake::operations::vacuum::VacuumMode;
 
 use super::{Job, SyncError, target};
 use crate::Engine;
+use crate::config::OnInvalid;
 
 /// What maintenance did to one table.
 #[derive(Debug, Clone, Default)]
@@ -72,22 +73,36 @@ async fn compact_and_vacuum(
     })
 }
 
-/// Compacts and vacuums `job`'s table, holding its run lock (no run goes on meanwhile).
-pub async fn maintain(engine: &Engine, job: &Job) -> Result<Maintenance, SyncError> {
+/// Compacts and vacuums `job`'s table (and its quarantine table, when it has one),
+/// holding its run lock (no run goes on meanwhile).
+pub async fn maintain(engine: &Engine, job: &Job) -> Result<Vec<Maintenance>, SyncError> {
     let name = job.name().to_string();
     let materializer = engine.materializer();
     let _lock = materializer.lock(&name)?;
-    let target_error = |source| SyncError::Target {
-        name: name.clone(),
-        target: job.target.clone(),
-        source: Box::new(source),
-    };
-    let table = target::open(materializer.runtime(), &job.target)
-        .await
-        .map_err(target_error)?;
-    compact_and_vacuum(&name, table, job.config.vacuum_retention)
-        .await
-        .map_err(target_error)
+    let mut done = Vec::new();
+    let mut tables = vec![(name.clone(), job.target.clone())];
+    if job.config.on_invalid == OnInvalid::Quarantine {
+        tables.push((format!("{name}__quarantine"), job.quarantine()));
+    }
+    for (table_name, url) in tables {
+        let target_error = |source| SyncError::Target {
+            name: name.clone(),
+            target: url.clone(),
+            source: Box::new(source),
+        };
+        let table = target::open(materializer.runtime(), &url)
+            .await
+            .map_err(target_error)?;
+        if table.version().is_none() && table_name != name {
+            continue;
+        }
+        done.push(
+            compact_and_vacuum(&table_name, table, job.config.vacuum_retention)
+                .await
+                .map_err(target_error)?,
+        );
+    }
+    Ok(done)
 }
 
 /// Compacts and vacuums the run history (one small file per run otherwise).

@@ -13,6 +13,7 @@ mod history;
 mod lock;
 mod maintain;
 mod progress;
+mod quarantine;
 mod runtime_catalog;
 mod scheduler;
 mod source;
@@ -38,12 +39,12 @@ pub use maintain::{Maintenance, maintain, maintain_history};
 pub use progress::{ProgressDisplay, ProgressReporter, summary};
 pub use runtime_catalog::RuntimeCatalog;
 pub use scheduler::run_schedules;
-pub use source::Counters;
+pub use source::{Counters, StreamFailure};
 pub use state::{Cursor, State};
 pub use write::Written;
 
 use crate::Engine;
-use crate::config::{Config, MaterializationConfig, RefreshMode};
+use crate::config::{Config, MaterializationConfig, OnInvalid, RefreshMode};
 use drift::{Adaptation, Decision};
 use write::Change;
 
@@ -89,6 +90,14 @@ impl Job {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The folder URL of its quarantine table, beside its table: `<target>__quarantine/`.
+    pub fn quarantine(&self) -> Url {
+        let mut url = self.target.clone();
+        let path = format!("{}__quarantine/", self.target.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
     }
 }
 
@@ -287,6 +296,9 @@ impl std::fmt::Display for RunReport {
             )?,
             None => write!(f, "{}: nothing new", self.name)?,
         }
+        if self.written.quarantined > 0 {
+            write!(f, ", {} quarantined", self.written.quarantined)?;
+        }
         if let Some(w) = &self.watermark {
             write!(f, "; cursor at {w}")?;
         }
@@ -424,12 +436,16 @@ async fn run(
         from: config.from.clone(),
         source,
     };
-    let target_error = |source| match counters.source_failure() {
-        // The writer met the source's failure in the stream it was reading.
-        Some(failure) => SyncError::Source {
+    let target_error = |source| match counters.stream_failure() {
+        // The writer met the failure in the stream it was reading.
+        Some(StreamFailure::Source(failure)) => SyncError::Source {
             name: name.to_string(),
             from: config.from.clone(),
             source: DataFusionError::External(failure.into()),
+        },
+        Some(StreamFailure::Invalid(message)) => SyncError::Invalid {
+            name: name.to_string(),
+            message,
         },
         None => SyncError::Target {
             name: name.to_string(),
@@ -554,7 +570,23 @@ async fn run(
     };
     tracing::info!(run = next.runs, change = ?change, "sync starting");
 
-    let input = source::stream_plan(df, Arc::clone(&counters))
+    let conform = if adaptation.keep.is_empty() {
+        None
+    } else {
+        let conform = quarantine::Conform::new(df.schema().as_arrow(), adaptation.keep.clone())
+            .map_err(source_error)?;
+        let misfit = match config.on_invalid {
+            OnInvalid::Fail => quarantine::Misfit::Fail,
+            OnInvalid::Quarantine => quarantine::Misfit::Quarantine(quarantine::Quarantine::new(
+                job.quarantine(),
+                engine.context().runtime_env(),
+                name,
+                next.runs,
+            )),
+        };
+        Some((conform, misfit))
+    };
+    let input = source::stream_plan(df, Arc::clone(&counters), conform)
         .await
         .map_err(source_error)?;
     let metadata = serde_json::json!({
@@ -567,7 +599,7 @@ async fn run(
     let commit = CommitProperties::default()
         .with_application_transactions(next.transactions(name))
         .with_metadata([("tributary".to_string(), metadata)]);
-    let (mut table, written) = write::commit(
+    let (mut table, mut written) = write::commit(
         table,
         input,
         &counters,
@@ -578,6 +610,7 @@ async fn run(
     )
     .await
     .map_err(target_error)?;
+    written.quarantined = counters.quarantined();
     if !adaptation.deprecate.is_empty() {
         // A commit of its own after the data: if the process dies in between, the next
         // run finds the columns unmarked and marks them.

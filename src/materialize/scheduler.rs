@@ -20,22 +20,49 @@ use crate::config::Schedule;
 /// The longest wait between two tries of one run.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// How often a maintenance tick that met a run tries again.
+const RETRY_LOCK: Duration = Duration::from_secs(60);
+
+/// How often the run history is compacted.
+const HISTORY_MAINTENANCE: Duration = Duration::from_secs(24 * 3600);
+
 /// The most a start is moved by jitter.
 const MAX_JITTER: Duration = Duration::from_secs(30);
 
 /// Runs the scheduled materializations of `engine` until `shutdown` turns `true`; runs
 /// going on then are stopped (nothing is committed) and recorded as such.
 pub async fn run_schedules(engine: Engine, shutdown: watch::Receiver<bool>) {
-    let jobs: Vec<Job> = engine
-        .materializations()
+    let jobs = engine.materializations();
+    let mut tasks: Vec<_> = jobs
         .iter()
         .filter(|j| j.config.schedule.is_some())
-        .cloned()
+        .map(|job| tokio::spawn(run_job(engine.clone(), job.clone(), shutdown.clone())))
         .collect();
-    let tasks: Vec<_> = jobs
-        .into_iter()
-        .map(|job| tokio::spawn(run_job(engine.clone(), job, shutdown.clone())))
-        .collect();
+    tasks.extend(
+        jobs.iter()
+            .filter(|j| j.config.optimize.is_some())
+            .map(|job| {
+                tokio::spawn(run_maintenance(
+                    engine.clone(),
+                    job.clone(),
+                    shutdown.clone(),
+                ))
+            }),
+    );
+    // The history gains a file per run: compacted daily once anything is maintained, with
+    // the shortest retention of those.
+    if let Some(retention) = jobs
+        .iter()
+        .filter(|j| j.config.optimize.is_some())
+        .map(|j| j.config.vacuum_retention)
+        .min()
+    {
+        tasks.push(tokio::spawn(run_history_maintenance(
+            engine.clone(),
+            retention,
+            shutdown.clone(),
+        )));
+    }
     for task in tasks {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "a materialization's scheduler stopped");
@@ -80,6 +107,64 @@ async fn run_job(engine: Engine, job: Job, mut shutdown: watch::Receiver<bool>) 
             tracing::warn!(materialization = %name, skipped, "the run outlasted its schedule; skipped the ticks that came meanwhile");
         }
         tick = next;
+    }
+}
+
+/// Compacts and vacuums `job`'s table on its `optimize` schedule. A tick meeting a run of
+/// the job waits for it (trying each minute) until the next tick is due.
+async fn run_maintenance(engine: Engine, job: Job, mut shutdown: watch::Receiver<bool>) {
+    let Some(schedule) = job.config.optimize.clone() else {
+        return;
+    };
+    let name = job.name().to_string();
+    let mut tick = first_tick(&schedule, Some(SystemTime::now()), SystemTime::now());
+    while let Some(at) = tick {
+        if !sleep_until(at, &mut shutdown).await {
+            return;
+        }
+        let (next, _) = next_tick(&schedule, at, SystemTime::now());
+        loop {
+            match super::maintain(&engine, &job).await {
+                Ok(done) => {
+                    for d in done {
+                        tracing::info!(materialization = %name, "{d}");
+                    }
+                }
+                Err(SyncError::Running { .. })
+                    if next.is_none_or(|n| SystemTime::now() + RETRY_LOCK < n) =>
+                {
+                    if !sleep_until(SystemTime::now() + RETRY_LOCK, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e @ SyncError::Running { .. }) => {
+                    tracing::info!(materialization = %name, "maintenance tick skipped: {e}");
+                }
+                Err(e) => {
+                    tracing::warn!(materialization = %name, error = %e, "maintenance failed");
+                }
+            }
+            break;
+        }
+        tick = next_tick(&schedule, at, SystemTime::now()).0;
+    }
+}
+
+/// Compacts and vacuums the run history once a day.
+async fn run_history_maintenance(
+    engine: Engine,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if !sleep_until(SystemTime::now() + HISTORY_MAINTENANCE, &mut shutdown).await {
+            return;
+        }
+        match super::maintain_history(&engine, retention).await {
+            Ok(done) => tracing::info!("{done}"),
+            Err(e) => tracing::warn!(error = %e, "run history maintenance failed"),
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
 
+use super::quarantine::{self, Conform, Misfit};
 use super::state::Cursor;
 use crate::Engine;
 
@@ -89,25 +90,45 @@ fn above(cursor: &Cursor, low: i64, inclusive: bool) -> Expr {
     }
 }
 
-/// Rows and Arrow bytes read so far by a run, and the source's failure if it failed
-/// mid-stream (the writer reports it as its own, wrapped).
+/// Rows and Arrow bytes read so far by a run, rows quarantined, and why the stream
+/// failed if it did mid-stream (the writer reports it as its own, wrapped).
 #[derive(Debug, Default)]
 pub struct Counters {
     rows: AtomicU64,
     bytes: AtomicU64,
-    failure: Mutex<Option<String>>,
+    pub(super) quarantined: AtomicU64,
+    failure: Mutex<Option<StreamFailure>>,
+}
+
+/// Why a run's stream stopped before its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFailure {
+    /// The source failed.
+    Source(String),
+    /// A row held a value that does not fit the copy (`on_invalid: fail`).
+    Invalid(String),
 }
 
 impl Counters {
-    fn source_failed(&self, error: &DataFusionError) {
+    fn failed(&self, why: StreamFailure) {
         if let Ok(mut failure) = self.failure.lock() {
-            failure.get_or_insert_with(|| error.strip_backtrace());
+            failure.get_or_insert(why);
         }
     }
 
-    /// Why the source stream failed, if it did.
-    pub fn source_failure(&self) -> Option<String> {
+    /// Records that a row did not fit the copy, and why.
+    pub(super) fn rejected(&self, why: &str) {
+        self.failed(StreamFailure::Invalid(why.to_string()));
+    }
+
+    /// Why the stream failed, if it did.
+    pub fn stream_failure(&self) -> Option<StreamFailure> {
         self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Rows set aside in the quarantine table.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
     }
 
     /// Rows read.
@@ -123,8 +144,14 @@ impl Counters {
 
 /// Starts `df` in the engine (so it runs with the engine's object stores and settings)
 /// and wraps its stream as a plan any DataFusion session can consume exactly once: the
-/// Delta writer plans with its own session.
-pub async fn stream_plan(df: DataFrame, counters: Arc<Counters>) -> Result<LogicalPlan> {
+/// Delta writer plans with its own session. With `conform`, the kept columns are cast to
+/// the copy's types and rows whose values do not fit go as its [`Misfit`] says.
+pub async fn stream_plan(
+    df: DataFrame,
+    counters: Arc<Counters>,
+    conform: Option<(Conform, Misfit)>,
+) -> Result<LogicalPlan> {
+    let counters_for_conform = Arc::clone(&counters);
     let stream = df.execute_stream().await?;
     let schema = stream.schema();
     let crash_after = crash_point("batch").and_then(|n| n.parse::<u64>().ok());
@@ -143,15 +170,23 @@ pub async fn stream_plan(df: DataFrame, counters: Arc<Counters>) -> Result<Logic
                     .bytes
                     .fetch_add(b.get_array_memory_size() as u64, Ordering::Relaxed);
             }
-            Err(e) => counters.source_failed(e),
+            Err(e) => counters.failed(StreamFailure::Source(e.strip_backtrace())),
         }
     });
+    let mut stream: SendableRecordBatchStream =
+        Box::pin(RecordBatchStreamAdapter::new(schema, counted));
+    if let Some((conform, misfit)) = conform {
+        stream = quarantine::conformed(stream, conform, misfit, counters_for_conform);
+    }
+    once(stream)
+}
+
+/// `stream` as a plan any DataFusion session can consume exactly once.
+pub fn once(stream: SendableRecordBatchStream) -> Result<LogicalPlan> {
+    let schema = stream.schema();
     let once = OneShot {
         schema: Arc::clone(&schema),
-        stream: Mutex::new(Some(Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&schema),
-            counted,
-        )))),
+        stream: Mutex::new(Some(stream)),
     };
     let table = StreamingTable::try_new(schema, vec![Arc::new(once)])?;
     LogicalPlanBuilder::scan("source", provider_as_source(Arc::new(table)), None)?.build()

@@ -51,6 +51,8 @@ pub struct Written {
     pub updated: u64,
     /// Rows deleted (merge, replace-from).
     pub deleted: u64,
+    /// Rows set aside in the quarantine table (values that do not fit the copy).
+    pub quarantined: u64,
 }
 
 /// Writes `input` to `table` as `change`, with `commit` (state and run metadata) in the
@@ -130,6 +132,7 @@ pub async fn commit(
             inserted: metrics.num_target_rows_inserted as u64,
             updated: metrics.num_target_rows_updated as u64,
             deleted: metrics.num_target_rows_deleted as u64,
+            quarantined: 0,
         };
         return Ok((table, written));
     }

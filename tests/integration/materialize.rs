@@ -524,12 +524,15 @@ async fn drift_policy_pause_keeps_serving_until_resumed() {
         )
         .await;
         match *drift {
-            "incompatible" => assert!(
-                resumed
-                    .unwrap_err()
-                    .to_string()
-                    .contains("cannot change a column")
-            ),
+            // The copy keeps `a` an integer column, which 'x' does not fit.
+            "incompatible" => {
+                let e = resumed.unwrap_err().to_string();
+                assert!(
+                    e.contains("`a`: \"x\"")
+                        && e.contains("does not fit the copy's integer column"),
+                    "{e}"
+                );
+            }
             _ => {
                 let report = resumed.unwrap_or_else(|e| panic!("{drift}: {e}"));
                 assert_eq!(report.rows_read, 1, "{drift}");
@@ -623,9 +626,14 @@ async fn drift_policy_evolve_adds_keeps_and_widens_columns() {
                     );
                 }
                 "incompatible" => {
+                    // The copy keeps its type; the run fails on the value that does not
+                    // fit it, naming the value and its row (`on_invalid: fail`).
                     let e = result.unwrap_err().to_string();
                     assert!(
-                        e.contains("changed incompatibly `a` integer -> string"),
+                        e.contains("`a`: \"x\"")
+                            && e.contains("does not fit the copy's integer column")
+                            && e.contains(r#"in row {"id":4,"a":"x","b":"four","c":"#)
+                            && e.contains("`on_invalid: quarantine`"),
                         "{context}: {e}"
                     );
                     assert_eq!(
@@ -649,4 +657,143 @@ async fn a_full_run_under_evolve_applies_even_incompatible_changes() {
     let engine = engine(dir.path(), &schema.name, &jobs);
     sync(&engine, "t").await;
     assert_same_rows(&engine, "t", &format!("SELECT * FROM pg.{}.t", schema.name)).await;
+}
+
+#[tokio::test]
+async fn values_that_no_longer_fit_are_quarantined_with_their_reason() {
+    for mode in ["incremental", "upsert"] {
+        let (dir, schema, jobs) = drift_case("evolve", mode, "incompatible").await;
+        let jobs = format!("{jobs}    on_invalid: quarantine\n");
+        // Values that still parse as integers fit the copy's column.
+        schema
+            .execute("INSERT INTO t VALUES (5, '5', 'five', 5.5), (6, NULL, 'six', NULL)")
+            .await;
+        let engine = engine(dir.path(), &schema.name, &jobs);
+        let report = sync(&engine, "t").await;
+        assert_eq!(report.written.quarantined, 1, "{mode}: {report}");
+        assert!(report.to_string().contains("1 quarantined"), "{report}");
+        let copy = table(
+            &engine,
+            "SELECT id, a, arrow_typeof(a) AS t FROM materialized.public.t ORDER BY id",
+        )
+        .await;
+        assert!(
+            copy.contains("| 5  | 5 | Int32 |") && copy.contains("| 6  |   | Int32 |"),
+            "{mode}: {copy}"
+        );
+        assert!(!copy.contains("| 4 "), "{mode}: {copy}");
+        let quarantine = table(
+            &engine,
+            "SELECT run, reason, raw FROM materialized.public.t__quarantine",
+        )
+        .await;
+        assert!(
+            quarantine.contains("| 2   | `a`: \"x\"")
+                && quarantine.contains("does not fit the copy's integer column")
+                && quarantine.contains(r#"{"id":4,"a":"x","b":"four","c":"#),
+            "{mode}: {quarantine}"
+        );
+        let recorded = count(
+            &engine,
+            "SELECT rows_quarantined FROM tributary.runtime.sync_runs WHERE run = 2",
+        )
+        .await;
+        assert_eq!(recorded, "1", "{mode}");
+
+        // An incremental run does not read row 4 again and quarantines nothing; an
+        // upsert reads every row, and row 4 still does not fit.
+        schema
+            .execute("INSERT INTO t VALUES (7, '7', 'seven', 7.5)")
+            .await;
+        let report = sync(&engine, "t").await;
+        let again = u64::from(mode == "upsert");
+        assert_eq!(report.written.quarantined, again, "{mode}: {report}");
+        assert_eq!(
+            count(
+                &engine,
+                "SELECT count(*) FROM materialized.public.t__quarantine"
+            )
+            .await,
+            (1 + again).to_string(),
+            "{mode}"
+        );
+        assert_eq!(
+            count(&engine, "SELECT count(*) FROM materialized.public.t").await,
+            "6",
+            "{mode}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_killed_after_quarantining_quarantines_its_rows_once() {
+    let (dir, schema, jobs) = drift_case("evolve", "incremental", "incompatible").await;
+    let jobs = format!("{jobs}    on_invalid: quarantine\n");
+    let path = dir.path().join("tributary.yaml");
+    std::fs::write(&path, config_yaml(&schema.name, &jobs)).unwrap();
+    // Killed between the quarantine's commit and the data's.
+    let killed = sync_process(&path, "t", Some("quarantined"));
+    assert!(!killed.status.success(), "not killed");
+    let engine = Engine::new(&Config::load(&path).unwrap()).unwrap();
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM materialized.public.t__quarantine"
+        )
+        .await,
+        "1"
+    );
+    assert_eq!(
+        count(&engine, "SELECT count(*) FROM materialized.public.t").await,
+        "3"
+    );
+    // Rerun: the same run number replaces the earlier try's rows.
+    let rerun = sync_process(&path, "t", None);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM materialized.public.t__quarantine WHERE run = 2"
+        )
+        .await,
+        "1"
+    );
+    // Killed again after quarantining, then the bad row is fixed at the source before
+    // the rerun: the earlier try's quarantined row goes.
+    schema
+        .execute("INSERT INTO t VALUES (8, 'y', 'eight', 8.5)")
+        .await;
+    let killed = sync_process(&path, "t", Some("quarantined"));
+    assert!(!killed.status.success(), "not killed");
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM materialized.public.t__quarantine"
+        )
+        .await,
+        "2"
+    );
+    schema.execute("UPDATE t SET a = '8' WHERE id = 8").await;
+    let rerun = sync_process(&path, "t", None);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(
+        count(
+            &engine,
+            "SELECT count(*) FROM materialized.public.t__quarantine"
+        )
+        .await,
+        "1"
+    );
+    assert_eq!(
+        count(&engine, "SELECT a FROM materialized.public.t WHERE id = 8").await,
+        "8"
+    );
 }

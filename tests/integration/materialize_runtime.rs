@@ -497,7 +497,7 @@ async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
     .await;
 
     let job = materialize::job(&engine, "orders").unwrap();
-    let done = materialize::maintain(&engine, job).await.unwrap();
+    let done = materialize::maintain(&engine, job).await.unwrap().remove(0);
     assert!(done.files_compacted >= 5, "{done}");
     assert_eq!(done.files_written, 1, "{done}");
     // Retention 0: the compacted files are gone from disk, only the new one is left.
@@ -525,4 +525,46 @@ async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
         one(&engine, "SELECT count(*) FROM tributary.runtime.sync_runs").await,
         "6"
     );
+}
+
+#[tokio::test]
+async fn serve_maintains_tables_on_their_optimize_schedule() {
+    let (schema, dir, engine) = orders("mz_optimize_every", None, "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    optimize: {every: 300ms}\n    vacuum_retention: 0s\n").await;
+    sync(&engine, "orders").await.unwrap();
+    for i in 0..3 {
+        schema
+            .execute(&format!(
+                "INSERT INTO orders VALUES ({}, 'more', {i})",
+                1000 + i
+            ))
+            .await;
+        sync(&engine, "orders").await.unwrap();
+    }
+    let table = dir.path().join("data/materialized/orders");
+    assert!(parquet_files(&table) >= 4);
+    let before = rows(
+        &engine,
+        "SELECT * FROM materialized.public.orders ORDER BY id",
+    )
+    .await;
+
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(materialize::run_schedules(engine.clone(), stopping));
+    let mut compacted = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if parquet_files(&table) == 1 {
+            compacted = true;
+            break;
+        }
+    }
+    stop.send(true).unwrap();
+    scheduler.await.unwrap();
+    assert!(compacted, "{} files left", parquet_files(&table));
+    let after = rows(
+        &engine,
+        "SELECT * FROM materialized.public.orders ORDER BY id",
+    )
+    .await;
+    assert_eq!(before, after);
 }
