@@ -102,7 +102,7 @@ impl Conform {
             ..CastOptions::default()
         };
         let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
-        let mut misfit: Vec<(usize, BooleanArray)> = Vec::new();
+        let mut misfit: Vec<(usize, &Kept, BooleanArray)> = Vec::new();
         for (index, kept) in &self.columns {
             let raw = batch.column(*index);
             let cast = cast_with_options(raw, &kept.to, &safe)?;
@@ -113,7 +113,7 @@ impl Conform {
                 bad = or(&bad, &and(&is_not_null(&cast)?, &distinct(&back, raw)?)?)?;
             }
             if bad.true_count() > 0 {
-                misfit.push((*index, bad));
+                misfit.push((*index, kept, bad));
             }
             arrays[*index] = cast;
         }
@@ -124,23 +124,20 @@ impl Conform {
         let any_bad = misfit
             .iter()
             .skip(1)
-            .try_fold(misfit[0].1.clone(), |acc, (_, b)| or(&acc, b))?;
+            .try_fold(misfit[0].2.clone(), |acc, (_, _, b)| or(&acc, b))?;
         let good = datafusion::arrow::compute::not(&any_bad)?;
         let mut reasons = Vec::with_capacity(any_bad.true_count());
         for row in (0..batch.num_rows()).filter(|r| any_bad.value(*r)) {
             let mut why = Vec::new();
-            for (index, bad) in &misfit {
+            for (index, kept, bad) in &misfit {
                 if bad.value(row) {
-                    let kept = &self
-                        .columns
-                        .iter()
-                        .find(|(i, _)| i == index)
-                        .map(|(_, k)| k);
-                    let (name, label) = kept.map_or(("?", "?"), |k| (&k.name, &k.label));
-                    let value = array_value_to_string(batch.column(*index), row)?;
+                    let raw = batch.column(*index);
                     why.push(format!(
-                        "`{name}`: {value:?} ({}) does not fit the copy's {label} column",
-                        batch.column(*index).data_type()
+                        "`{}`: {:?} ({}) does not fit the copy's {} column",
+                        kept.name,
+                        array_value_to_string(raw, row)?,
+                        raw.data_type(),
+                        kept.label
                     ));
                 }
             }

@@ -11,7 +11,6 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::provider_as_source;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ident, lit};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -43,19 +42,28 @@ pub async fn plan(engine: &Engine, from: &str, accelerated: bool) -> Result<Data
 }
 
 /// The highest cursor value in `df` from `low` on (past it unless `inclusive`), encoded;
-/// `None` when no row qualifies. Runs as `max()` so the source does the work where it can.
+/// `None` when no row qualifies.
+///
+/// Asked as the first row in descending order rather than as `max()`: a source with an
+/// index on the cursor answers that from the index's end, while its planner may compute
+/// `max()` over every row past `low` (PostgreSQL does when its statistics predate the
+/// changes, which is when a run matters). `DESC NULLS FIRST` over non-NULL values is the
+/// backward order of an ascending index.
 pub async fn upper_bound(
     df: &DataFrame,
     cursor: &Cursor,
     low: Option<i64>,
     inclusive: bool,
 ) -> Result<Option<i64>> {
-    let mut df = df.clone();
+    let column = ident(cursor.name());
+    let mut df = df.clone().filter(column.clone().is_not_null())?;
     if let Some(low) = low {
         df = df.filter(above(cursor, low, inclusive))?;
     }
     let batches = df
-        .aggregate(vec![], vec![max(ident(cursor.name())).alias("high")])?
+        .sort(vec![column.clone().sort(false, true)])?
+        .limit(0, Some(1))?
+        .select(vec![column.alias("high")])?
         .collect()
         .await?;
     let value = match batches.iter().find(|b| b.num_rows() > 0) {
