@@ -124,7 +124,13 @@ async fn run_maintenance(engine: Engine, job: Job, mut shutdown: watch::Receiver
         }
         let (next, _) = next_tick(&schedule, at, SystemTime::now());
         loop {
-            match super::maintain(&engine, &job).await {
+            // Stopping mid-way is safe: nothing is committed, and the files written so
+            // far are vacuumed later.
+            let result = tokio::select! {
+                result = super::maintain(&engine, &job) => result,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match result {
                 Ok(done) => {
                     for d in done {
                         tracing::info!(materialization = %name, "{d}");
@@ -161,7 +167,11 @@ async fn run_history_maintenance(
         if !sleep_until(SystemTime::now() + HISTORY_MAINTENANCE, &mut shutdown).await {
             return;
         }
-        match super::maintain_history(&engine, retention).await {
+        let result = tokio::select! {
+            result = super::maintain_history(&engine, retention) => result,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match result {
             Ok(done) => tracing::info!("{done}"),
             Err(e) => tracing::warn!(error = %e, "run history maintenance failed"),
         }
