@@ -25,7 +25,6 @@ Needs the services of scripts/services.sh; installs its Python peers into a venv
 (benches/requirements.txt) and builds the release binary. Writes target/bench/materialize.md.
 """
 
-import argparse
 import json
 import shutil
 import sys
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 
 from postgres_scan import PG_URL, PSQL, load, psql
-from scanbench import build, duckdb_extension, ensure_venv, measured, run, write_report
+from scanbench import bench_schema, build, duckdb_extension, ensure_venv, measured, options, run, write_report
 
 ATTACH = "ATTACH 'host=127.0.0.1 port=5432 user=postgres dbname=postgres' AS pg (TYPE postgres, READ_ONLY)"
 
@@ -112,15 +111,12 @@ def timed(cmd):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = options(__doc__)
 
     python = ensure_venv()
     extension = duckdb_extension("postgres_scanner")
     binary = build()
-    schema = "tributary_bench_sf" + str(args.scale).replace(".", "_")
+    schema = bench_schema(args.scale)
     rows = load(binary, schema, args.scale)
     load_changes(schema)
     workdir = Path(tempfile.mkdtemp(prefix="tributary-bench-materialize-"))

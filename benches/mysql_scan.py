@@ -23,11 +23,11 @@ buffer pool to 2 GiB (a runtime setting, gone at the next restart) so that every
 reads from memory.
 """
 
-import argparse
 import sys
 
 from scanbench import (build, duckdb_extension, ensure_venv, generate_lineitem, lineitem_queries, lineitem_rows,
-                       peers, pushed_scan, run, timing_table, tributary_configs, write_report)
+                       options, bench_schema, peers, pushed_scan, run, timing_table, tributary_configs,
+                       write_report)
 
 MYSQL_URL = "mysql://root@127.0.0.1:3306"
 MYSQL = ["mysql", "-h", "127.0.0.1", "-P", "3306", "-u", "root", "--batch", "--skip-column-names"]
@@ -68,15 +68,12 @@ def load(binary, database, scale):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = options(__doc__)
 
     python = ensure_venv()
     extension = duckdb_extension("mysql_scanner")
     binary = build()
-    database = "tributary_bench_sf" + str(args.scale).replace(".", "_")
+    database = bench_schema(args.scale)
     mysql("SET GLOBAL innodb_buffer_pool_size = 2147483648")
     rows = load(binary, database, args.scale)
     url = f"{MYSQL_URL}/{database}"

@@ -20,11 +20,11 @@ Needs the services of scripts/services.sh; installs its Python peers into a venv
 (benches/requirements.txt) and builds the release binary.
 """
 
-import argparse
 import sys
 
 from scanbench import (build, duckdb_extension, ensure_venv, generate_lineitem, lineitem_queries, lineitem_rows,
-                       peers, pushed_scan, run, timing_table, tributary_configs, write_report)
+                       options, bench_schema, peers, pushed_scan, run, timing_table, tributary_configs,
+                       write_report)
 
 PG_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PSQL = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
@@ -62,15 +62,12 @@ def load(binary, schema, scale):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = options(__doc__)
 
     python = ensure_venv()
     extension = duckdb_extension("postgres_scanner")
     binary = build()
-    schema = "tributary_bench_sf" + str(args.scale).replace(".", "_")
+    schema = bench_schema(args.scale)
     rows = load(binary, schema, args.scale)
 
     configs = tributary_configs("pg", "postgres", PG_URL, schema)

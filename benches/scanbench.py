@@ -2,6 +2,7 @@
 GNU time, and the Markdown report. Each `*_scan.py` script names its source, ceiling, peers
 and loader; this module runs them the same way."""
 
+import argparse
 import glob
 import os
 import statistics
@@ -35,6 +36,19 @@ for batch in con.execute(query).fetch_record_batch(122880):
     rows += batch.num_rows
 print(rows)
 """
+
+
+def options(doc):
+    """The benchmarks' command line (`--scale`, `--runs`), with `doc` as its help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    return parser.parse_args()
+
+
+def bench_schema(scale):
+    """The schema (database) the benchmark data of `scale` is loaded into."""
+    return "tributary_bench_sf" + str(scale).replace(".", "_")
 
 
 def run(cmd, **kw):

@@ -195,6 +195,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let options = server::Options::from_config(&config.server, &config.dir)
                 .map_err(|e| e.to_string())?;
+            // The metrics read what is known without waiting: know the history first.
+            engine.materializer().health().await;
             options
                 .metrics
                 .watch_materializations(std::sync::Arc::clone(engine.materializer()));

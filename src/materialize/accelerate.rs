@@ -110,8 +110,8 @@ impl SchemaProvider for AcceleratedSchema {
 struct Accelerated {
     slot: Slot,
     materializer: Arc<Materializer>,
-    /// The copy's version when its freshness was last read: a newer one may come from a
-    /// run in another process, so the history is read again.
+    /// The copy's version when a query last found it too old: a newer one may come from
+    /// a run in another process, so the history is read again.
     seen_version: std::sync::Mutex<Option<u64>>,
     /// When a probe last found the source down.
     probe: Mutex<Option<Instant>>,
@@ -142,19 +142,24 @@ impl Accelerated {
             health.routed(job, Route::Live);
             return inner.table(name).await;
         };
-        let previous = self
-            .seen_version
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(version);
-        if previous.is_some_and(|p| p != version) {
-            health.reload(self.materializer.history()).await;
-        }
         let Some(max) = self.job().config.max_staleness else {
             health.routed(job, Route::Copy);
             return Ok(Some(copy));
         };
-        let staleness = health.get(job).staleness(SystemTime::now());
+        let mut staleness = health.get(job).staleness(SystemTime::now());
+        if staleness.is_none_or(|s| s > max) {
+            // Too old as far as this process knows; a newer version may come from a run
+            // in another process, whose record the history has.
+            let previous = self
+                .seen_version
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(version);
+            if previous != Some(version) {
+                health.reload(self.materializer.history()).await;
+                staleness = health.get(job).staleness(SystemTime::now());
+            }
+        }
         let age = staleness.map_or_else(
             || "unknown".to_string(),
             |s| humantime::format_duration(Duration::from_secs(s.as_secs())).to_string(),

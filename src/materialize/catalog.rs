@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use deltalake::DeltaTable;
@@ -122,10 +123,7 @@ impl SchemaProvider for MaterializedSchema {
         })?;
         let Some(table) = table else {
             if let Some(schema) = &slot.empty {
-                return Ok(Some(Arc::new(MemTable::try_new(
-                    Arc::clone(schema),
-                    vec![vec![]],
-                )?)));
+                return Ok(Some(Arc::new(EmptyTable::new(Arc::clone(schema)))));
             }
             return Err(DataFusionError::Plan(format!(
                 "materialized table `{name}` has no data yet: run `tributary sync {name}`"

@@ -342,12 +342,10 @@ pub fn decide(
             .collect()
     };
     // Overwriting the schema drops the marks; put them back.
-    let deprecate = target_arrow
-        .fields()
+    let deprecate = absent
         .iter()
-        .filter(|f| source_arrow.field_with_name(f.name()).is_err())
-        .filter(|f| schema == SchemaChange::Overwrite || !deprecated.contains(f.name()))
-        .map(|f| f.name().clone())
+        .filter(|name| schema == SchemaChange::Overwrite || !deprecated.contains(name))
+        .cloned()
         .collect();
     // Only a full run may change a column's type to one that does not hold its old
     // values; other runs keep the copy's type and cast what they read.

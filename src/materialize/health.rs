@@ -107,25 +107,43 @@ impl Health {
         f(jobs.entry(job.to_string()).or_default())
     }
 
-    /// Fills in what `history` knows, once per process (later calls return at once).
+    /// Fills in what `history` knows, once per process (later calls return at once); a
+    /// read that failed is tried again by the next call.
     pub async fn load(&self, history: &History) {
-        self.loaded
-            .get_or_init(|| async {
-                self.reload(history).await;
+        let _ = self
+            .loaded
+            .get_or_try_init(|| async {
+                if self.reload(history).await {
+                    Ok(())
+                } else {
+                    Err(())
+                }
             })
             .await;
     }
 
-    /// Reads `history` again, e.g. after another process committed a run.
-    pub async fn reload(&self, history: &History) {
+    /// Reads `history` (again, if it was loaded), to see runs other processes recorded.
+    pub async fn refresh(&self, history: &History) {
+        if self.loaded.initialized() {
+            self.reload(history).await;
+        } else {
+            self.load(history).await;
+        }
+    }
+
+    /// Reads `history` again, e.g. after another process committed a run; `false` if it
+    /// could not be read (logged).
+    pub async fn reload(&self, history: &History) -> bool {
         match history.latest().await {
             Ok(latest) => {
                 for (job, latest) in &latest {
                     self.update(job, |h| h.merge(latest));
                 }
+                true
             }
             Err(e) => {
-                tracing::warn!(history = %history.url(), error = %e, "cannot read the run history")
+                tracing::warn!(history = %history.url(), error = %e, "cannot read the run history");
+                false
             }
         }
     }

@@ -36,7 +36,7 @@ pub use catalog::MaterializedCatalog;
 pub use health::{Health, JobHealth, LastRun, Route};
 pub use history::{History, RunRecord, RunStatus, Trigger};
 pub use maintain::{Maintenance, maintain, maintain_history};
-pub use progress::{ProgressDisplay, ProgressReporter, summary};
+pub use progress::{ProgressDisplay, ProgressReporter};
 pub use runtime_catalog::RuntimeCatalog;
 pub use scheduler::run_schedules;
 pub use source::{Counters, StreamFailure};
@@ -181,7 +181,8 @@ impl Materializer {
     }
 }
 
-/// Why a run failed. Nothing was committed: the table and its state are as before.
+/// Why a run failed. No data and no state were committed (a pause, a widening or a
+/// quarantine commit may have been): the next run reads what this one would have.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// No materialization has that name.
@@ -599,7 +600,7 @@ async fn run(
     let commit = CommitProperties::default()
         .with_application_transactions(next.transactions(name))
         .with_metadata([("tributary".to_string(), metadata)]);
-    let (mut table, mut written) = write::commit(
+    let (table, written) = write::commit(
         table,
         input,
         &counters,
@@ -610,13 +611,17 @@ async fn run(
     )
     .await
     .map_err(target_error)?;
-    written.quarantined = counters.quarantined();
+    let mut version = table.version();
     if !adaptation.deprecate.is_empty() {
-        // A commit of its own after the data: if the process dies in between, the next
-        // run finds the columns unmarked and marks them.
-        table = drift::deprecate(table, &adaptation.deprecate, next.runs)
-            .await
-            .map_err(target_error)?;
+        // A commit of its own after the data, which is committed: failing here does not
+        // fail the run (a retry would write its rows again); the next run finds the
+        // columns unmarked and marks them.
+        match drift::deprecate(table, &adaptation.deprecate, next.runs).await {
+            Ok(table) => version = table.version(),
+            Err(e) => {
+                tracing::warn!(columns = ?adaptation.deprecate, error = %e, "cannot mark the columns the source dropped as deprecated; the next run will")
+            }
+        }
     }
     if source::crash_point("committed").is_some() {
         std::process::abort();
@@ -627,7 +632,7 @@ async fn run(
         rows_read: counters.rows(),
         bytes_read: counters.bytes(),
         written,
-        version: table.version(),
+        version,
         watermark: watermark_text,
         elapsed: clock.elapsed(),
     })

@@ -74,7 +74,7 @@ impl Drop for ProgressReporter {
 }
 
 /// `1,234,567 rows, 96.1 MiB, 412,000 rows/s`.
-pub fn summary(counters: &Counters, elapsed: Duration) -> String {
+fn summary(counters: &Counters, elapsed: Duration) -> String {
     let rows = counters.rows();
     let secs = elapsed.as_secs_f64().max(1e-3);
     format!(

@@ -227,21 +227,21 @@ impl Quarantine {
                 Arc::new(StringArray::from(raw)),
             ],
         )?;
-        if self.sender.is_none() {
-            let (sender, receiver) = mpsc::channel(2);
-            self.sender = Some(sender);
-            self.writer = Some(tokio::spawn(write(
-                self.url.clone(),
-                Arc::clone(&self.runtime),
-                self.name.clone(),
-                self.run,
-                receiver,
-            )));
-        }
-        let Some(sender) = self.sender.as_mut() else {
-            return Ok(());
+        let sender = match self.sender.take() {
+            Some(sender) => sender,
+            None => {
+                let (sender, receiver) = mpsc::channel(2);
+                self.writer = Some(tokio::spawn(write(
+                    self.url.clone(),
+                    Arc::clone(&self.runtime),
+                    self.name.clone(),
+                    self.run,
+                    receiver,
+                )));
+                sender
+            }
         };
-        if sender.send(Ok(batch)).await.is_err() {
+        if self.sender.insert(sender).send(Ok(batch)).await.is_err() {
             // The writer stopped: its error is what finish() reports.
             return self.finish().await;
         }

@@ -164,7 +164,10 @@ struct Row<'a> {
 }
 
 async fn materializations(materializer: &Materializer) -> Result<RecordBatch> {
-    let health = materializer.health().await;
+    // Runs by other processes (`tributary sync`, another server) are known from the
+    // history only.
+    let health = materializer.health_now();
+    health.refresh(materializer.history()).await;
     let now = SystemTime::now();
     let jobs = materializer.jobs();
     let mut rows = Vec::with_capacity(jobs.len());

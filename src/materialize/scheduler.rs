@@ -30,7 +30,8 @@ const HISTORY_MAINTENANCE: Duration = Duration::from_secs(24 * 3600);
 const MAX_JITTER: Duration = Duration::from_secs(30);
 
 /// Runs the scheduled materializations of `engine` until `shutdown` turns `true`; runs
-/// going on then are stopped (nothing is committed) and recorded as such.
+/// going on then are stopped (nothing is committed) and recorded as failed runs whose error
+/// says so.
 pub async fn run_schedules(engine: Engine, shutdown: watch::Receiver<bool>) {
     let jobs = engine.materializations();
     let mut tasks: Vec<_> = jobs
@@ -238,7 +239,11 @@ fn random_fraction() -> f64 {
 /// failing together do not retry together, at most [`MAX_BACKOFF`].
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let doubled = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    doubled.min(MAX_BACKOFF).mul_f64(0.5 + random_fraction())
+    // Capped before the jitter too, so the product cannot overflow.
+    doubled
+        .min(MAX_BACKOFF * 2)
+        .mul_f64(0.5 + random_fraction())
+        .min(MAX_BACKOFF)
 }
 
 /// A start delay spreading jobs that share a schedule: up to a tenth of the `period`,

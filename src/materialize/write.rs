@@ -49,7 +49,7 @@ pub struct Written {
     pub inserted: u64,
     /// Rows updated in place (merge).
     pub updated: u64,
-    /// Rows deleted (merge, replace-from).
+    /// Rows deleted (merge).
     pub deleted: u64,
     /// Rows set aside in the quarantine table (values that do not fit the copy).
     pub quarantined: u64,
@@ -57,7 +57,8 @@ pub struct Written {
 
 /// Writes `input` to `table` as `change`, with `commit` (state and run metadata) in the
 /// same commit. A table that does not exist yet is created by the first write. `read`
-/// counts the rows `input` yields: all of them are inserted unless `change` merges.
+/// counts the rows the source yields and those quarantined on the way: all the others
+/// are inserted unless `change` merges.
 pub async fn commit(
     table: DeltaTable,
     input: LogicalPlan,
@@ -132,7 +133,7 @@ pub async fn commit(
             inserted: metrics.num_target_rows_inserted as u64,
             updated: metrics.num_target_rows_updated as u64,
             deleted: metrics.num_target_rows_deleted as u64,
-            quarantined: 0,
+            quarantined: read.quarantined(),
         };
         return Ok((table, written));
     }
@@ -162,7 +163,8 @@ pub async fn commit(
     Ok((
         table,
         Written {
-            inserted: read.rows(),
+            inserted: read.rows().saturating_sub(read.quarantined()),
+            quarantined: read.quarantined(),
             ..Written::default()
         },
     ))

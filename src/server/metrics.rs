@@ -149,7 +149,7 @@ impl Collector for MaterializationCollector {
         }
         let mut routes = encoder.encode_descriptor(
             "accelerated_queries",
-            "Queries on accelerated tables by how they were answered: copy (fresh), live (copy too old), fallback (copy too old, source down)",
+            "Lookups of accelerated tables (by queries and catalog listings) by how they were answered: copy (fresh), live (copy too old), fallback (copy too old, source down)",
             None,
             MetricType::Counter,
         )?;

@@ -671,6 +671,8 @@ async fn values_that_no_longer_fit_are_quarantined_with_their_reason() {
         let engine = engine(dir.path(), &schema.name, &jobs);
         let report = sync(&engine, "t").await;
         assert_eq!(report.written.quarantined, 1, "{mode}: {report}");
+        // Rows 5 and 6 inserted; row 4 quarantined, not inserted.
+        assert_eq!(report.written.inserted, 2, "{mode}: {report}");
         assert!(report.to_string().contains("1 quarantined"), "{report}");
         let copy = table(
             &engine,

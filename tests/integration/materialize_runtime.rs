@@ -474,11 +474,16 @@ fn parquet_files(dir: &Path) -> usize {
     count
 }
 
-#[tokio::test]
-async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
-    let (schema, dir, engine) = orders("mz_optimize", None, "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    vacuum_retention: 0s\n").await;
-    sync(&engine, "orders").await.unwrap();
-    for i in 0..4 {
+/// Runs `orders` `runs` times, each adding rows, so its table has at least that many
+/// files; the table's folder and its rows.
+async fn small_files(
+    schema: &Schema,
+    dir: &tempfile::TempDir,
+    engine: &Engine,
+    runs: usize,
+) -> (std::path::PathBuf, Vec<Vec<String>>) {
+    sync(engine, "orders").await.unwrap();
+    for i in 1..runs {
         schema
             .execute(&format!(
                 "INSERT INTO orders SELECT g, 'more', {i} FROM generate_series({}, {}) g",
@@ -486,15 +491,22 @@ async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
                 1009 + i * 10
             ))
             .await;
-        sync(&engine, "orders").await.unwrap();
+        sync(engine, "orders").await.unwrap();
     }
     let table = dir.path().join("data/materialized/orders");
-    assert!(parquet_files(&table) >= 5);
-    let before = rows(
-        &engine,
+    assert!(parquet_files(&table) >= runs);
+    let copy = rows(
+        engine,
         "SELECT * FROM materialized.public.orders ORDER BY id",
     )
     .await;
+    (table, copy)
+}
+
+#[tokio::test]
+async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
+    let (schema, dir, engine) = orders("mz_optimize", None, "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    vacuum_retention: 0s\n").await;
+    let (table, before) = small_files(&schema, &dir, &engine, 5).await;
 
     let job = materialize::job(&engine, "orders").unwrap();
     let done = materialize::maintain(&engine, job).await.unwrap().remove(0);
@@ -530,23 +542,7 @@ async fn optimize_compacts_small_files_and_vacuum_removes_unused_ones() {
 #[tokio::test]
 async fn serve_maintains_tables_on_their_optimize_schedule() {
     let (schema, dir, engine) = orders("mz_optimize_every", None, "  - name: orders\n    from: pg.SCHEMA.orders\n    mode: incremental\n    cursor: id\n    optimize: {every: 300ms}\n    vacuum_retention: 0s\n").await;
-    sync(&engine, "orders").await.unwrap();
-    for i in 0..3 {
-        schema
-            .execute(&format!(
-                "INSERT INTO orders VALUES ({}, 'more', {i})",
-                1000 + i
-            ))
-            .await;
-        sync(&engine, "orders").await.unwrap();
-    }
-    let table = dir.path().join("data/materialized/orders");
-    assert!(parquet_files(&table) >= 4);
-    let before = rows(
-        &engine,
-        "SELECT * FROM materialized.public.orders ORDER BY id",
-    )
-    .await;
+    let (table, before) = small_files(&schema, &dir, &engine, 4).await;
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(materialize::run_schedules(engine.clone(), stopping));
