@@ -22,6 +22,7 @@ use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, Source
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
 use tributary_postgres::PostgresSource;
+use tributary_rest::RestSource;
 use tributary_tpch::TpchSource;
 use url::Url;
 
@@ -359,6 +360,7 @@ fn build_source(
         SourceKind::Files(files) => Arc::new(FilesSource::new(context, files.clone())?),
         SourceKind::Mysql(mysql) => Arc::new(MysqlSource::new(context, mysql.clone())?),
         SourceKind::Postgres(pg) => Arc::new(PostgresSource::new(context, pg.clone())?),
+        SourceKind::Rest(rest) => Arc::new(RestSource::new(context, rest.clone())?),
         SourceKind::Tpch(tpch) => Arc::new(TpchSource::new(context, tpch.clone())?),
     })
 }

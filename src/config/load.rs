@@ -253,50 +253,72 @@ fn validate_materialization(m: &MaterializationConfig, key: &str) -> Result<(), 
     Ok(())
 }
 
-/// Checks that the secrets of `server.auth` are written as `${ENV}` references, so that
-/// they never sit in a config file that gets copied, committed or attached to a ticket.
+/// Checks that the secrets of `server.auth` and of REST sources' `auth` are written as
+/// `${ENV}` references, so that they never sit in a config file that gets copied,
+/// committed or attached to a ticket.
 fn secrets_from_env(config: &Value) -> Result<(), KeyError> {
-    let Some(auth) = config.get("server").and_then(|s| s.get("auth")) else {
-        return Ok(());
-    };
-    for (list, field) in FROM_ENV_ONLY {
-        let entries: Vec<(String, &Value)> = if list.is_empty() {
-            vec![(format!("server.auth.{field}"), auth)]
-        } else {
-            match auth.get(*list).and_then(Value::as_sequence) {
-                Some(items) => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| (format!("server.auth.{list}[{i}].{field}"), item))
-                    .collect(),
-                None => Vec::new(),
-            }
-        };
-        for (key, entry) in entries {
-            let Some(value) = entry.get(*field) else {
+    let mut secrets: Vec<(String, &Value)> = Vec::new();
+    if let Some(auth) = config.get("server").and_then(|s| s.get("auth")) {
+        for (list, field) in FROM_ENV_ONLY {
+            if list.is_empty() {
+                secrets.extend(
+                    auth.get(*field)
+                        .map(|v| (format!("server.auth.{field}"), v)),
+                );
                 continue;
-            };
-            let reference = value.as_str().is_some_and(|text| {
-                let text = text.trim();
-                text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1
-            });
-            if !reference {
-                let hint = if *field == "password" {
-                    " (or store a hash in `password_hash`: `tributary hash-password`)"
-                } else {
-                    ""
-                };
-                return Err((
-                    key,
-                    format!(
-                        "write this secret as an environment variable reference, `${{NAME}}`{hint}"
-                    ),
-                ));
             }
+            let items = auth.get(*list).and_then(Value::as_sequence);
+            for (i, item) in items.into_iter().flatten().enumerate() {
+                if let Some(v) = item.get(*field) {
+                    secrets.push((format!("server.auth.{list}[{i}].{field}"), v));
+                }
+            }
+        }
+    }
+    let sources = config.get("sources").and_then(Value::as_sequence);
+    for (i, source) in sources.into_iter().flatten().enumerate() {
+        if source.get("kind").and_then(Value::as_str) != Some("rest") {
+            continue;
+        }
+        let Some(auth) = source.get("auth") else {
+            continue;
+        };
+        for field in REST_SECRETS {
+            if let Some(v) = auth.get(*field) {
+                secrets.push((format!("sources[{i}].auth.{field}"), v));
+            }
+        }
+    }
+    for (key, value) in secrets {
+        let reference = value.as_str().is_some_and(|text| {
+            let text = text.trim();
+            text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1
+        });
+        if !reference {
+            let hint = if key.starts_with("server.auth.users") {
+                " (or store a hash in `password_hash`: `tributary hash-password`)"
+            } else {
+                ""
+            };
+            return Err((
+                key,
+                format!(
+                    "write this secret as an environment variable reference, `${{NAME}}`{hint}"
+                ),
+            ));
         }
     }
     Ok(())
 }
+
+/// The fields of a REST source's `auth` that are secrets.
+const REST_SECRETS: &[&str] = &[
+    "password",
+    "token",
+    "value",
+    "client_secret",
+    "refresh_token",
+];
 
 /// Checks each user has one usable credential and names are unique.
 fn validate_auth(auth: &AuthConfig) -> Result<(), KeyError> {
@@ -379,6 +401,7 @@ fn parse_source(i: usize, value: Value) -> Result<SourceConfig, KeyError> {
         "files" => SourceKind::Files(deserialize(rest, &key)?),
         "mysql" | "mariadb" => SourceKind::Mysql(deserialize(rest, &key)?),
         "postgres" | "postgresql" => SourceKind::Postgres(deserialize(rest, &key)?),
+        "rest" => SourceKind::Rest(deserialize(rest, &key)?),
         "tpch" => SourceKind::Tpch(deserialize(rest, &key)?),
         other => {
             return Err((
@@ -544,7 +567,7 @@ materializations:
         let e = parse("sources:\n  - name: a\n    kind: oracle\n").unwrap_err();
         assert!(
             e.contains(
-                "sources[0].kind: unknown source kind `oracle`, expected one of: files, mysql, postgres, tpch"
+                "sources[0].kind: unknown source kind `oracle`, expected one of: files, mysql, postgres, rest, tpch"
             ),
             "{e}"
         );

@@ -17,6 +17,7 @@ use tributary_core::config::{OptionValue, de};
 use tributary_files::FilesConfig;
 use tributary_mysql::MysqlConfig;
 use tributary_postgres::PostgresConfig;
+use tributary_rest::RestConfig;
 use tributary_tpch::TpchConfig;
 
 pub use load::ConfigError;
@@ -130,13 +131,15 @@ pub enum SourceKind {
     Mysql(MysqlConfig),
     /// `kind: postgres`.
     Postgres(PostgresConfig),
+    /// `kind: rest`.
+    Rest(RestConfig),
     /// `kind: tpch`.
     Tpch(TpchConfig),
 }
 
 impl SourceKind {
     /// The kinds `kind:` accepts.
-    pub const NAMES: &'static [&'static str] = &["files", "mysql", "postgres", "tpch"];
+    pub const NAMES: &'static [&'static str] = &["files", "mysql", "postgres", "rest", "tpch"];
 
     /// The `kind:` value.
     pub fn name(&self) -> &'static str {
@@ -144,6 +147,7 @@ impl SourceKind {
             SourceKind::Files(_) => "files",
             SourceKind::Mysql(_) => "mysql",
             SourceKind::Postgres(_) => "postgres",
+            SourceKind::Rest(_) => "rest",
             SourceKind::Tpch(_) => "tpch",
         }
     }

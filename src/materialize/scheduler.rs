@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
 
 use super::{Counters, Job, RunOptions, SyncError, Trigger, sync};
@@ -226,15 +225,6 @@ async fn run_with_retries(
     }
 }
 
-/// A random fraction in `[0, 1)`.
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// The wait before try `attempt + 1`: `base` doubled per try, within ±50 % so that jobs
 /// failing together do not retry together, at most [`MAX_BACKOFF`].
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -242,14 +232,16 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     // Capped before the jitter too, so the product cannot overflow.
     doubled
         .min(MAX_BACKOFF * 2)
-        .mul_f64(0.5 + random_fraction())
+        .mul_f64(0.5 + tributary_core::random_fraction())
         .min(MAX_BACKOFF)
 }
 
 /// A start delay spreading jobs that share a schedule: up to a tenth of the `period`,
 /// at most [`MAX_JITTER`].
 fn jitter(period: Duration) -> Duration {
-    (period / 10).min(MAX_JITTER).mul_f64(random_fraction())
+    (period / 10)
+        .min(MAX_JITTER)
+        .mul_f64(tributary_core::random_fraction())
 }
 
 fn next_cron(expression: &str, after: SystemTime) -> Option<SystemTime> {

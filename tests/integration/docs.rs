@@ -10,6 +10,7 @@ fn example_env(name: &str) -> Option<String> {
         "TRIBUTARY_ETL_PASSWORD" => Some("etl password".into()),
         "TRIBUTARY_DASHBOARD_TOKEN" => Some("a-long-random-dashboard-token".into()),
         "TRIBUTARY_TOKEN_SECRET" => Some("a-long-random-secret-shared-by-nodes".into()),
+        "CRM_CLIENT_SECRET" => Some("crm client secret".into()),
         _ => None,
     }
 }
@@ -20,8 +21,8 @@ fn example_config_loads_and_builds_an_engine() {
     let path = root.join("examples/tributary.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let config = Config::parse(&text, Some(&path), &example_env).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.sources.len(), 3);
-    assert_eq!(config.materializations.len(), 1);
+    assert_eq!(config.sources.len(), 4);
+    assert_eq!(config.materializations.len(), 2);
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"));
     tributary::server::Options::from_config(&config.server, &config.dir)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -17,4 +17,5 @@ mod mysql_pushdown;
 mod object_stores;
 mod postgres;
 mod postgres_pushdown;
+mod rest;
 mod soak;

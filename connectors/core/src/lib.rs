@@ -9,6 +9,7 @@
 mod catalog;
 pub mod config;
 mod error;
+mod random;
 pub mod remote;
 mod scan;
 mod secret;
@@ -18,6 +19,7 @@ pub mod types;
 pub use catalog::{CatalogOptions, SourceCatalog};
 pub use config::SourceContext;
 pub use error::{Error, Result, SourceFailure};
+pub use random::random_fraction;
 pub use scan::{ScanTag, SourceScanExec, TaggedTable};
 pub use secret::Secret;
 pub use source::{Health, HealthReport, HealthStatus, Source};
