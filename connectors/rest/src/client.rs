@@ -2,7 +2,6 @@
 //! per-request timeouts, and retries (`429` after its `Retry-After`; `5xx`, timeouts and
 //! refused connections after an exponential backoff with jitter).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -36,18 +35,6 @@ pub struct Http {
     retry: RetryConfig,
     in_flight: Semaphore,
     pace: Option<Pace>,
-    stats: Stats,
-}
-
-/// Counters of what the source did, for tests, benchmarks and logs.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Requests sent, retries included.
-    pub requests: std::sync::atomic::AtomicU64,
-    /// Retries after `429`.
-    pub throttled: std::sync::atomic::AtomicU64,
-    /// Retries after a server error, timeout or refused connection.
-    pub retried: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -91,18 +78,7 @@ impl Http {
                 interval: Duration::from_secs_f64(1.0 / r),
                 next: Mutex::new(Instant::now()),
             }),
-            stats: Stats::default(),
         })
-    }
-
-    /// What the source has done so far.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// The HTTP client, for the token endpoint.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// `url` as it may be shown: without the API key if it travels in the query.
@@ -111,7 +87,7 @@ impl Http {
     }
 
     /// Fetches `url`, trying again as the retry policy allows.
-    pub async fn fetch(self: &Arc<Self>, method: Method, url: &Url) -> Result<Response> {
+    pub async fn fetch(&self, method: Method, url: &Url) -> Result<Response> {
         let shown = self.display(url);
         let mut retries = 0u32;
         let mut renewed = false;
@@ -138,16 +114,10 @@ impl Http {
                     )));
                 }
                 Failure::Retry(why, Some(after)) => {
-                    self.stats
-                        .throttled
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(url = %shown, wait = ?after, "{why}; waiting as the API asks");
                     after.min(self.retry.max_backoff)
                 }
                 Failure::Retry(why, None) => {
-                    self.stats
-                        .retried
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let wait = backoff(self.retry.backoff, self.retry.max_backoff, retries);
                     tracing::warn!(url = %shown, wait = ?wait, retry = retries + 1, "{why}; trying again");
                     wait
@@ -188,9 +158,6 @@ impl Http {
         if let Some((name, value)) = credentials {
             request = request.header(name, value);
         }
-        self.stats
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shown = self.auth.redact(&url);
         let response = request
             .send()

@@ -19,7 +19,6 @@ mod rejects;
 mod source;
 mod table;
 
-pub use client::Stats;
 pub use config::{
     AuthConfig, ClientAuth, ColumnConfig, FilterOp, FilterParam, Grant, KeyLocation, Method,
     OnInvalid, Pagination, RateLimit, RestConfig, RestTableConfig, RetryConfig, ValueFormat,

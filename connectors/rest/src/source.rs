@@ -13,13 +13,13 @@ use url::Url;
 
 use crate::RestConfig;
 use crate::auth::{Auth, set_param};
-use crate::client::{Http, Stats, header_map};
+use crate::client::{Http, Response, header_map};
 use crate::config::{ColumnConfig, OnInvalid};
 use crate::decode::{Column, RecordDecoder};
-use crate::jsonpath::{self, JsonPath};
+use crate::jsonpath::JsonPath;
 use crate::paging::Paging;
 use crate::rejects::{self, Rejects};
-use crate::table::{RestTable, TableSpec, read_page};
+use crate::table::{RestTable, TableSpec, records};
 
 /// A `rest` source: endpoints of one API as tables.
 #[derive(Debug)]
@@ -157,11 +157,6 @@ impl RestSource {
         })
     }
 
-    /// What the source's requests have done so far.
-    pub fn stats(&self) -> &Stats {
-        self.http.stats()
-    }
-
     fn spec(&self, schema: &str, table: &str) -> Option<&Arc<TableSpec>> {
         self.tables
             .iter()
@@ -173,17 +168,8 @@ impl RestSource {
         if let Some(columns) = &spec.columns {
             return Ok(columns.clone());
         }
-        let pager = spec.paging.start(spec.endpoint.clone(), None);
-        let url = pager.next().expect("a scan starts with a page");
-        let response = self.http.fetch(spec.method, url).await?;
-        // Read the page as the scan would (its errors are the scan's), without columns.
-        let page = read_page(
-            spec,
-            &RecordDecoder::new(vec![]).map_err(Error::Unavailable)?,
-            None,
-            &response,
-        )
-        .await?;
+        let response = self.first_page(spec, None).await?;
+        let items = records(spec, &response)?;
         let cannot = |why: String| {
             Error::Unavailable(format!(
                 "cannot infer the columns of table `{}` from {}: {why}; declare `columns` in `{}`",
@@ -192,16 +178,10 @@ impl RestSource {
                 spec.key
             ))
         };
-        if page.records == 0 {
+        if items.is_empty() {
             return Err(cannot("its first page has no records".into()));
         }
-        let records = spec
-            .records
-            .find(&response.body)
-            .map_err(&cannot)?
-            .unwrap_or_default();
-        let items = jsonpath::elements(records).map_err(&cannot)?;
-        let mut lines = Vec::with_capacity(records.len());
+        let mut lines = Vec::with_capacity(response.body.len());
         for item in items {
             lines.extend_from_slice(item);
             lines.push(b'\n');
@@ -220,6 +200,13 @@ impl RestSource {
             .collect();
         spec.check_columns(&columns)?;
         Ok(columns)
+    }
+
+    /// The first page of `spec`, at most `limit` records where the API takes a size.
+    async fn first_page(&self, spec: &TableSpec, limit: Option<usize>) -> Result<Response> {
+        let pager = spec.paging.start(spec.endpoint.clone(), limit);
+        let url = pager.next().expect("a scan starts with a page");
+        self.http.fetch(spec.method, url).await
     }
 
     fn tag(&self, spec_schema: &str, name: &str, location: String) -> ScanTag {
@@ -317,9 +304,7 @@ impl Source for RestSource {
         let Some(spec) = self.tables.first() else {
             return Ok(Health::ok("no tables"));
         };
-        let pager = spec.paging.start(spec.endpoint.clone(), Some(1));
-        let url = pager.next().expect("a scan starts with a page");
-        let response = self.http.fetch(spec.method, url).await?;
+        let response = self.first_page(spec, Some(1)).await?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&response.body).map_err(|e| {
             Error::Unavailable(format!(
                 "{}: the response is not valid JSON: {e}",

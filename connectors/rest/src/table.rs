@@ -101,13 +101,9 @@ pub struct Page {
     pub records: usize,
 }
 
-/// Cuts the records out of a response and decodes them as `on_invalid` says.
-pub async fn read_page(
-    spec: &TableSpec,
-    decoder: &RecordDecoder,
-    rejects: Option<&Rejects>,
-    response: &Response,
-) -> Result<Page> {
+/// The records of a response, as byte slices: the body is checked to be JSON and the
+/// table's records path to name an array (or null: no records).
+pub fn records<'a>(spec: &TableSpec, response: &'a Response) -> Result<Vec<&'a [u8]>> {
     let body = &response.body[..];
     let fail = |message: String| Error::Unavailable(format!("{}: {message}", response.url));
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
@@ -130,18 +126,26 @@ pub async fn read_page(
         )));
     };
     if records == b"null" {
-        return Ok(Page {
-            batch: arrow::array::RecordBatch::new_empty(Arc::clone(decoder.schema())),
-            records: 0,
-        });
+        return Ok(Vec::new());
     }
-    let items = jsonpath::elements(records).map_err(|e| {
+    jsonpath::elements(records).map_err(|e| {
         fail(format!(
             "the records path `{}` of table `{}` does not name an array of records: {e}",
             spec.records,
             spec.qualified()
         ))
-    })?;
+    })
+}
+
+/// Cuts the records out of a response and decodes them as `on_invalid` says.
+pub async fn read_page(
+    spec: &TableSpec,
+    decoder: &RecordDecoder,
+    rejects: Option<&Rejects>,
+    response: &Response,
+) -> Result<Page> {
+    let fail = |message: String| Error::Unavailable(format!("{}: {message}", response.url));
+    let items = records(spec, response)?;
     let count = items.len();
     let batch = match spec.on_invalid {
         OnInvalid::Fail => match decoder.decode(&items) {
@@ -242,11 +246,6 @@ impl RestTable {
             http,
             rejects,
         }
-    }
-
-    /// The column that grows as records change, if the config names one.
-    pub fn cursor(&self) -> Option<&str> {
-        self.spec.cursor.as_deref()
     }
 }
 
