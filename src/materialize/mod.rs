@@ -17,6 +17,7 @@ mod quarantine;
 mod runtime_catalog;
 mod scheduler;
 mod source;
+mod spool;
 mod state;
 mod target;
 mod write;
@@ -46,6 +47,7 @@ pub use write::Written;
 use crate::Engine;
 use crate::config::{Config, MaterializationConfig, OnInvalid, RefreshMode};
 use drift::{Adaptation, Decision};
+use spool::Spool;
 use write::Change;
 
 /// The catalog Tributary's own tables are queried in: `tributary.runtime.sync_runs`, …
@@ -106,6 +108,7 @@ impl Job {
 pub struct Materializer {
     jobs: Arc<[Job]>,
     locks: PathBuf,
+    spool: PathBuf,
     history: History,
     health: Health,
     runtime: Arc<RuntimeEnv>,
@@ -125,6 +128,7 @@ impl Materializer {
         Ok(Materializer {
             jobs: jobs.into(),
             locks: data_dir.join("locks"),
+            spool: data_dir.join("spool"),
             history: History::new(history, Arc::clone(&runtime)),
             health: Health::default(),
             runtime,
@@ -158,6 +162,11 @@ impl Materializer {
     }
 
     /// Takes the run lock of materialization `name`, failing at once if it is held.
+    /// Where a run of `name` spools its rows; its lock makes the file its own.
+    fn spool_path(&self, name: &str) -> PathBuf {
+        self.spool.join(format!("{name}.arrow"))
+    }
+
     fn lock(&self, name: &str) -> Result<lock::JobLock, SyncError> {
         lock::acquire(&self.locks, name).map_err(|e| match e {
             lock::LockError::Held(lock) => SyncError::Running {
@@ -525,6 +534,8 @@ async fn run(
         added: adaptation.added,
     };
     let mut watermark_text = None;
+    // Held until the writer has read it.
+    let mut spooled: Option<Spool> = None;
     let change = match (&config.cursor, config.mode) {
         (None, RefreshMode::Full) => Change::Replace,
         (None, RefreshMode::Append) => Change::Append,
@@ -540,9 +551,26 @@ async fn run(
                 }
                 (w, _) => (w, false),
             };
-            let high = source::upper_bound(&df, &cursor, low, inclusive)
+            let changed =
+                source::changed(df.clone(), &cursor, low, inclusive).map_err(source_error)?;
+            let reread_costly = changed
+                .clone()
+                .create_physical_plan()
                 .await
+                .map(|plan| spool::costly_to_reread(&plan))
                 .map_err(source_error)?;
+            let high = if reread_costly {
+                let path = engine.materializer().spool_path(name);
+                let (filled, high) = Spool::fill(changed, &cursor, path)
+                    .await
+                    .map_err(source_error)?;
+                spooled = Some(filled);
+                high
+            } else {
+                source::upper_bound(&df, &cursor, low, inclusive)
+                    .await
+                    .map_err(source_error)?
+            };
             let Some(high) = high else {
                 return Ok(RunReport {
                     name: name.to_string(),
@@ -555,7 +583,10 @@ async fn run(
                     elapsed: clock.elapsed(),
                 });
             };
-            df = source::between(df, &cursor, low, inclusive, high).map_err(source_error)?;
+            df = match &spooled {
+                Some(spool) => spool.read(engine.context()).await.map_err(source_error)?,
+                None => source::between(df, &cursor, low, inclusive, high).map_err(source_error)?,
+            };
             let high = high.max(state.watermark.unwrap_or(i64::MIN));
             next.watermark = Some(high);
             watermark_text = Some(cursor.display(high));

@@ -56,11 +56,7 @@ pub async fn upper_bound(
     inclusive: bool,
 ) -> Result<Option<i64>> {
     let column = ident(cursor.name());
-    let mut df = df.clone().filter(column.clone().is_not_null())?;
-    if let Some(low) = low {
-        df = df.filter(above(cursor, low, inclusive))?;
-    }
-    let batches = df
+    let batches = changed(df.clone(), cursor, low, inclusive)?
         .sort(vec![column.clone().sort(false, true)])?
         .limit(0, Some(1))?
         .select(vec![column.alias("high")])?
@@ -71,6 +67,21 @@ pub async fn upper_bound(
         None => return Ok(None),
     };
     cursor.encode(&value).map_err(DataFusionError::Plan)
+}
+
+/// Rows of `df` with a cursor past `low` (from it on when `inclusive`): the rows a run
+/// takes when its upper bound is the highest cursor value among them.
+pub fn changed(
+    df: DataFrame,
+    cursor: &Cursor,
+    low: Option<i64>,
+    inclusive: bool,
+) -> Result<DataFrame> {
+    let df = df.filter(ident(cursor.name()).is_not_null())?;
+    match low {
+        Some(low) => df.filter(above(cursor, low, inclusive)),
+        None => Ok(df),
+    }
 }
 
 /// Rows of `df` with `low < cursor <= high` (`low <= cursor` when `inclusive`).

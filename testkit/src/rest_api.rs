@@ -68,6 +68,8 @@ struct State_ {
     clock: i64,
     /// Fields added to records from this position on (a change between pages).
     extra_from: Option<(usize, String)>,
+    /// How long each list request waits before it is served: a remote API's round trip.
+    latency: Duration,
 }
 
 impl State_ {
@@ -102,6 +104,7 @@ impl SaasApi {
             token_requests: 0,
             clock: EPOCH + count as i64 * 60,
             extra_from: None,
+            latency: Duration::ZERO,
         }));
         let app = Router::new()
             .route("/oauth/token", post(token))
@@ -132,6 +135,12 @@ impl SaasApi {
     /// OAuth tokens issued from now on are refused after this many list requests.
     pub fn tokens_last(&self, uses: u32) {
         self.with(|s| s.token_uses = uses);
+    }
+
+    /// Makes every list request wait `latency` before it is served, as a remote API's
+    /// round trip would (the wait costs no CPU).
+    pub fn set_latency(&self, latency: Duration) {
+        self.with(|s| s.latency = latency);
     }
 
     /// Answers the next requests with these faults, in order.
@@ -352,14 +361,17 @@ async fn list(
     headers: HeaderMap,
 ) -> Response {
     let params = params(&query);
-    let fault = {
+    let (fault, latency) = {
         let mut s = state.lock().unwrap();
         s.requests.push(format!(
             "/{style}/customers?{}",
             query.clone().unwrap_or_default()
         ));
-        s.faults.pop_front()
+        (s.faults.pop_front(), s.latency)
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match fault {
         Some(Fault::Status(code, retry_after)) => {
             let mut response = respond(

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::json;
 use tempfile::TempDir;
 use tributary::materialize::{self, Counters, RunOptions};
@@ -423,6 +424,40 @@ async fn malformed_answers_and_wrong_paths_are_named() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_fetched_while_one_is_read_and_no_further() {
+    let api = SaasApi::start(53).await;
+    let dir = TempDir::new().unwrap();
+    let engine = rest_engine(dir.path(), &api, "", &offset_table(""));
+    // The scan itself, without operators above it that could pull batches ahead.
+    let ctx = engine.context();
+    let provider = ctx.table_provider("api.main.customers").await.unwrap();
+    let scan = provider.scan(&ctx.state(), None, &[], None).await.unwrap();
+    let mut stream = scan.execute(0, ctx.task_ctx()).unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.num_rows(), 10);
+    // While the first page is held, the second is asked for, and at most a third
+    // (fetched and waiting for room): memory stays a few pages.
+    let mut requested = api.take_requests().len();
+    for _ in 0..500 {
+        if requested >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        requested += api.take_requests().len();
+    }
+    assert!(requested >= 2, "the next page was not asked for: {requested}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    requested += api.take_requests().len();
+    assert!(requested <= 3, "{requested} pages asked for while one is held");
+    let mut rows = first.num_rows();
+    while let Some(batch) = stream.next().await {
+        rows += batch.unwrap().num_rows();
+    }
+    assert_eq!(rows, 53);
+    assert_eq!(requested + api.take_requests().len(), 6);
+}
+
 #[tokio::test]
 async fn records_that_do_not_fit_fail_are_skipped_or_kept_as_rejects() {
     let api = SaasApi::start(30).await;
@@ -503,6 +538,14 @@ async fn records_that_do_not_fit_fail_are_skipped_or_kept_as_rejects() {
         rejects.contains("/offset/customers?limit=10&offset=0"),
         "{rejects}"
     );
+    // Pages rejected again replace their files: no record is kept twice.
+    table(&engine, "SELECT * FROM api.main.customers").await;
+    let kept = table(
+        &engine,
+        "SELECT count(*) AS n FROM api.main.customers__rejects",
+    )
+    .await;
+    assert!(kept.contains("| 2 |"), "{kept}");
     let listed = table(
         &engine,
         "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'api' ORDER BY 1",
@@ -552,6 +595,16 @@ async fn an_api_table_materializes_incrementally_and_by_upsert() {
             .iter()
             .all(|r| r.contains("updated_since=2024-01-01T00%3A40%3A00Z")),
         "the cursor went to the API: {requests:?}"
+    );
+    // The changed records are read once (into the run's spool), not once to find the
+    // upper bound and again to take them: one page (its `total` ends the list).
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let spool = dir.path().join("data/_tributary/spool");
+    assert!(spool.is_dir(), "the run spooled under the data folder");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "and removed its file"
     );
     assert_eq!(sync("customers").await.rows_read, 2);
     let log = table(

@@ -1,9 +1,11 @@
 //! Records set aside by `on_invalid: dead_letter`: newline-delimited JSON files under the
 //! source's `rejects` folder (one file per page that had any), read back as the table
-//! `<table>__rejects` of the same schema.
+//! `<table>__rejects` of the same schema. A file is named by what it holds, so a page
+//! rejected again (the same query run twice, a sync retried) replaces its file instead of
+//! adding the same records once more; `rejected_at` is then the latest rejection.
 
+use std::hash::Hasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -26,7 +28,6 @@ pub const SUFFIX: &str = "__rejects";
 pub struct Rejects {
     root: Url,
     store: Arc<dyn ObjectStore>,
-    written: Arc<AtomicU64>,
 }
 
 #[derive(Serialize)]
@@ -40,11 +41,7 @@ struct Row<'a> {
 impl Rejects {
     /// Rejects under `root` (a folder URL ending in `/`), stored in `store`.
     pub fn new(root: Url, store: Arc<dyn ObjectStore>) -> Self {
-        Rejects {
-            root,
-            store,
-            written: Arc::new(AtomicU64::new(0)),
-        }
+        Rejects { root, store }
     }
 
     fn folder(&self, schema: &str, table: &str) -> Url {
@@ -59,7 +56,7 @@ impl Rejects {
     }
 
     /// Keeps the records `rows` (reason, raw record) that the page at `url` of
-    /// `schema.table` rejected, in one new file.
+    /// `schema.table` rejected, in the file named by them.
     pub async fn keep(
         &self,
         schema: &str,
@@ -74,7 +71,13 @@ impl Rejects {
             .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
             .unwrap_or_default();
         let mut lines = Vec::new();
+        let mut content = twox_hash::XxHash64::with_seed(0);
+        content.write(url.as_bytes());
         for (reason, raw) in rows {
+            content.write(&[0]);
+            content.write(reason.as_bytes());
+            content.write(&[0]);
+            content.write(raw);
             let raw = String::from_utf8_lossy(raw);
             let row = Row {
                 rejected_at: at.clone(),
@@ -85,12 +88,7 @@ impl Rejects {
             serde_json::to_writer(&mut lines, &row).map_err(|e| Error::External(e.into()))?;
             lines.push(b'\n');
         }
-        let n = self.written.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            "{}-{}-{n}.json",
-            now.as_millis(),
-            (tributary_core::random_fraction() * 1e9) as u64
-        );
+        let name = format!("{:016x}.json", content.finish());
         let folder = self.folder(schema, table);
         let path = StorePath::from_url_path(folder.path())
             .map_err(|e| Error::External(e.into()))?

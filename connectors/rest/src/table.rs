@@ -1,12 +1,16 @@
-//! A REST table and its scan: pages fetched one after another, each decoded into one
-//! batch; filters mapped to query parameters, and a limit that stops paging early.
+//! A REST table and its scan: pages fetched one after another by a task that runs a page
+//! ahead of the decoding, each page decoded into one batch; filters mapped to query
+//! parameters, and a limit that stops paging early.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Constraint, Constraints, Result as DfResult, internal_err};
 use datafusion::error::DataFusionError;
@@ -20,6 +24,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 use tributary_core::{Error, Result};
 use url::Url;
 
@@ -93,12 +99,38 @@ impl TableSpec {
     }
 }
 
-/// One page's records: decoded, set aside, and how many there were.
-pub struct Page {
-    /// The records that fit.
-    pub batch: arrow::array::RecordBatch,
-    /// How many records the page held, misfits included.
-    pub records: usize,
+/// A response with the place of each of its records in the body: cut by the fetching
+/// task (which needs their number to find the next page) and decoded by the scan.
+pub struct Fetched {
+    /// The response.
+    pub response: Response,
+    spans: Vec<Range<usize>>,
+}
+
+impl Fetched {
+    /// Checks `response` and finds its records (see [`records`]).
+    pub fn cut(spec: &TableSpec, response: Response) -> Result<Self> {
+        let base = response.body.as_ptr() as usize;
+        let spans = records(spec, &response)?
+            .iter()
+            .map(|r| {
+                let start = r.as_ptr() as usize - base;
+                start..start + r.len()
+            })
+            .collect();
+        Ok(Fetched { response, spans })
+    }
+
+    /// How many records the page holds.
+    pub fn count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The records, as byte slices of the body.
+    pub fn records(&self) -> Vec<&[u8]> {
+        let body = &self.response.body[..];
+        self.spans.iter().map(|r| &body[r.clone()]).collect()
+    }
 }
 
 /// The records of a response, as byte slices: the body is checked to be JSON and the
@@ -137,17 +169,17 @@ pub fn records<'a>(spec: &TableSpec, response: &'a Response) -> Result<Vec<&'a [
     })
 }
 
-/// Cuts the records out of a response and decodes them as `on_invalid` says.
+/// Decodes a page's records as `on_invalid` says: the records that fit.
 pub async fn read_page(
     spec: &TableSpec,
     decoder: &RecordDecoder,
     rejects: Option<&Rejects>,
-    response: &Response,
-) -> Result<Page> {
+    page: &Fetched,
+) -> Result<RecordBatch> {
+    let response = &page.response;
     let fail = |message: String| Error::Unavailable(format!("{}: {message}", response.url));
-    let items = records(spec, response)?;
-    let count = items.len();
-    let batch = match spec.on_invalid {
+    let items = page.records();
+    Ok(match spec.on_invalid {
         OnInvalid::Fail => match decoder.decode(&items) {
             Ok(batch) => batch,
             Err(_) => {
@@ -182,10 +214,6 @@ pub async fn read_page(
             }
             batch
         }
-    };
-    Ok(Page {
-        batch,
-        records: count,
     })
 }
 
@@ -379,39 +407,105 @@ impl DisplayAs for RestScanExec {
     }
 }
 
+/// Pages fetched ahead of the one being decoded: the next request is on its way while a
+/// page decodes, and at most this many more wait, so memory stays a few pages.
+const PREFETCH: usize = 1;
+
+/// Fetches a table's pages in order and hands them to its scan. Stops at the list's end,
+/// once `wanted` records came, after sending an error, or when the scan is dropped.
+async fn fetch_pages(
+    spec: Arc<TableSpec>,
+    http: Arc<Http>,
+    mut pager: Pager,
+    mut wanted: Option<usize>,
+    pages: mpsc::Sender<Result<Fetched>>,
+) {
+    while wanted != Some(0) {
+        let Some(url) = pager.next().cloned() else {
+            return;
+        };
+        let page = fetch_page(&spec, &http, &mut pager, &url).await;
+        let failed = match (&page, wanted.as_mut()) {
+            (Ok(page), Some(wanted)) => {
+                *wanted = wanted.saturating_sub(page.count());
+                false
+            }
+            (page, _) => page.is_err(),
+        };
+        if pages.send(page).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Fetches the page at `url`, cuts its records out and moves `pager` past it.
+async fn fetch_page(
+    spec: &TableSpec,
+    http: &Http,
+    pager: &mut Pager,
+    url: &Url,
+) -> Result<Fetched> {
+    let response = http.fetch(spec.method, url).await?;
+    let page = Fetched::cut(spec, response)?;
+    let number = pager.pages() + 1;
+    let response = &page.response;
+    pager
+        .advance(url, &response.headers, &response.body, page.count())
+        .map_err(|m| {
+            Error::Unavailable(format!(
+                "{} (page {number} of table `{}`): {m}",
+                response.url,
+                spec.qualified()
+            ))
+        })?;
+    Ok(page)
+}
+
+/// The fetching task of a scan: started at the first poll (inside the runtime), and
+/// aborted when the scan is dropped.
+enum Fetcher {
+    Idle(BoxFuture<'static, ()>),
+    Running(SpawnedTask<()>),
+    Done,
+}
+
 struct ScanState {
     spec: Arc<TableSpec>,
     decoder: RecordDecoder,
-    http: Arc<Http>,
     rejects: Option<Rejects>,
-    pager: Pager,
+    pages: mpsc::Receiver<Result<Fetched>>,
+    fetcher: Fetcher,
     remaining: Option<usize>,
 }
 
 impl ScanState {
     /// The next non-empty batch, or `None` at the end of the list (or the limit).
-    async fn next_batch(&mut self) -> Result<Option<arrow::array::RecordBatch>> {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if let Fetcher::Idle(_) = self.fetcher
+            && let Fetcher::Idle(task) = std::mem::replace(&mut self.fetcher, Fetcher::Done)
+        {
+            self.fetcher = Fetcher::Running(SpawnedTask::spawn(task));
+        }
         loop {
             if self.remaining == Some(0) {
                 return Ok(None);
             }
-            let Some(url) = self.pager.next().cloned() else {
+            let Some(page) = self.pages.recv().await else {
+                // The fetcher is done: the list ended, or it panicked.
+                if let Fetcher::Running(task) = std::mem::replace(&mut self.fetcher, Fetcher::Done)
+                {
+                    task.join().await.map_err(|e| {
+                        Error::Unavailable(format!(
+                            "fetching the pages of table `{}` failed: {e}",
+                            self.spec.qualified()
+                        ))
+                    })?;
+                }
                 return Ok(None);
             };
-            let response = self.http.fetch(self.spec.method, &url).await?;
-            let page =
-                read_page(&self.spec, &self.decoder, self.rejects.as_ref(), &response).await?;
-            let page_number = self.pager.pages() + 1;
-            self.pager
-                .advance(&url, &response.headers, &response.body, page.records)
-                .map_err(|m| {
-                    Error::Unavailable(format!(
-                        "{} (page {page_number} of table `{}`): {m}",
-                        response.url,
-                        self.spec.qualified()
-                    ))
-                })?;
-            let mut batch = page.batch;
+            let page = page?;
+            let mut batch =
+                read_page(&self.spec, &self.decoder, self.rejects.as_ref(), &page).await?;
             if let Some(remaining) = self.remaining.as_mut() {
                 if batch.num_rows() > *remaining {
                     batch = batch.slice(0, *remaining);
@@ -465,12 +559,27 @@ impl ExecutionPlan for RestScanExec {
             return internal_err!("RestScanExec has one partition, asked for {partition}");
         }
         let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let (sender, pages) = mpsc::channel(PREFETCH);
+        // Records and rows are one with `on_invalid: fail`, so the fetcher can stop at the
+        // limit; otherwise misfits left out may call for more pages, and the scan stops
+        // the fetcher by dropping it.
+        let wanted = self
+            .limit
+            .filter(|_| self.spec.on_invalid == OnInvalid::Fail);
+        let pager = self.spec.paging.start(self.endpoint.clone(), self.limit);
+        let fetch = fetch_pages(
+            Arc::clone(&self.spec),
+            Arc::clone(&self.http),
+            pager,
+            wanted,
+            sender,
+        );
         let state = ScanState {
             spec: Arc::clone(&self.spec),
             decoder: self.decoder.clone(),
-            http: Arc::clone(&self.http),
             rejects: self.rejects.clone(),
-            pager: self.spec.paging.start(self.endpoint.clone(), self.limit),
+            pages,
+            fetcher: Fetcher::Idle(Box::pin(fetch)),
             remaining: self.limit,
         };
         let stream = futures::stream::try_unfold(state, move |mut state| {
