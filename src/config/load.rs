@@ -206,12 +206,18 @@ fn validate_materialization(m: &MaterializationConfig, key: &str) -> Result<(), 
     if m.from.trim().is_empty() {
         return err("from", "expected a table or a query");
     }
+    // A table `from` may leave them to the table (its primary key, a REST table's
+    // `cursor`), which is checked when the materialization runs; a query declares none.
+    let from_query = datafusion::sql::parser::DFParser::parse_sql(&m.from).is_ok();
     match m.mode {
-        RefreshMode::Incremental if m.cursor.is_none() => {
-            return err("cursor", "`incremental` mode needs a cursor column");
+        RefreshMode::Incremental if m.cursor.is_none() && from_query => {
+            return err(
+                "cursor",
+                "`incremental` mode over a query needs a cursor column",
+            );
         }
-        RefreshMode::Upsert if m.key.is_empty() => {
-            return err("key", "`upsert` mode needs the key columns");
+        RefreshMode::Upsert if m.key.is_empty() && from_query => {
+            return err("key", "`upsert` mode over a query needs the key columns");
         }
         RefreshMode::Full | RefreshMode::Append if m.cursor.is_some() => {
             return err(
@@ -609,10 +615,12 @@ materializations:
             e.contains("server.default_catalog: `nope` is not a configured source"),
             "{e}"
         );
-        let e = parse("materializations:\n  - name: m\n    from: a.b.c\n    mode: upsert\n")
-            .unwrap_err();
+        let e = parse(
+            "materializations:\n  - name: m\n    from: SELECT * FROM a.b.c\n    mode: upsert\n",
+        )
+        .unwrap_err();
         assert!(
-            e.contains("materializations[0].key: `upsert` mode needs the key columns"),
+            e.contains("materializations[0].key: `upsert` mode over a query needs the key columns"),
             "{e}"
         );
         let e = parse("materializations:\n  - name: m\n    from: a.b.c\n    mode: sometimes\n")

@@ -485,6 +485,7 @@ async fn run(
     let mut df = source::plan(engine, &config.from, config.accelerate)
         .await
         .map_err(source_error)?;
+    let (key, cursor) = key_and_cursor(config, &df).map_err(invalid)?;
     let mut adaptation = Adaptation::default();
     if table.version().is_some() {
         let full = config.mode == RefreshMode::Full;
@@ -528,7 +529,7 @@ async fn run(
         watermark: state.watermark,
     };
     let merge = Change::Merge {
-        key: config.key.clone(),
+        key,
         delete_missing: config.delete_missing,
         frozen: adaptation.absent,
         added: adaptation.added,
@@ -536,10 +537,11 @@ async fn run(
     let mut watermark_text = None;
     // Held until the writer has read it.
     let mut spooled: Option<Spool> = None;
-    let change = match (&config.cursor, config.mode) {
+    let change = match (&cursor, config.mode) {
         (None, RefreshMode::Full) => Change::Replace,
         (None, RefreshMode::Append) => Change::Append,
         (None, RefreshMode::Upsert) => merge,
+        // key_and_cursor refuses it; kept as an error rather than a panic.
         (None, RefreshMode::Incremental) => {
             return Err(invalid("`incremental` mode needs a `cursor`".to_string()));
         }
@@ -667,4 +669,45 @@ async fn run(
         watermark: watermark_text,
         elapsed: clock.elapsed(),
     })
+}
+
+/// The key and cursor of a run: as configured, or else as the `from` table declares them
+/// (its primary key; a REST table's `cursor`). A cursor is taken from the table for
+/// `incremental` and for `upsert` (which then reads only the changes) unless
+/// `delete_missing` needs every row.
+fn key_and_cursor(
+    config: &MaterializationConfig,
+    df: &datafusion::prelude::DataFrame,
+) -> Result<(Vec<String>, Option<String>), String> {
+    let table = source::scanned_table(df);
+    let mut key = config.key.clone();
+    if key.is_empty() && config.mode == RefreshMode::Upsert {
+        key = table
+            .as_ref()
+            .and_then(source::primary_key)
+            .ok_or_else(|| {
+                format!(
+                    "`upsert` mode needs the key columns: `{}` declares no primary key; set `key`",
+                    config.from.trim()
+                )
+            })?;
+    }
+    let mut cursor = config.cursor.clone();
+    let reads_changes = match config.mode {
+        RefreshMode::Incremental => true,
+        RefreshMode::Upsert => !config.delete_missing,
+        RefreshMode::Full | RefreshMode::Append => false,
+    };
+    if cursor.is_none() && reads_changes {
+        cursor = table
+            .as_ref()
+            .and_then(tributary_rest::RestTable::cursor_of);
+    }
+    if cursor.is_none() && config.mode == RefreshMode::Incremental {
+        return Err(format!(
+            "`incremental` mode needs a cursor column: `{}` declares none; set `cursor`",
+            config.from.trim()
+        ));
+    }
+    Ok((key, cursor))
 }

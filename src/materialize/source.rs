@@ -6,9 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::Constraint;
 use datafusion::common::ScalarValue;
-use datafusion::datasource::provider_as_source;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, ident, lit};
@@ -39,6 +42,36 @@ pub async fn plan(engine: &Engine, from: &str, accelerated: bool) -> Result<Data
             ))
         }),
     }
+}
+
+/// The table `df` reads when it reads one table: where a materialization's key and
+/// cursor default from.
+pub fn scanned_table(df: &DataFrame) -> Option<Arc<dyn TableProvider>> {
+    let mut tables = Vec::new();
+    let _ = df.logical_plan().apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            tables.push(source_as_provider(&scan.source).ok());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    match tables.as_slice() {
+        [Some(table)] => Some(Arc::clone(table)),
+        _ => None,
+    }
+}
+
+/// The primary-key columns `table` declares.
+pub fn primary_key(table: &Arc<dyn TableProvider>) -> Option<Vec<String>> {
+    let schema = table.schema();
+    table.constraints()?.iter().find_map(|c| match c {
+        Constraint::PrimaryKey(columns) => Some(
+            columns
+                .iter()
+                .map(|&i| schema.field(i).name().clone())
+                .collect(),
+        ),
+        Constraint::Unique(_) => None,
+    })
 }
 
 /// The highest cursor value in `df` from `low` on (past it unless `inclusive`), encoded;

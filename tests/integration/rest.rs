@@ -446,10 +446,16 @@ async fn the_next_page_is_fetched_while_one_is_read_and_no_further() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         requested += api.take_requests().len();
     }
-    assert!(requested >= 2, "the next page was not asked for: {requested}");
+    assert!(
+        requested >= 2,
+        "the next page was not asked for: {requested}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     requested += api.take_requests().len();
-    assert!(requested <= 3, "{requested} pages asked for while one is held");
+    assert!(
+        requested <= 3,
+        "{requested} pages asked for while one is held"
+    );
     let mut rows = first.num_rows();
     while let Some(batch) = stream.next().await {
         rows += batch.unwrap().num_rows();
@@ -559,8 +565,13 @@ async fn an_api_table_materializes_incrementally_and_by_upsert() {
     let api = SaasApi::start(40).await;
     let dir = TempDir::new().unwrap();
     let filters = "        primary_key: [id]\n        cursor: updated_at\n        filters:\n          - {column: updated_at, op: '>=', param: updated_since}\n";
-    let yaml_tables = offset_table(filters);
-    let materializations = "materializations:\n  - name: customers_log\n    from: api.main.customers\n    mode: incremental\n    cursor: updated_at\n  - name: customers\n    from: api.main.customers\n    mode: upsert\n    key: [id]\n    cursor: updated_at\n";
+    let yaml_tables = format!(
+        "{}{}",
+        offset_table(filters),
+        offset_table("").replace("name: customers", "name: plain")
+    );
+    // `customers` names neither key nor cursor: they come from the table.
+    let materializations = "materializations:\n  - name: customers_log\n    from: api.main.customers\n    mode: incremental\n    cursor: updated_at\n  - name: customers\n    from: api.main.customers\n    mode: upsert\n  - name: plain_log\n    from: api.main.plain\n    mode: incremental\n  - name: plain\n    from: api.main.plain\n    mode: upsert\n";
     let yaml = format!(
         "sources:\n  - name: api\n    kind: rest\n    base_url: {}\n    tables:\n{yaml_tables}{materializations}",
         api.url()
@@ -582,6 +593,28 @@ async fn an_api_table_materializes_incrementally_and_by_upsert() {
             .unwrap_or_else(|e| panic!("{name}: {e}"))
         }
     };
+    for (name, why) in [
+        (
+            "plain_log",
+            "`incremental` mode needs a cursor column: `api.main.plain` declares none; set `cursor`",
+        ),
+        (
+            "plain",
+            "`upsert` mode needs the key columns: `api.main.plain` declares no primary key; set `key`",
+        ),
+    ] {
+        let job = materialize::job(&engine, name).unwrap();
+        let e = materialize::sync(
+            &engine,
+            job,
+            Arc::new(Counters::default()),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(why), "{e}");
+    }
     assert_eq!(sync("customers_log").await.rows_read, 40);
     assert_eq!(sync("customers").await.rows_read, 40);
     api.take_requests();

@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
 };
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-use tributary_core::{Error, Result};
+use tributary_core::{Error, Result, TaggedTable};
 use url::Url;
 
 use crate::auth::set_param;
@@ -274,6 +274,22 @@ impl RestTable {
             http,
             rejects,
         }
+    }
+
+    /// The column the table says grows as records change, if it says.
+    pub fn cursor(&self) -> Option<&str> {
+        self.spec.cursor.as_deref()
+    }
+
+    /// The cursor `provider` declares when it is a REST table (wrapped or not).
+    pub fn cursor_of(provider: &Arc<dyn TableProvider>) -> Option<String> {
+        let inner = match provider.downcast_ref::<TaggedTable>() {
+            Some(tagged) => tagged.inner(),
+            None => provider,
+        };
+        inner
+            .downcast_ref::<RestTable>()
+            .and_then(|t| t.cursor().map(str::to_string))
     }
 }
 
