@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -60,8 +60,12 @@ struct State_ {
     faults: VecDeque<Fault>,
     /// Requests (path and query) received on list endpoints.
     requests: Vec<String>,
-    /// Tokens issued and how many more requests each may make.
-    tokens: Vec<(String, u32)>,
+    /// Tokens issued, how many more requests each may make, and when each expires.
+    tokens: Vec<(String, u32, Instant)>,
+    /// How long tokens issued from now on last (`expires_in`).
+    token_lifetime: Duration,
+    /// List requests refused for their credentials.
+    refused: u32,
     issued: u32,
     token_uses: u32,
     token_requests: u32,
@@ -105,6 +109,8 @@ impl SaasApi {
             clock: EPOCH + count as i64 * 60,
             extra_from: None,
             latency: Duration::ZERO,
+            token_lifetime: Duration::from_secs(3600),
+            refused: 0,
         }));
         let app = Router::new()
             .route("/oauth/token", post(token))
@@ -135,6 +141,17 @@ impl SaasApi {
     /// OAuth tokens issued from now on are refused after this many list requests.
     pub fn tokens_last(&self, uses: u32) {
         self.with(|s| s.token_uses = uses);
+    }
+
+    /// OAuth tokens issued from now on expire after `lifetime` (and say so in
+    /// `expires_in`).
+    pub fn tokens_expire_after(&self, lifetime: Duration) {
+        self.with(|s| s.token_lifetime = lifetime);
+    }
+
+    /// List requests refused so far for their credentials.
+    pub fn refusals(&self) -> u32 {
+        self.with(|s| s.refused)
     }
 
     /// Makes every list request wait `latency` before it is served, as a remote API's
@@ -285,8 +302,8 @@ fn authorize(s: &mut State_, headers: &HeaderMap, params: &[(String, String)]) -
         ApiAuth::KeyQuery(name, key) => param::<String>(params, name).as_deref() == Some(key),
         ApiAuth::OAuth { .. } => {
             let token = authorization.strip_prefix("Bearer ").unwrap_or("");
-            match s.tokens.iter_mut().find(|(t, _)| t == token) {
-                Some((_, left)) if *left > 0 => {
+            match s.tokens.iter_mut().find(|(t, _, _)| t == token) {
+                Some((_, left, expires)) if *left > 0 && Instant::now() < *expires => {
                     *left -= 1;
                     true
                 }
@@ -342,14 +359,16 @@ async fn token(
     s.issued += 1;
     let access = format!("access-{}", s.issued);
     let uses = s.token_uses;
-    s.tokens.push((access.clone(), uses));
+    let lifetime = s.token_lifetime;
+    s.tokens
+        .push((access.clone(), uses, Instant::now() + lifetime));
     let rotated = format!("refresh-{}", s.issued);
     if let ApiAuth::OAuth { refresh_token, .. } = &mut s.auth {
         *refresh_token = rotated.clone();
     }
     respond(
         StatusCode::OK,
-        json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600, "refresh_token": rotated})
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": lifetime.as_secs_f64(), "refresh_token": rotated})
             .to_string(),
     )
 }
@@ -394,6 +413,7 @@ async fn list(
     }
     let mut s = state.lock().unwrap();
     if !authorize(&mut s, &headers, &params) {
+        s.refused += 1;
         return refuse("invalid or expired credentials");
     }
     let since = param::<String>(&params, "updated_since").map(|t| {

@@ -262,6 +262,21 @@ async fn oauth_tokens_are_renewed_when_they_expire_mid_scan() {
     .await;
     assert!(rows.contains("| 53 | 1431 |"), "{rows}");
     assert_eq!(api.token_requests(), 3);
+    assert_eq!(api.refusals(), 2, "each expiry found by a refusal");
+
+    // A token that says when it expires is renewed before then, without a refusal:
+    // one lasting 2 s is renewed after half of it.
+    api.tokens_last(u32::MAX);
+    api.tokens_expire_after(Duration::from_secs(2));
+    let engine = engine_with_env(dir.path(), &api, &credentials, &offset_table(""), &env).unwrap();
+    let count = "SELECT count(*) AS n FROM api.main.customers";
+    assert!(table(&engine, count).await.contains("| 53 |"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(table(&engine, count).await.contains("| 53 |"));
+    assert_eq!(api.token_requests(), 3 + 2);
+    assert_eq!(api.refusals(), 2, "the expired token was not sent");
+    api.tokens_expire_after(Duration::from_secs(3600));
+    api.tokens_last(2);
 
     // A refresh token, rotated by the endpoint at each use; client id and secret in the body.
     let refresh = format!(
@@ -275,7 +290,7 @@ async fn oauth_tokens_are_renewed_when_they_expire_mid_scan() {
     let engine = engine_with_env(dir.path(), &api, &refresh, &offset_table(""), &env).unwrap();
     let rows = table(&engine, "SELECT count(*) AS n FROM api.main.customers").await;
     assert!(rows.contains("| 53 |"), "{rows}");
-    assert_eq!(api.token_requests(), 3 + 3);
+    assert_eq!(api.token_requests(), 5 + 3);
 
     // A refused grant is named, without the secret.
     let wrong = credentials.replace("CLIENT_SECRET", "REFRESH");
