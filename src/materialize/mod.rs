@@ -161,12 +161,12 @@ impl Materializer {
         &self.runtime
     }
 
-    /// Takes the run lock of materialization `name`, failing at once if it is held.
     /// Where a run of `name` spools its rows; its lock makes the file its own.
     fn spool_path(&self, name: &str) -> PathBuf {
         self.spool.join(format!("{name}.arrow"))
     }
 
+    /// Takes the run lock of materialization `name`, failing at once if it is held.
     fn lock(&self, name: &str) -> Result<lock::JobLock, SyncError> {
         lock::acquire(&self.locks, name).map_err(|e| match e {
             lock::LockError::Held(lock) => SyncError::Running {

@@ -26,6 +26,7 @@ use datafusion::physical_plan::{
 };
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use tributary_core::{Error, Result, TaggedTable};
 use url::Url;
 
@@ -500,7 +501,8 @@ impl ScanState {
         if let Fetcher::Idle(_) = self.fetcher
             && let Fetcher::Idle(task) = std::mem::replace(&mut self.fetcher, Fetcher::Done)
         {
-            self.fetcher = Fetcher::Running(SpawnedTask::spawn(task));
+            // In the query's span, so the fetcher's retries are logged under its id.
+            self.fetcher = Fetcher::Running(SpawnedTask::spawn(task.in_current_span()));
         }
         loop {
             if self.remaining == Some(0) {
