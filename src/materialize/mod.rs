@@ -569,7 +569,7 @@ async fn run(
                 spooled = Some(filled);
                 high
             } else {
-                source::upper_bound(&df, &cursor, low, inclusive)
+                source::upper_bound(changed, &cursor)
                     .await
                     .map_err(source_error)?
             };

@@ -74,22 +74,17 @@ pub fn primary_key(table: &Arc<dyn TableProvider>) -> Option<Vec<String>> {
     })
 }
 
-/// The highest cursor value in `df` from `low` on (past it unless `inclusive`), encoded;
-/// `None` when no row qualifies.
+/// The highest cursor value among `changed` (see [`changed`]), encoded; `None` when it
+/// has no row.
 ///
 /// Asked as the first row in descending order rather than as `max()`: a source with an
 /// index on the cursor answers that from the index's end, while its planner may compute
 /// `max()` over every row past `low` (PostgreSQL does when its statistics predate the
 /// changes, which is when a run matters). `DESC NULLS FIRST` over non-NULL values is the
 /// backward order of an ascending index.
-pub async fn upper_bound(
-    df: &DataFrame,
-    cursor: &Cursor,
-    low: Option<i64>,
-    inclusive: bool,
-) -> Result<Option<i64>> {
+pub async fn upper_bound(changed: DataFrame, cursor: &Cursor) -> Result<Option<i64>> {
     let column = ident(cursor.name());
-    let batches = changed(df.clone(), cursor, low, inclusive)?
+    let batches = changed
         .sort(vec![column.clone().sort(false, true)])?
         .limit(0, Some(1))?
         .select(vec![column.alias("high")])?

@@ -5,17 +5,17 @@
 //! materializations of an API table.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
 use tempfile::TempDir;
-use tributary::materialize::{self, Counters, RunOptions};
+use tributary::materialize::RunOptions;
 use tributary::{Config, Engine};
 use tributary_testkit::rest_api::{ApiAuth, Fault, SaasApi};
 
 use crate::common::{error, table};
+use crate::materialize::try_sync;
 
 const COLUMNS: &str = "
         columns:
@@ -597,15 +597,9 @@ async fn an_api_table_materializes_incrementally_and_by_upsert() {
     let sync = |name: &'static str| {
         let engine = &engine;
         async move {
-            let job = materialize::job(engine, name).unwrap();
-            materialize::sync(
-                engine,
-                job,
-                Arc::new(Counters::default()),
-                RunOptions::default(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            try_sync(engine, name, RunOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
         }
     };
     for (name, why) in [
@@ -618,16 +612,10 @@ async fn an_api_table_materializes_incrementally_and_by_upsert() {
             "`upsert` mode needs the key columns: `api.main.plain` declares no primary key; set `key`",
         ),
     ] {
-        let job = materialize::job(&engine, name).unwrap();
-        let e = materialize::sync(
-            &engine,
-            job,
-            Arc::new(Counters::default()),
-            RunOptions::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let e = try_sync(&engine, name, RunOptions::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(why), "{e}");
     }
     assert_eq!(sync("customers_log").await.rows_read, 40);

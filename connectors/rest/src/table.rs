@@ -24,7 +24,6 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tributary_core::{Error, Result, TaggedTable};
@@ -442,13 +441,10 @@ async fn fetch_pages(
             return;
         };
         let page = fetch_page(&spec, &http, &mut pager, &url).await;
-        let failed = match (&page, wanted.as_mut()) {
-            (Ok(page), Some(wanted)) => {
-                *wanted = wanted.saturating_sub(page.count());
-                false
-            }
-            (page, _) => page.is_err(),
-        };
+        if let (Ok(page), Some(wanted)) = (&page, wanted.as_mut()) {
+            *wanted = wanted.saturating_sub(page.count());
+        }
+        let failed = page.is_err();
         if pages.send(page).await.is_err() || failed {
             return;
         }
@@ -478,40 +474,26 @@ async fn fetch_page(
     Ok(page)
 }
 
-/// The fetching task of a scan: started at the first poll (inside the runtime), and
-/// aborted when the scan is dropped.
-enum Fetcher {
-    Idle(BoxFuture<'static, ()>),
-    Running(SpawnedTask<()>),
-    Done,
-}
-
 struct ScanState {
     spec: Arc<TableSpec>,
     decoder: RecordDecoder,
     rejects: Option<Rejects>,
     pages: mpsc::Receiver<Result<Fetched>>,
-    fetcher: Fetcher,
+    /// Aborted when the scan is dropped; joined once it has sent everything.
+    fetcher: Option<SpawnedTask<()>>,
     remaining: Option<usize>,
 }
 
 impl ScanState {
     /// The next non-empty batch, or `None` at the end of the list (or the limit).
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        if let Fetcher::Idle(_) = self.fetcher
-            && let Fetcher::Idle(task) = std::mem::replace(&mut self.fetcher, Fetcher::Done)
-        {
-            // In the query's span, so the fetcher's retries are logged under its id.
-            self.fetcher = Fetcher::Running(SpawnedTask::spawn(task.in_current_span()));
-        }
         loop {
             if self.remaining == Some(0) {
                 return Ok(None);
             }
             let Some(page) = self.pages.recv().await else {
                 // The fetcher is done: the list ended, or it panicked.
-                if let Fetcher::Running(task) = std::mem::replace(&mut self.fetcher, Fetcher::Done)
-                {
+                if let Some(task) = self.fetcher.take() {
                     task.join().await.map_err(|e| {
                         Error::Unavailable(format!(
                             "fetching the pages of table `{}` failed: {e}",
@@ -585,19 +567,21 @@ impl ExecutionPlan for RestScanExec {
             .limit
             .filter(|_| self.spec.on_invalid == OnInvalid::Fail);
         let pager = self.spec.paging.start(self.endpoint.clone(), self.limit);
+        // In the query's span, so the fetcher's retries are logged under its id.
         let fetch = fetch_pages(
             Arc::clone(&self.spec),
             Arc::clone(&self.http),
             pager,
             wanted,
             sender,
-        );
+        )
+        .in_current_span();
         let state = ScanState {
             spec: Arc::clone(&self.spec),
             decoder: self.decoder.clone(),
             rejects: self.rejects.clone(),
             pages,
-            fetcher: Fetcher::Idle(Box::pin(fetch)),
+            fetcher: Some(SpawnedTask::spawn(fetch)),
             remaining: self.limit,
         };
         let stream = futures::stream::try_unfold(state, move |mut state| {
