@@ -3,8 +3,11 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use datafusion::arrow::datatypes::DataType;
+use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
+use tributary_tpch::TpchTable;
 
 /// The test server's URL: `TRIBUTARY_TEST_MYSQL`, by default the local one.
 pub fn url() -> String {
@@ -65,6 +68,74 @@ impl Database {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+}
+
+impl Database {
+    /// Creates the eight TPC-H tables in this database and loads them at `scale`.
+    pub async fn load_tpch(&self, scale: f64) {
+        load_tpch(&self.name, scale).await;
+    }
+}
+
+/// `CREATE TABLE` for a TPC-H table, with the types of the generated Arrow data and its
+/// primary key (InnoDB clusters rows by it; the generator writes them in its order).
+pub fn create_table(table: TpchTable) -> String {
+    let mut columns: Vec<String> = table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let sql_type = match f.data_type() {
+                DataType::Int64 => "bigint".to_string(),
+                DataType::Int32 => "int".to_string(),
+                DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+                DataType::Date32 => "date".to_string(),
+                _ => "varchar(255)".to_string(),
+            };
+            format!("{} {sql_type} NOT NULL", f.name())
+        })
+        .collect();
+    columns.push(format!("PRIMARY KEY ({})", table.primary_key().join(", ")));
+    format!("CREATE TABLE {} ({})", table.name(), columns.join(", "))
+}
+
+/// Creates the eight TPC-H tables in the existing database `database` and loads them at
+/// `scale` with `LOAD DATA LOCAL INFILE` streamed from the generator, all at once, then
+/// analyzes them.
+pub async fn load_tpch(database: &str, scale: f64) {
+    let mut conn = connect().await;
+    conn.query_drop(format!("USE `{database}`")).await.unwrap();
+    for table in TpchTable::ALL {
+        conn.query_drop(create_table(table)).await.unwrap();
+    }
+    let loads = TpchTable::ALL.map(|table| async move {
+        let mut conn = connect().await;
+        let (rx, producer) = crate::tpch::text_rows(table, scale);
+        conn.set_infile_handler(async move {
+            let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (Ok(chunk), rx))
+            });
+            Ok(chunks.boxed())
+        });
+        let load = format!(
+            "LOAD DATA LOCAL INFILE '{0}' INTO TABLE `{database}`.{0} FIELDS TERMINATED BY '|'",
+            table.name()
+        );
+        conn.query_drop(&load)
+            .await
+            .unwrap_or_else(|e| panic!("{load}: {e}"));
+        producer.await.unwrap();
+        let _ = conn.disconnect().await;
+    });
+    futures::future::join_all(loads).await;
+    let names: Vec<String> = TpchTable::ALL
+        .iter()
+        .map(|t| format!("`{database}`.{}", t.name()))
+        .collect();
+    conn.query_drop(format!("ANALYZE TABLE {}", names.join(", ")))
+        .await
+        .unwrap();
+    let _ = conn.disconnect().await;
 }
 
 impl Drop for Database {

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
 use futures::SinkExt;
 use tokio_postgres::{Client, NoTls};
@@ -76,27 +75,48 @@ impl Schema {
 
     /// Creates the eight TPC-H tables in this schema and loads them at `scale`.
     pub async fn load_tpch(&self, scale: f64) {
-        for table in TpchTable::ALL {
-            self.execute(&create_table(table)).await;
-        }
-        let loads = TpchTable::ALL.map(|table| {
-            let schema = self.name.clone();
-            async move {
-                let client = connect().await;
-                copy_tpch(&client, &schema, table, scale).await;
-            }
-        });
-        futures::future::join_all(loads).await;
-        let mut keys = String::new();
-        for table in TpchTable::ALL {
-            let _ = write!(
-                keys,
-                "ALTER TABLE {} ADD PRIMARY KEY ({}); ",
-                table.name(),
-                table.primary_key().join(", ")
-            );
-        }
-        self.execute(&format!("{keys} ANALYZE")).await;
+        load_tpch(&self.name, scale).await;
+    }
+}
+
+/// Creates the eight TPC-H tables in the existing schema `schema`, loads them at `scale`
+/// (one `COPY` per table, all at once), adds their primary keys and analyzes them.
+pub async fn load_tpch(schema: &str, scale: f64) {
+    let client = connect().await;
+    let mut ddl = format!("SET search_path TO {schema}; ");
+    for table in TpchTable::ALL {
+        let _ = write!(ddl, "{}; ", create_table(table));
+    }
+    client
+        .batch_execute(&ddl)
+        .await
+        .unwrap_or_else(|e| panic!("{ddl}: {}", describe(&e)));
+    let loads = TpchTable::ALL.map(|table| async move {
+        let client = connect().await;
+        copy_tpch(&client, schema, table, scale).await;
+    });
+    futures::future::join_all(loads).await;
+    let mut keys = format!("SET search_path TO {schema}; ");
+    for table in TpchTable::ALL {
+        let _ = write!(
+            keys,
+            "ALTER TABLE {} ADD PRIMARY KEY ({}); ",
+            table.name(),
+            table.primary_key().join(", ")
+        );
+    }
+    client
+        .batch_execute(&keys)
+        .await
+        .unwrap_or_else(|e| panic!("{keys}: {}", describe(&e)));
+    // Hint bits and statistics now, so no reader pays for them on its first scan; VACUUM
+    // cannot share a statement batch (an implicit transaction).
+    for table in TpchTable::ALL {
+        let vacuum = format!("VACUUM (FREEZE, ANALYZE) {schema}.{}", table.name());
+        client
+            .batch_execute(&vacuum)
+            .await
+            .unwrap_or_else(|e| panic!("{vacuum}: {}", describe(&e)));
     }
 }
 
@@ -160,23 +180,7 @@ pub async fn copy_tpch(client: &Client, schema: &str, table: TpchTable, scale: f
         .await
         .unwrap();
     futures::pin_mut!(sink);
-    // Generation is synchronous: produce chunks on a blocking thread, send them here.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut chunk = String::with_capacity(1 << 20);
-        table.for_each_row(scale, 1, 1, |row| {
-            let _ = write!(chunk, "{row}");
-            chunk.pop(); // the `|` after the last field
-            chunk.push('\n');
-            if chunk.len() >= 1 << 20 {
-                let full = std::mem::replace(&mut chunk, String::with_capacity(1 << 20));
-                let _ = tx.blocking_send(Bytes::from(full));
-            }
-        });
-        if !chunk.is_empty() {
-            let _ = tx.blocking_send(Bytes::from(chunk));
-        }
-    });
+    let (mut rx, producer) = crate::tpch::text_rows(table, scale);
     while let Some(chunk) = rx.recv().await {
         sink.send(chunk).await.unwrap();
     }

@@ -19,3 +19,4 @@ mod postgres;
 mod postgres_pushdown;
 mod rest;
 mod soak;
+mod tpch;

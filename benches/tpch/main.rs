@@ -1,0 +1,329 @@
+//! Federated TPC-H: the 22 queries over each placement of `sql/tpch/placements`, timed in
+//! one run through
+//!
+//! - Tributary in process (`Engine::sql` and collect),
+//! - Tributary over Flight SQL (a server in this process, arrow-flight's client),
+//! - DuckDB reading the same placement (its PostgreSQL and MySQL scanners, `read_parquet`),
+//! - DataFusion over local Parquet files of every table (the ceiling),
+//! - and, for single-database placements, the database running the whole query itself,
+//!
+//! with every Tributary answer compared to DuckDB's (a mismatch fails the run). Writes a
+//! Markdown table and an SVG chart to `$CARGO_TARGET_DIR/bench/`.
+//!
+//! The data is generated once per scale factor and kept: schema/database
+//! `tributary_tpch_sf<scale>` in the local PostgreSQL and MariaDB (see scripts/services.sh)
+//! and `$CARGO_TARGET_DIR/tpch/sf<scale>/<table>.parquet`.
+//!
+//! `cargo bench --bench tpch -- [--scale 1] [--placement mixed]… [--query 3]… [--runs 1]
+//! [--timeout 120] [--no-flight]`
+
+mod data;
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+use tributary::{Config, Engine};
+use tributary_testkit::tpch::{Dataset, DuckDb, Placement, Query, compare, queries};
+use tributary_tpch::TpchTable;
+
+use report::{Contender, Outcome, PlacementReport};
+
+struct Args {
+    scale: f64,
+    placements: Vec<String>,
+    queries: Vec<usize>,
+    runs: usize,
+    timeout: Duration,
+    flight: bool,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        scale: 1.0,
+        placements: Vec::new(),
+        queries: Vec::new(),
+        runs: 1,
+        timeout: Duration::from_secs(120),
+        flight: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--scale" => args.scale = value().parse().expect("--scale: a number"),
+            "--placement" => args.placements.push(value()),
+            "--query" => args
+                .queries
+                .push(value().parse().expect("--query: 1 to 22")),
+            "--runs" => args.runs = value().parse().expect("--runs: a number"),
+            "--timeout" => {
+                args.timeout = Duration::from_secs(value().parse().expect("--timeout: seconds"))
+            }
+            "--no-flight" => args.flight = false,
+            // `cargo bench` passes `--bench`.
+            _ => {}
+        }
+    }
+    args
+}
+
+/// The median of `runs` timed runs of `run`, and the last answer; `None` on timeout.
+async fn timed<F, Fut>(
+    runs: usize,
+    timeout: Duration,
+    mut run: F,
+) -> Result<(Duration, Vec<RecordBatch>), String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Vec<RecordBatch>, String>>,
+{
+    let mut times = Vec::new();
+    let mut answer = Vec::new();
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        answer = match tokio::time::timeout(timeout, run()).await {
+            Ok(result) => result?,
+            Err(_) => return Err(format!("timed out after {timeout:?}")),
+        };
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok((times[times.len() / 2], answer))
+}
+
+async fn in_process(engine: &Engine, sql: &str) -> Result<Vec<RecordBatch>, String> {
+    let frame = engine.sql(sql).await.map_err(|e| e.to_string())?;
+    frame.collect().await.map_err(|e| e.to_string())
+}
+
+async fn over_flight(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("an endpoint without a ticket")?;
+        let stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
+        batches.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(batches)
+}
+
+/// DataFusion over the Parquet files, every table registered by its bare name.
+async fn parquet_ceiling(data: &Dataset) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in TpchTable::ALL {
+        let path = data.parquet_dir.join(format!("{}.parquet", table.name()));
+        ctx.register_parquet(
+            table.name(),
+            path.to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("the Parquet files are readable");
+    }
+    ctx
+}
+
+/// A Flight SQL server on a free loopback port over `config`, and a client of it.
+async fn flight_client(config: &Config) -> FlightSqlServiceClient<Channel> {
+    let options = tributary::server::Options::default();
+    let listener = tributary::server::bind("127.0.0.1:0".parse().unwrap(), &options)
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().unwrap();
+    let engine = Engine::new(config).expect("the config builds an engine");
+    tokio::spawn(async move {
+        let _ = tributary::server::serve(engine, listener, options, std::future::pending()).await;
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the server answers");
+    FlightSqlServiceClient::new(channel)
+}
+
+/// Touches every table once, so metadata discovery is not timed with the first query.
+async fn warm_up(engine: &Engine, data: &Dataset, placement: &Placement) {
+    for table in TpchTable::ALL {
+        let sql = data.qualify(
+            placement,
+            &format!("SELECT * FROM {} LIMIT 1", table.name()),
+        );
+        in_process(engine, &sql).await.expect("every table reads");
+    }
+}
+
+async fn bench_placement(
+    args: &Args,
+    data: &Dataset,
+    placement: &Placement,
+    queries: &[Query],
+    duckdb: &DuckDb,
+    ceiling: &SessionContext,
+    mismatches: &mut Vec<String>,
+) -> PlacementReport {
+    let yaml = data.tributary_config(placement);
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let engine = Engine::new(&config).unwrap_or_else(|e| panic!("{e}"));
+    warm_up(&engine, data, placement).await;
+    let flight = if args.flight {
+        Some(flight_client(&config).await)
+    } else {
+        None
+    };
+    let mut alone = data::whole_query_runner(data, placement).await;
+
+    eprintln!("[{}] DuckDB …", placement.name);
+    let duck = duckdb.run(data, placement, queries, args.runs, true, |run| {
+        eprintln!("  duckdb {}: {:?}", run.name, run.seconds);
+    });
+
+    let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
+    for (query, duck) in queries.iter().zip(duck) {
+        let sql = data.qualify(placement, &query.sql);
+        let expected = duck.answer.clone();
+        let mut check = |who: &str, answer: &[RecordBatch]| match &expected {
+            Some(expected) => compare(expected, answer, query.ordered)
+                .map_err(|e| {
+                    mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
+                })
+                .is_ok(),
+            None => false,
+        };
+        let mut outcomes = Vec::new();
+
+        let ours = timed(args.runs, args.timeout, || in_process(&engine, &sql)).await;
+        outcomes.push((
+            Contender::Tributary,
+            outcome(ours, &mut check, "in process"),
+        ));
+        if let Some(client) = &flight {
+            let answer = timed(args.runs, args.timeout, || {
+                let mut client = client.clone();
+                let sql = sql.clone();
+                async move { over_flight(&mut client, &sql).await }
+            })
+            .await;
+            outcomes.push((
+                Contender::Flight,
+                outcome(answer, &mut check, "over Flight SQL"),
+            ));
+        }
+        let duck_outcome = match (&duck.error, duck.seconds.is_empty()) {
+            (Some(e), _) => Outcome::Failed(e.clone()),
+            (None, true) => Outcome::Failed("no time".into()),
+            (None, false) => {
+                let mut seconds = duck.seconds.clone();
+                seconds.sort_by(f64::total_cmp);
+                Outcome::Time(Duration::from_secs_f64(seconds[seconds.len() / 2]), true)
+            }
+        };
+        outcomes.push((Contender::DuckDb, duck_outcome));
+        let parquet = timed(args.runs, args.timeout, || async {
+            let frame = ceiling.sql(&query.sql).await.map_err(|e| e.to_string())?;
+            frame.collect().await.map_err(|e| e.to_string())
+        })
+        .await;
+        outcomes.push((
+            Contender::Ceiling,
+            outcome(parquet, &mut check, "DataFusion over Parquet"),
+        ));
+        if let Some(alone) = alone.as_mut() {
+            let started = Instant::now();
+            let result = alone.run(&query.sql, args.timeout).await;
+            outcomes.push((
+                Contender::Alone,
+                match result {
+                    Ok(()) => Outcome::Time(started.elapsed(), true),
+                    Err(e) => Outcome::Failed(e),
+                },
+            ));
+        }
+        eprintln!("  {} {}", query.name, report::line(&outcomes));
+        report.add(query, outcomes);
+    }
+    report
+}
+
+fn outcome(
+    result: Result<(Duration, Vec<RecordBatch>), String>,
+    check: &mut impl FnMut(&str, &[RecordBatch]) -> bool,
+    who: &str,
+) -> Outcome {
+    match result {
+        Ok((time, answer)) => Outcome::Time(time, check(who, &answer)),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let target = PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| format!("{}/.cache/tributary/target", env!("HOME"))),
+    );
+    let data = data::prepare(args.scale, &target).await;
+    let python = data::bench_python();
+    let duckdb = DuckDb::new(python, 2).with_timeout(args.timeout);
+    let placements: Vec<Placement> = if args.placements.is_empty() {
+        Placement::all()
+    } else {
+        args.placements
+            .iter()
+            .map(|name| Placement::named(name).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    };
+    let queries: Vec<Query> = queries()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| args.queries.is_empty() || args.queries.contains(&(i + 1)))
+        .map(|(_, q)| q)
+        .collect();
+    let ceiling = parquet_ceiling(&data).await;
+    let mut mismatches = Vec::new();
+    let mut reports = Vec::new();
+    for placement in &placements {
+        reports.push(
+            bench_placement(
+                &args,
+                &data,
+                placement,
+                &queries,
+                &duckdb,
+                &ceiling,
+                &mut mismatches,
+            )
+            .await,
+        );
+    }
+    let title = format!(
+        "TPC-H SF{} over placements, median of {} run(s) per query",
+        args.scale, args.runs
+    );
+    report::write(&target.join("bench"), &title, &reports);
+    if !mismatches.is_empty() {
+        eprintln!(
+            "answers that differ from DuckDB's:\n{}",
+            mismatches.join("\n")
+        );
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,323 @@
+//! The benchmark's report: a Markdown table per placement (per-query times, geometric
+//! means and ratios) and an SVG chart of the same times.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use tributary_testkit::tpch::{Placement, Query};
+
+/// Who answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    Tributary,
+    Flight,
+    DuckDb,
+    Ceiling,
+    Alone,
+}
+
+impl Contender {
+    fn label(self, alone: Option<&str>) -> String {
+        match self {
+            Contender::Tributary => "Tributary".into(),
+            Contender::Flight => "Tributary over Flight SQL".into(),
+            Contender::DuckDb => "DuckDB + scanners".into(),
+            Contender::Ceiling => "DataFusion on Parquet".into(),
+            Contender::Alone => alone.unwrap_or("the database alone").into(),
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            Contender::Tributary => "#1f77b4",
+            Contender::Flight => "#6baed6",
+            Contender::DuckDb => "#ff7f0e",
+            Contender::Ceiling => "#2ca02c",
+            Contender::Alone => "#9467bd",
+        }
+    }
+}
+
+/// One contender's result for one query.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Median time, and whether the answer matched DuckDB's.
+    Time(Duration, bool),
+    /// An error or timeout.
+    Failed(String),
+}
+
+impl Outcome {
+    fn seconds(&self) -> Option<f64> {
+        match self {
+            Outcome::Time(t, _) => Some(t.as_secs_f64()),
+            Outcome::Failed(_) => None,
+        }
+    }
+}
+
+/// The results of one placement.
+pub struct PlacementReport {
+    name: String,
+    alone: Option<&'static str>,
+    contenders: Vec<Contender>,
+    rows: Vec<(String, Vec<(Contender, Outcome)>)>,
+}
+
+impl PlacementReport {
+    pub fn new(placement: &Placement, alone: Option<&'static str>) -> Self {
+        PlacementReport {
+            name: placement.name.clone(),
+            alone,
+            contenders: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, query: &Query, outcomes: Vec<(Contender, Outcome)>) {
+        for (c, _) in &outcomes {
+            if !self.contenders.contains(c) {
+                self.contenders.push(*c);
+            }
+        }
+        self.rows.push((query.name.clone(), outcomes));
+    }
+
+    fn seconds(&self, row: usize, contender: Contender) -> Option<f64> {
+        self.rows[row]
+            .1
+            .iter()
+            .find(|(c, _)| *c == contender)
+            .and_then(|(_, o)| o.seconds())
+    }
+
+    /// The geometric mean of a contender's times over the queries Tributary, DuckDB and the
+    /// ceiling all answered; none for a contender that missed one of them (the database
+    /// alone may time out or not know the syntax, and must not shrink the others' set).
+    fn geomean(&self, contender: Contender) -> Option<f64> {
+        let complete: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| {
+                self.contenders
+                    .iter()
+                    .filter(|c| **c != Contender::Alone)
+                    .all(|c| self.seconds(r, *c).is_some())
+            })
+            .collect();
+        let times: Vec<f64> = complete
+            .iter()
+            .filter_map(|&r| self.seconds(r, contender))
+            .collect();
+        if complete.is_empty() || times.len() < complete.len() {
+            return None;
+        }
+        Some((times.iter().map(|t| t.ln()).sum::<f64>() / times.len() as f64).exp())
+    }
+
+    fn markdown(&self, out: &mut String) {
+        let labels: Vec<String> = self
+            .contenders
+            .iter()
+            .map(|c| format!("{} s", c.label(self.alone)))
+            .collect();
+        let _ = writeln!(out, "\n## Placement `{}`\n", self.name);
+        let _ = writeln!(
+            out,
+            "| query | {} | Tributary ÷ DuckDB | Flight ÷ in process | Tributary ÷ Parquet ceiling |",
+            labels.join(" | ")
+        );
+        let _ = writeln!(out, "|---|{}---:|---:|---:|", "---:|".repeat(labels.len()));
+        let mut failures = Vec::new();
+        for (r, (name, outcomes)) in self.rows.iter().enumerate() {
+            let cells: Vec<String> = self
+                .contenders
+                .iter()
+                .map(|c| match outcomes.iter().find(|(o, _)| o == c) {
+                    Some((_, Outcome::Time(t, true))) => format!("{:.3}", t.as_secs_f64()),
+                    Some((_, Outcome::Time(t, false))) => {
+                        format!("{:.3} ✗ wrong answer", t.as_secs_f64())
+                    }
+                    Some((_, Outcome::Failed(e))) => {
+                        failures.push(format!("- {name}, {}: {e}", c.label(self.alone)));
+                        "failed".into()
+                    }
+                    None => String::new(),
+                })
+                .collect();
+            let ratio = |a, b| match (self.seconds(r, a), self.seconds(r, b)) {
+                (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} |",
+                cells.join(" | "),
+                ratio(Contender::Tributary, Contender::DuckDb),
+                ratio(Contender::Flight, Contender::Tributary),
+                ratio(Contender::Tributary, Contender::Ceiling),
+            );
+        }
+        let means: Vec<Option<f64>> = self.contenders.iter().map(|c| self.geomean(*c)).collect();
+        let mean_of = |c: Contender| {
+            self.contenders
+                .iter()
+                .position(|x| *x == c)
+                .and_then(|i| means[i])
+        };
+        let ratio = |a, b| match (mean_of(a), mean_of(b)) {
+            (Some(a), Some(b)) => format!("**{:.2}×**", a / b),
+            _ => "–".into(),
+        };
+        let cells: Vec<String> = means
+            .iter()
+            .map(|m| m.map_or("–".into(), |m| format!("**{m:.3}**")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| geomean | {} | {} | {} | {} |",
+            cells.join(" | "),
+            ratio(Contender::Tributary, Contender::DuckDb),
+            ratio(Contender::Flight, Contender::Tributary),
+            ratio(Contender::Tributary, Contender::Ceiling),
+        );
+        let _ = writeln!(
+            out,
+            "\nGeometric means are over the queries Tributary, DuckDB and the ceiling all \
+             answered; a contender that missed one of those has none."
+        );
+        if !failures.is_empty() {
+            let _ = writeln!(out, "\nFailures:\n{}", failures.join("\n"));
+        }
+    }
+
+    /// One panel of the chart: grouped bars per query on a log scale, `top` pixels down.
+    fn svg(&self, out: &mut String, top: f64, width: f64, height: f64) {
+        let (left, plot_w, plot_h) = (60.0, width - 80.0, height - 70.0);
+        let all: Vec<f64> = (0..self.rows.len())
+            .flat_map(|r| {
+                self.contenders
+                    .iter()
+                    .filter_map(move |c| self.seconds(r, *c))
+            })
+            .collect();
+        let lo = all.iter().copied().fold(f64::INFINITY, f64::min).max(1e-4);
+        let hi = all.iter().copied().fold(0.0, f64::max).max(lo * 10.0);
+        let (lo_exp, hi_exp) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        let y = |s: f64| {
+            let f = (s.log10() - f64::from(lo_exp)) / f64::from(hi_exp - lo_exp);
+            top + 30.0 + plot_h * (1.0 - f)
+        };
+        let _ = writeln!(
+            out,
+            r#"<text x="{left}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+            top + 18.0,
+            escape(&format!("placement {}", self.name))
+        );
+        for e in lo_exp..=hi_exp {
+            let s = 10f64.powi(e);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{left}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#ddd"/><text x="{label_x}" y="{label_y:.1}" font-size="10" text-anchor="end">{label}</text>"##,
+                right = left + plot_w,
+                at = y(s),
+                label_x = left - 4.0,
+                label_y = y(s) + 3.0,
+                label = if s >= 1.0 {
+                    format!("{s:.0} s")
+                } else {
+                    format!("{} ms", s * 1000.0)
+                }
+            );
+        }
+        let group = plot_w / self.rows.len().max(1) as f64;
+        let bar = (group * 0.8) / self.contenders.len().max(1) as f64;
+        for (r, (name, _)) in self.rows.iter().enumerate() {
+            let x0 = left + group * r as f64 + group * 0.1;
+            for (i, c) in self.contenders.iter().enumerate() {
+                if let Some(s) = self.seconds(r, *c) {
+                    let top_y = y(s.max(10f64.powi(lo_exp)));
+                    let _ = writeln!(
+                        out,
+                        r#"<rect x="{:.1}" y="{top_y:.1}" width="{bar:.1}" height="{:.1}" fill="{}"><title>{} {}: {s:.3} s</title></rect>"#,
+                        x0 + bar * i as f64,
+                        top + 30.0 + plot_h - top_y,
+                        c.colour(),
+                        escape(name),
+                        escape(&c.label(self.alone)),
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+                x0 + group * 0.4,
+                top + 44.0 + plot_h,
+                escape(name)
+            );
+        }
+        let mut x = left;
+        for c in &self.contenders {
+            let label = c.label(self.alone);
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
+                top + 52.0 + plot_h,
+                c.colour(),
+                x + 14.0,
+                top + 61.0 + plot_h,
+                escape(&label)
+            );
+            x += 30.0 + 6.5 * label.len() as f64;
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A progress line for one query's outcomes.
+pub fn line(outcomes: &[(Contender, Outcome)]) -> String {
+    outcomes
+        .iter()
+        .map(|(c, o)| match o {
+            Outcome::Time(t, ok) => format!(
+                "{}={:.3}s{}",
+                c.label(None),
+                t.as_secs_f64(),
+                if *ok { "" } else { " WRONG" }
+            ),
+            Outcome::Failed(e) => format!("{}=failed ({e})", c.label(None)),
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// Writes `tpch.md` and `tpch.svg` into `dir` and prints the Markdown.
+pub fn write(dir: &Path, title: &str, reports: &[PlacementReport]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut md = format!("# {title}\n");
+    for report in reports {
+        report.markdown(&mut md);
+    }
+    let (width, height) = (1100.0, 330.0);
+    let total = height * reports.len() as f64;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}" font-family="sans-serif">"#
+    );
+    svg.push('\n');
+    for (i, report) in reports.iter().enumerate() {
+        report.svg(&mut svg, height * i as f64, width, height);
+    }
+    svg.push_str("</svg>\n");
+    std::fs::write(dir.join("tpch.md"), &md).unwrap();
+    std::fs::write(dir.join("tpch.svg"), &svg).unwrap();
+    println!("{md}");
+    eprintln!(
+        "written to {} and {}",
+        dir.join("tpch.md").display(),
+        dir.join("tpch.svg").display()
+    );
+}

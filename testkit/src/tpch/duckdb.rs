@@ -1,0 +1,113 @@
+//! DuckDB's answers and times over a placement, from `benches/tpch/duckdb_tpch.py` run by
+//! a Python that has `duckdb` and its scanner extensions' wheels.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::reader::FileReader;
+use serde::Deserialize;
+
+use super::{Dataset, Placement, Query};
+
+/// A Python with DuckDB and its scanners.
+#[derive(Debug, Clone)]
+pub struct DuckDb {
+    python: PathBuf,
+    threads: usize,
+    timeout: Option<Duration>,
+}
+
+/// One query's outcome in DuckDB.
+#[derive(Debug, Deserialize)]
+pub struct DuckDbRun {
+    /// The query's name (`q01`).
+    pub name: String,
+    /// Seconds per run.
+    pub seconds: Vec<f64>,
+    /// Rows answered.
+    pub rows: Option<usize>,
+    /// DuckDB's error, if the query failed.
+    pub error: Option<String>,
+    /// The answer, when it was asked for.
+    #[serde(skip)]
+    pub answer: Option<Vec<RecordBatch>>,
+}
+
+impl DuckDb {
+    /// DuckDB run by `python` with `threads` threads.
+    pub fn new(python: impl Into<PathBuf>, threads: usize) -> DuckDb {
+        DuckDb {
+            python: python.into(),
+            threads,
+            timeout: None,
+        }
+    }
+
+    /// Interrupts queries still running after `timeout` (they are reported as errors).
+    pub fn with_timeout(mut self, timeout: Duration) -> DuckDb {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Runs `queries` over `placement` of `data`, each `runs` times, calling `progress` as
+    /// each finishes; keeps the answers (read back from Arrow IPC files) when `answers`.
+    pub fn run(
+        &self,
+        data: &Dataset,
+        placement: &Placement,
+        queries: &[Query],
+        runs: usize,
+        answers: bool,
+        mut progress: impl FnMut(&DuckDbRun),
+    ) -> Vec<DuckDbRun> {
+        let out = tempfile::tempdir().expect("a temporary folder");
+        let mut spec = data.duckdb_spec(placement);
+        spec["queries"] = queries
+            .iter()
+            .map(|q| serde_json::json!({"name": q.name, "path": q.path}))
+            .collect();
+        spec["runs"] = runs.into();
+        spec["threads"] = self.threads.into();
+        spec["timeout"] = self.timeout.map(|t| t.as_secs_f64()).into();
+        spec["out"] = if answers {
+            out.path().to_string_lossy().into_owned().into()
+        } else {
+            serde_json::Value::Null
+        };
+        let script = crate::workspace_root().join("benches/tpch/duckdb_tpch.py");
+        let mut child = Command::new(&self.python)
+            .arg(&script)
+            .arg(spec.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut outcomes = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("DuckDB runner output");
+            let mut outcome: DuckDbRun = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("DuckDB runner said {line:?}: {e}"));
+            if answers && outcome.error.is_none() {
+                outcome.answer = Some(read_ipc(
+                    &out.path().join(format!("{}.arrow", outcome.name)),
+                ));
+            }
+            progress(&outcome);
+            outcomes.push(outcome);
+        }
+        let status = child.wait().expect("the DuckDB runner ends");
+        assert!(status.success(), "the DuckDB runner failed: {status}");
+        outcomes
+    }
+}
+
+fn read_ipc(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    FileReader::try_new(file, None)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
