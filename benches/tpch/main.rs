@@ -7,7 +7,8 @@
 //! - DataFusion over local Parquet files of every table (the ceiling),
 //! - and, for single-database placements, the database running the whole query itself,
 //!
-//! with every Tributary answer compared to DuckDB's (a mismatch fails the run). Writes a
+//! with every Tributary answer compared to DuckDB's (a mismatch or an error other than a
+//! timeout fails the run). Writes a
 //! Markdown table and an SVG chart to `$CARGO_TARGET_DIR/bench/`.
 //!
 //! The data is generated once per scale factor and kept: schema/database
@@ -73,6 +74,8 @@ fn args() -> Args {
     args
 }
 
+const TIMED_OUT: &str = "timed out";
+
 /// The median of `runs` timed runs of `run`, and the last answer; `None` on timeout.
 async fn timed<F, Fut>(
     runs: usize,
@@ -89,7 +92,7 @@ where
         let started = Instant::now();
         answer = match tokio::time::timeout(timeout, run()).await {
             Ok(result) => result?,
-            Err(_) => return Err(format!("timed out after {timeout:?}")),
+            Err(_) => return Err(format!("{TIMED_OUT} after {timeout:?}")),
         };
         times.push(started.elapsed());
     }
@@ -199,13 +202,18 @@ async fn bench_placement(
     for (query, duck) in queries.iter().zip(duck) {
         let sql = data.qualify(placement, &query.sql);
         let expected = duck.answer.clone();
-        let mut check = |who: &str, answer: &[RecordBatch]| match &expected {
-            Some(expected) => compare(expected, answer, query.ordered)
+        let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
+            let verdict = match (answer, &expected) {
+                (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
+                (Ok(_), None) => return false,
+                (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
+                (Err(e), _) => Err(format!("failed: {e}")),
+            };
+            verdict
                 .map_err(|e| {
                     mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
                 })
-                .is_ok(),
-            None => false,
+                .is_ok()
         };
         let mut outcomes = Vec::new();
 
@@ -262,14 +270,19 @@ async fn bench_placement(
     report
 }
 
+/// A contender's outcome; an answer is checked with `check`, which records a mismatch
+/// (an error is recorded too: the run fails unless the query only ran out of time).
 fn outcome(
     result: Result<(Duration, Vec<RecordBatch>), String>,
-    check: &mut impl FnMut(&str, &[RecordBatch]) -> bool,
+    check: &mut impl FnMut(&str, Result<&[RecordBatch], &str>) -> bool,
     who: &str,
 ) -> Outcome {
     match result {
-        Ok((time, answer)) => Outcome::Time(time, check(who, &answer)),
-        Err(e) => Outcome::Failed(e),
+        Ok((time, answer)) => Outcome::Time(time, check(who, Ok(&answer))),
+        Err(e) => {
+            check(who, Err(&e));
+            Outcome::Failed(e)
+        }
     }
 }
 
@@ -321,7 +334,7 @@ async fn main() {
     report::write(&target.join("bench"), &title, &reports);
     if !mismatches.is_empty() {
         eprintln!(
-            "answers that differ from DuckDB's:\n{}",
+            "answers that differ from DuckDB's, or errors:\n{}",
             mismatches.join("\n")
         );
         std::process::exit(1);

@@ -2,6 +2,7 @@
 //! to, over the engine's session.
 
 pub mod auth;
+mod compact;
 mod guard;
 mod handles;
 mod metadata;

@@ -38,6 +38,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Authorization, Issued, Principal, Refusal};
+use super::compact::compact_views;
 use super::handles::StatementHandle;
 use super::metadata;
 use super::metrics::Metrics;
@@ -216,7 +217,7 @@ fn encode(
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches)
+            .build(batches.map_ok(compact_views))
             .map_err(Status::from),
     )
 }

@@ -80,21 +80,13 @@ impl Database {
 /// `CREATE TABLE` for a TPC-H table, with the types of the generated Arrow data and its
 /// primary key (InnoDB clusters rows by it; the generator writes them in its order).
 pub fn create_table(table: TpchTable) -> String {
-    let mut columns: Vec<String> = table
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| {
-            let sql_type = match f.data_type() {
-                DataType::Int64 => "bigint".to_string(),
-                DataType::Int32 => "int".to_string(),
-                DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
-                DataType::Date32 => "date".to_string(),
-                _ => "varchar(255)".to_string(),
-            };
-            format!("{} {sql_type} NOT NULL", f.name())
-        })
-        .collect();
+    let mut columns = crate::tpch::column_definitions(table, |data_type| match data_type {
+        DataType::Int64 => "bigint".to_string(),
+        DataType::Int32 => "int".to_string(),
+        DataType::Decimal128(p, s) => format!("decimal({p},{s})"),
+        DataType::Date32 => "date".to_string(),
+        _ => "varchar(255)".to_string(),
+    });
     columns.push(format!("PRIMARY KEY ({})", table.primary_key().join(", ")));
     format!("CREATE TABLE {} ({})", table.name(), columns.join(", "))
 }

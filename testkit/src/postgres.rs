@@ -152,21 +152,13 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// `CREATE TABLE` for a TPC-H table, with the types of the generated Arrow data.
 pub fn create_table(table: TpchTable) -> String {
-    let columns: Vec<String> = table
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| {
-            let sql_type = match f.data_type() {
-                DataType::Int64 => "bigint".to_string(),
-                DataType::Int32 => "integer".to_string(),
-                DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
-                DataType::Date32 => "date".to_string(),
-                _ => "text".to_string(),
-            };
-            format!("{} {sql_type} NOT NULL", f.name())
-        })
-        .collect();
+    let columns = crate::tpch::column_definitions(table, |data_type| match data_type {
+        DataType::Int64 => "bigint".to_string(),
+        DataType::Int32 => "integer".to_string(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Date32 => "date".to_string(),
+        _ => "text".to_string(),
+    });
     format!("CREATE TABLE {} ({})", table.name(), columns.join(", "))
 }
 

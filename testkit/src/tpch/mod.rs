@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use datafusion::arrow::datatypes::DataType;
 
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
@@ -230,4 +231,18 @@ pub(crate) fn text_rows(
         }
     });
     (rx, producer)
+}
+
+/// The columns of `table` as `name type NOT NULL`, each typed by `sql_type` from the type
+/// of the generated Arrow data (both databases get the same columns in their own types).
+pub(crate) fn column_definitions(
+    table: TpchTable,
+    sql_type: impl Fn(&DataType) -> String,
+) -> Vec<String> {
+    table
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {} NOT NULL", f.name(), sql_type(f.data_type())))
+        .collect()
 }
