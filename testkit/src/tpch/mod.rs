@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::DataType;
-
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
