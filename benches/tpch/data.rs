@@ -18,7 +18,6 @@ use tributary_tpch::TpchTable;
 pub async fn prepare(scale: f64, target: &Path) -> Dataset {
     let name = format!("tributary_tpch_sf{}", scale.to_string().replace('.', "_"));
     let data = Dataset {
-        scale,
         postgres_schema: name.clone(),
         mysql_database: name.clone(),
         parquet_dir: target.join(format!("tpch/sf{scale}")),

@@ -13,7 +13,7 @@ Usage: duckdb_tpch.py SPEC, where SPEC is JSON:
    "queries": [{"name": "q01", "path": "/…/q01.sql"}, ...],
    "runs": 1, "threads": 2, "timeout": seconds or null, "out": "/folder/for/answers" or null}
 
-Prints one JSON line per query, {"name", "seconds": [one per run], "rows", "error"}, and
+Prints one JSON line per query, {"name", "seconds": [one per run], "error"}, and
 writes each answer to `<out>/<name>.arrow` (Arrow IPC file) when `out` is set. A query
 still running after `timeout` seconds is interrupted and reported as an error.
 """
@@ -69,7 +69,7 @@ def main():
     for query in spec["queries"]:
         with open(query["path"]) as f:
             sql = f.read()
-        result = {"name": query["name"], "seconds": [], "rows": None, "error": None}
+        result = {"name": query["name"], "seconds": [], "error": None}
         timeout = spec.get("timeout")
         try:
             for _ in range(int(spec.get("runs", 1))):
@@ -86,7 +86,6 @@ def main():
                 if timeout and elapsed >= timeout:
                     raise TimeoutError(f"timed out after {timeout} s")
                 result["seconds"].append(elapsed)
-            result["rows"] = answer.num_rows
             if out:
                 path = os.path.join(out, f"{query['name']}.arrow")
                 with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, answer.schema) as writer:

@@ -76,7 +76,7 @@ fn args() -> Args {
 
 const TIMED_OUT: &str = "timed out";
 
-/// The median of `runs` timed runs of `run`, and the last answer; `None` on timeout.
+/// The median of `runs` timed runs of `run`, and the last answer; an error on timeout.
 async fn timed<F, Fut>(
     runs: usize,
     timeout: Duration,
@@ -162,14 +162,25 @@ async fn flight_client(config: &Config) -> FlightSqlServiceClient<Channel> {
     FlightSqlServiceClient::new(channel)
 }
 
-/// Touches every table once, so metadata discovery is not timed with the first query.
-async fn warm_up(engine: &Engine, data: &Dataset, placement: &Placement) {
+/// Touches every table once, in process and through the Flight SQL server (which has an
+/// engine of its own), so metadata discovery is not timed with the first query.
+async fn warm_up(
+    engine: &Engine,
+    flight: Option<&FlightSqlServiceClient<Channel>>,
+    data: &Dataset,
+    placement: &Placement,
+) {
     for table in TpchTable::ALL {
         let sql = data.qualify(
             placement,
             &format!("SELECT * FROM {} LIMIT 1", table.name()),
         );
         in_process(engine, &sql).await.expect("every table reads");
+        if let Some(client) = flight {
+            over_flight(&mut client.clone(), &sql)
+                .await
+                .expect("every table reads over Flight SQL");
+        }
     }
 }
 
@@ -185,12 +196,12 @@ async fn bench_placement(
     let yaml = data.tributary_config(placement);
     let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::new(&config).unwrap_or_else(|e| panic!("{e}"));
-    warm_up(&engine, data, placement).await;
     let flight = if args.flight {
         Some(flight_client(&config).await)
     } else {
         None
     };
+    warm_up(&engine, flight.as_ref(), data, placement).await;
     let mut alone = data::whole_query_runner(data, placement).await;
 
     eprintln!("[{}] DuckDB …", placement.name);
@@ -201,9 +212,9 @@ async fn bench_placement(
     let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
     for (query, duck) in queries.iter().zip(duck) {
         let sql = data.qualify(placement, &query.sql);
-        let expected = duck.answer.clone();
+        let expected = &duck.answer;
         let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
-            let verdict = match (answer, &expected) {
+            let verdict = match (answer, expected) {
                 (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
                 (Ok(_), None) => return false,
                 (Err(e), _) if e.starts_with(TIMED_OUT) => return false,

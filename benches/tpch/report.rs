@@ -144,17 +144,11 @@ impl PlacementReport {
                     None => String::new(),
                 })
                 .collect();
-            let ratio = |a, b| match (self.seconds(r, a), self.seconds(r, b)) {
-                (Some(a), Some(b)) => format!("{:.2}×", a / b),
-                _ => "–".into(),
-            };
             let _ = writeln!(
                 out,
-                "| {name} | {} | {} | {} | {} |",
+                "| {name} | {} | {} |",
                 cells.join(" | "),
-                ratio(Contender::Tributary, Contender::DuckDb),
-                ratio(Contender::Flight, Contender::Tributary),
-                ratio(Contender::Tributary, Contender::Ceiling),
+                ratio_cells(|c| self.seconds(r, c), "")
             );
         }
         let means: Vec<Option<f64>> = self.contenders.iter().map(|c| self.geomean(*c)).collect();
@@ -164,21 +158,15 @@ impl PlacementReport {
                 .position(|x| *x == c)
                 .and_then(|i| means[i])
         };
-        let ratio = |a, b| match (mean_of(a), mean_of(b)) {
-            (Some(a), Some(b)) => format!("**{:.2}×**", a / b),
-            _ => "–".into(),
-        };
         let cells: Vec<String> = means
             .iter()
             .map(|m| m.map_or("–".into(), |m| format!("**{m:.3}**")))
             .collect();
         let _ = writeln!(
             out,
-            "| geomean | {} | {} | {} | {} |",
+            "| geomean | {} | {} |",
             cells.join(" | "),
-            ratio(Contender::Tributary, Contender::DuckDb),
-            ratio(Contender::Flight, Contender::Tributary),
-            ratio(Contender::Tributary, Contender::Ceiling),
+            ratio_cells(mean_of, "**")
         );
         let _ = writeln!(
             out,
@@ -270,6 +258,21 @@ impl PlacementReport {
             x += 30.0 + 6.5 * label.len() as f64;
         }
     }
+}
+
+/// The ratio columns (Tributary ÷ DuckDB, Flight ÷ in process, Tributary ÷ ceiling) from
+/// each contender's `time`, one query's or the geometric mean.
+fn ratio_cells(time: impl Fn(Contender) -> Option<f64>, emphasis: &str) -> String {
+    [
+        (Contender::Tributary, Contender::DuckDb),
+        (Contender::Flight, Contender::Tributary),
+        (Contender::Tributary, Contender::Ceiling),
+    ]
+    .map(|(a, b)| match (time(a), time(b)) {
+        (Some(a), Some(b)) => format!("{emphasis}{:.2}×{emphasis}", a / b),
+        _ => "–".into(),
+    })
+    .join(" | ")
 }
 
 fn escape(text: &str) -> String {

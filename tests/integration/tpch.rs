@@ -17,7 +17,6 @@ async fn every_query_in_every_placement_gives_duckdbs_answer() {
     tokio::join!(schema.load_tpch(scale), database.load_tpch(scale));
     write_parquet(parquet.path(), scale);
     let data = Dataset {
-        scale,
         postgres_schema: schema.name.clone(),
         mysql_database: database.name.clone(),
         parquet_dir: parquet.path().to_path_buf(),

@@ -27,8 +27,6 @@ pub struct DuckDbRun {
     pub name: String,
     /// Seconds per run.
     pub seconds: Vec<f64>,
-    /// Rows answered.
-    pub rows: Option<usize>,
     /// DuckDB's error, if the query failed.
     pub error: Option<String>,
     /// The answer, when it was asked for.

@@ -61,12 +61,10 @@ fn parse(sql: &str) -> Vec<Statement> {
     Parser::parse_sql(&GenericDialect {}, sql).unwrap_or_else(|e| panic!("{e}: {sql}"))
 }
 
-/// Where one copy of TPC-H at one scale lives: a PostgreSQL schema, a MariaDB database and
+/// Where one copy of TPC-H lives: a PostgreSQL schema, a MariaDB database and
 /// a folder of Parquet files (`<table>.parquet`), each holding all eight tables.
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    /// The scale factor.
-    pub scale: f64,
     /// The PostgreSQL schema.
     pub postgres_schema: String,
     /// The MariaDB database.
