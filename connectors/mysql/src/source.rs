@@ -255,19 +255,33 @@ impl RemoteSource for MysqlRemote {
             .collect())
     }
 
-    /// The server's estimate of the rows `sql` returns: rows examined × the share its
-    /// filter keeps (MariaDB shows that share only with `EXPLAIN EXTENDED`, which MySQL 8
-    /// no longer accepts).
+    /// The server's estimate of the rows `sql` returns: over the tables of the outermost
+    /// `SELECT`, the product of the rows each examines per row of the tables before it and
+    /// the share its filter keeps (MariaDB shows that share only with `EXPLAIN EXTENDED`,
+    /// which MySQL 8 no longer accepts). The server does not estimate groups, so for an
+    /// aggregate this is the rows it reads, an upper bound.
     async fn estimate_rows(&self, sql: &str) -> Option<usize> {
         let mut conn = self.shared.connector.get().await.ok()?;
         let explain = match self.shared.connector.flavor() {
             Some(Flavor::Mariadb) => "EXPLAIN EXTENDED",
             _ => "EXPLAIN",
         };
-        let row: mysql_async::Row = conn.query_first(format!("{explain} {sql}")).await.ok()??;
-        let rows: u64 = row.get_opt::<Option<u64>, _>("rows")?.ok()??;
-        let filtered: f64 = row.get_opt::<Option<f64>, _>("filtered")?.ok()??;
-        Some((rows as f64 * filtered / 100.0).round() as usize)
+        let plan: Vec<mysql_async::Row> = conn.query(format!("{explain} {sql}")).await.ok()?;
+        let mut estimate: Option<f64> = None;
+        for row in &plan {
+            let select: Option<u64> = row.get_opt::<Option<u64>, _>("id")?.ok()?;
+            if select != Some(1) {
+                continue;
+            }
+            let rows: u64 = row.get_opt::<Option<u64>, _>("rows")?.ok()??;
+            let filtered: f64 = row
+                .get_opt::<Option<f64>, _>("filtered")
+                .and_then(Result::ok)
+                .flatten()
+                .unwrap_or(100.0);
+            estimate = Some(estimate.unwrap_or(1.0) * rows as f64 * filtered / 100.0);
+        }
+        Some(estimate?.round() as usize)
     }
 
     fn reader(&self, _parts: usize) -> Arc<dyn RemoteReader> {

@@ -216,9 +216,10 @@ impl RemoteSource for PgRemote {
 
     async fn estimate_rows(&self, sql: &str) -> Option<usize> {
         let conn = self.shared.connector.get().await.ok()?;
-        let row = conn.query_one(&format!("EXPLAIN {sql}"), &[]).await.ok()?;
-        let plan: String = row.get(0);
-        let rows = plan.split("rows=").nth(1)?;
+        // One row per line of the plan; the first is the top node's, the query's estimate.
+        let lines = conn.query(&format!("EXPLAIN {sql}"), &[]).await.ok()?;
+        let top: String = lines.first()?.get(0);
+        let rows = top.split("rows=").nth(1)?;
         rows.split(|c: char| !c.is_ascii_digit())
             .next()?
             .parse()
