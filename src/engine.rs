@@ -119,6 +119,13 @@ impl Engine {
         // An optimizer rule that fails (e.g. sub-plan pushdown meeting a plan shape it
         // cannot handle) is skipped: the query still runs, only less is pushed down.
         session.options_mut().optimizer.skip_failed_rules = true;
+        // A hash join's build-side keys reach the probe side's scans as an IN list only up
+        // to this many values per partition (beyond, as a hash table lookup, which a remote
+        // source cannot take). Sources answer lists of thousands of keys faster than they
+        // send every row, so the list may be longer than DataFusion's default of 150.
+        let optimizer = &mut session.options_mut().optimizer;
+        optimizer.hash_join_inlist_pushdown_max_distinct_values = 10_000;
+        optimizer.hash_join_inlist_pushdown_max_size = 1024 * 1024;
         for (key, value) in &config.server.datafusion {
             session.options_mut().set(key, &value.0)?;
         }

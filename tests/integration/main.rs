@@ -6,6 +6,7 @@ mod common;
 mod config_errors;
 mod demo;
 mod docs;
+mod dynamic_filters;
 mod files;
 mod flight_sql;
 mod flight_sql_security;

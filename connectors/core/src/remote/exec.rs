@@ -1,15 +1,19 @@
 //! The physical scan of a remote table: one query per partition.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{DynamicFilterTracking, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet, RecordOutput,
 };
@@ -18,49 +22,71 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, StatisticsArgs,
 };
-use futures::StreamExt;
+use datafusion::sql::sqlparser::ast::Statement;
+use futures::{StreamExt, TryStreamExt};
 
 use super::RemoteReader;
+use super::dynamic::DynamicFilterTarget;
 
 /// Runs one `SELECT` per partition on a remote source and streams the rows.
+///
+/// Dynamic filters that DataFusion pushes to the scan while planning (a hash join's build
+/// side keys) are read when each partition's query starts, and what the source can
+/// evaluate of them is added to that query (see [`super::dynamic`]).
 #[derive(Debug)]
 pub struct RemoteScanExec {
     source: String,
     table: String,
-    sqls: Vec<String>,
+    statements: Vec<Statement>,
     schema: SchemaRef,
     statistics: Statistics,
     reader: Arc<dyn RemoteReader>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// How the queries take dynamic filters, if they can.
+    dynamic: Option<Arc<DynamicFilterTarget>>,
+    dynamic_filters: Vec<Arc<dyn PhysicalExpr>>,
+    /// The query each partition sent, once it started.
+    sent: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl RemoteScanExec {
-    /// A scan of `table` on `source` running `sqls` (one per partition) through `reader`.
+    /// A scan of `table` on `source` running `statements` (one per partition) through
+    /// `reader`.
     pub fn new(
         source: String,
         table: String,
-        sqls: Vec<String>,
+        statements: Vec<Statement>,
         schema: SchemaRef,
         statistics: Statistics,
         reader: Arc<dyn RemoteReader>,
     ) -> Self {
         let properties = PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(sqls.len()),
+            Partitioning::UnknownPartitioning(statements.len()),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
+        let sent = Arc::new(Mutex::new(vec![None; statements.len()]));
         RemoteScanExec {
             source,
             table,
-            sqls,
+            statements,
             schema,
             statistics,
             reader,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
+            dynamic: None,
+            dynamic_filters: vec![],
+            sent,
         }
+    }
+
+    /// Lets the scan take dynamic filters, as `target` says.
+    pub fn with_dynamic_filters(mut self, target: DynamicFilterTarget) -> Self {
+        self.dynamic = Some(Arc::new(target));
+        self
     }
 
     /// The source's name.
@@ -68,9 +94,43 @@ impl RemoteScanExec {
         &self.source
     }
 
-    /// The queries, one per partition.
-    pub fn sqls(&self) -> &[String] {
-        &self.sqls
+    /// The queries as planned, one per partition.
+    pub fn sqls(&self) -> Vec<String> {
+        self.statements.iter().map(ToString::to_string).collect()
+    }
+
+    /// The queries as sent, dynamic filters included, one per partition (`None` for a
+    /// partition not started).
+    pub fn sent_sqls(&self) -> Vec<Option<String>> {
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The query for `partition`, with what the source can evaluate of the dynamic filters'
+    /// current state.
+    fn query(&self, partition: usize) -> impl Future<Output = String> + use<> {
+        let statement = self.statements[partition].clone();
+        let dynamic = self
+            .dynamic
+            .clone()
+            .filter(|_| !self.dynamic_filters.is_empty());
+        let filters = self.dynamic_filters.clone();
+        let source = self.source.clone();
+        async move {
+            let Some(dynamic) = dynamic else {
+                return statement.to_string();
+            };
+            let restricted = dynamic
+                .predicate(&filters)
+                .and_then(|predicate| match predicate {
+                    Some(p) => dynamic.restrict(&statement, &p).map(|s| s.to_string()),
+                    None => Ok(statement.to_string()),
+                });
+            restricted.unwrap_or_else(|e| {
+                // Only an optimization: the query still runs, reading more rows.
+                tracing::warn!(source, error = %e, "a dynamic filter could not be sent");
+                statement.to_string()
+            })
+        }
     }
 }
 
@@ -83,11 +143,20 @@ impl DisplayAs for RemoteScanExec {
                     "RemoteScanExec: source={}, table={}, partitions={}, sql={}",
                     self.source,
                     self.table,
-                    self.sqls.len(),
-                    self.sqls.first().map(String::as_str).unwrap_or("")
+                    self.statements.len(),
+                    self.statements
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 )?;
-                if self.sqls.len() > 1 {
-                    write!(f, " (and {} more)", self.sqls.len() - 1)?;
+                if self.statements.len() > 1 {
+                    write!(f, " (and {} more)", self.statements.len() - 1)?;
+                }
+                if !self.dynamic_filters.is_empty() {
+                    write!(f, ", dynamic_filters={}", self.dynamic_filters.len())?;
+                    if let Some(Some(sent)) = self.sent_sqls().first() {
+                        write!(f, ", sent={sent}")?;
+                    }
                 }
                 Ok(())
             }
@@ -97,8 +166,13 @@ impl DisplayAs for RemoteScanExec {
                     "RemoteScanExec: source={}, table={}",
                     self.source, self.table
                 )?;
-                for (i, sql) in self.sqls.iter().enumerate() {
+                for (i, sql) in self.statements.iter().enumerate() {
                     write!(f, ", sql[{i}]={sql}")?;
+                }
+                for (i, sent) in self.sent_sqls().iter().enumerate() {
+                    if let Some(sent) = sent {
+                        write!(f, ", sent[{i}]={sent}")?;
+                    }
                 }
                 Ok(())
             }
@@ -125,9 +199,53 @@ impl ExecutionPlan for RemoteScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        // A hash join fills its dynamic filter only if it finds it here.
+        datafusion::physical_plan::apply_expression_roots(self.dynamic_filters.iter().cloned(), f)
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
+            .parent_filters
+            .iter()
+            .map(|f| Arc::clone(&f.filter))
+            .collect();
+        // Static filters reached the scan when it was planned (or could not be pushed);
+        // dynamic ones are kept, to read when the queries start. DataFusion still applies
+        // them all above the scan.
+        let result = FilterPushdownPropagation::with_parent_pushdown_result(vec![
+            PushedDown::No;
+            filters.len()
+        ]);
+        let dynamic: Vec<_> = filters
+            .into_iter()
+            .filter(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter())
+            .collect();
+        if phase != FilterPushdownPhase::Post || self.dynamic.is_none() || dynamic.is_empty() {
+            return Ok(result);
+        }
+        let mut dynamic_filters = self.dynamic_filters.clone();
+        dynamic_filters.extend(dynamic);
+        let scan = RemoteScanExec {
+            source: self.source.clone(),
+            table: self.table.clone(),
+            statements: self.statements.clone(),
+            schema: Arc::clone(&self.schema),
+            statistics: self.statistics.clone(),
+            reader: Arc::clone(&self.reader),
+            properties: Arc::clone(&self.properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+            dynamic: self.dynamic.clone(),
+            dynamic_filters,
+            sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
+        };
+        Ok(result.with_updated_node(Arc::new(scan)))
     }
 
     fn with_new_children(
@@ -146,18 +264,27 @@ impl ExecutionPlan for RemoteScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let Some(sql) = self.sqls.get(partition) else {
+        if partition >= self.statements.len() {
             return internal_err!(
                 "RemoteScanExec has {} partitions, asked for {partition}",
-                self.sqls.len()
+                self.statements.len()
             );
+        }
+        // The query is written when the stream is first polled: a hash join polls its
+        // probe side only once its build side is complete and the dynamic filter final.
+        let query = self.query(partition);
+        let reader = Arc::clone(&self.reader);
+        let schema = Arc::clone(&self.schema);
+        let batch_size = context.session_config().batch_size();
+        let sent = Arc::clone(&self.sent);
+        let opening = async move {
+            let sql = query.await;
+            if let Ok(mut sent) = sent.lock() {
+                sent[partition] = Some(sql.clone());
+            }
+            reader.read(partition, sql, schema, batch_size)
         };
-        let stream = self.reader.read(
-            partition,
-            sql.clone(),
-            Arc::clone(&self.schema),
-            context.session_config().batch_size(),
-        )?;
+        let stream = futures::stream::once(opening).try_flatten();
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let counted = stream.map(move |batch| {
             if let Ok(b) = &batch {
@@ -183,7 +310,7 @@ impl ExecutionPlan for RemoteScanExec {
     ) -> Result<Arc<Statistics>> {
         let mut stats = self.statistics.clone();
         if args.partition().is_some() {
-            let parts = self.sqls.len().max(1);
+            let parts = self.statements.len().max(1);
             stats.num_rows = match stats.num_rows {
                 Precision::Exact(n) | Precision::Inexact(n) => Precision::Inexact(n / parts),
                 Precision::Absent => Precision::Absent,

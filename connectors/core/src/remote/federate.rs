@@ -33,6 +33,7 @@ use datafusion_federation::{
     FederationProvider,
 };
 
+use super::dynamic::DynamicFilterTarget;
 use super::pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
 use super::sql::unqualify;
 use super::{RemoteScanExec, RemoteSource, RemoteTable};
@@ -52,11 +53,7 @@ impl std::fmt::Debug for Federation {
 impl Federation {
     /// Sets up sub-plan pushdown for `source`.
     pub fn new(source: Arc<dyn RemoteSource>) -> Self {
-        let planner: Arc<dyn FederationPlanner> = Arc::new(Planner {
-            source: Arc::clone(&source),
-        });
         let rule = SubPlanRule {
-            planner,
             source: Arc::clone(&source),
         };
         let provider = Provider {
@@ -141,6 +138,8 @@ impl FederatedTableSource for Source {
 /// source's reader runs it.
 struct Planner {
     source: Arc<dyn RemoteSource>,
+    /// The traits of the sub-plan's output columns, for dynamic filters on them.
+    traits: Vec<ColumnTraits>,
 }
 
 #[async_trait]
@@ -150,26 +149,31 @@ impl FederationPlanner for Planner {
         node: &FederatedPlanNode,
         _session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let sql = remote_sql(self.source.as_ref(), node.plan())?;
+        let statement = remote_sql(self.source.as_ref(), node.plan())?;
         let schema: SchemaRef = Arc::new(node.plan().schema().as_arrow().clone());
         let mut statistics = Statistics::new_unknown(&schema);
-        if let Some(rows) = self.source.estimate_rows(&sql).await {
+        if let Some(rows) = self.source.estimate_rows(&statement.to_string()).await {
             statistics.num_rows = Precision::Inexact(rows);
         }
-        Ok(Arc::new(RemoteScanExec::new(
-            self.source.name().to_string(),
-            "(sub-plan)".to_string(),
-            vec![sql],
-            schema,
-            statistics,
-            self.source.reader(1),
-        )))
+        let dynamic =
+            DynamicFilterTarget::sub_plan(Arc::clone(&self.source), &schema, self.traits.clone())?;
+        Ok(Arc::new(
+            RemoteScanExec::new(
+                self.source.name().to_string(),
+                "(sub-plan)".to_string(),
+                vec![statement],
+                schema,
+                statistics,
+                self.source.reader(1),
+            )
+            .with_dynamic_filters(dynamic),
+        ))
     }
 }
 
 /// The SQL for a sub-plan, with every table scan reading the remote table under the name
 /// the rest of the plan knows it by (its alias, or else its DataFusion name).
-pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<String> {
+pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<ast::Statement> {
     let renamed = plan
         .clone()
         .transform_down(|node| match &node {
@@ -209,7 +213,7 @@ pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<Strin
             "the SQL for this sub-plan needs a derived table, which the unparser writes incorrectly"
         );
     }
-    Ok(statement.to_string())
+    Ok(statement)
 }
 
 /// Folds a projection under an aggregate into the aggregate's expressions, keeping the
@@ -341,7 +345,6 @@ fn remote_scan(
 
 /// Chooses which parts of a single-source plan run on the source.
 struct SubPlanRule {
-    planner: Arc<dyn FederationPlanner>,
     source: Arc<dyn RemoteSource>,
 }
 
@@ -418,7 +421,11 @@ impl SubPlanRule {
                 tracing::debug!(source = self.source.name(), error = %e,
                     "a sub-plan could not be written as SQL; DataFusion runs it");
             } else {
-                let node = FederatedPlanNode::new(wrapped, Arc::clone(&self.planner));
+                let planner = Arc::new(Planner {
+                    source: Arc::clone(&self.source),
+                    traits: analysis.traits.clone(),
+                });
+                let node = FederatedPlanNode::new(wrapped, planner);
                 return Ok(Transformed::yes(LogicalPlan::Extension(Extension {
                     node: Arc::new(node),
                 })));

@@ -7,6 +7,7 @@
 //! [`RemoteSource`]: its dialect and pushdown rules, how to split a large scan, and how to
 //! run a query and turn its rows into Arrow.
 
+pub mod dynamic;
 mod exec;
 mod federate;
 pub mod pushdown;

@@ -30,7 +30,7 @@ pub fn scan_sql(
     schema: &SchemaRef,
     spec: &ScanSpec<'_>,
     split: Option<&ast::Expr>,
-) -> Result<String> {
+) -> Result<Statement> {
     let filters = spec
         .filters
         .iter()
@@ -49,7 +49,7 @@ pub fn scan_sql(
     if let Some(split) = split {
         and_where(&mut statement, split.clone())?;
     }
-    Ok(statement.to_string())
+    Ok(statement)
 }
 
 /// Column references as the remote table knows them: without the qualifier DataFusion
@@ -65,7 +65,7 @@ pub fn unqualify(expr: Expr) -> Result<Expr> {
 }
 
 /// Adds `predicate` to the `WHERE` of a plain `SELECT`.
-fn and_where(statement: &mut Statement, predicate: ast::Expr) -> Result<()> {
+pub(crate) fn and_where(statement: &mut Statement, predicate: ast::Expr) -> Result<()> {
     let Statement::Query(query) = statement else {
         return datafusion::common::internal_err!("expected a query, got {statement}");
     };

@@ -12,6 +12,7 @@ use datafusion::common::{
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::dynamic::DynamicFilterTarget;
 use super::pushdown::{ColumnTraits, NotPushed, check_expr};
 use super::sql::{ScanSpec, scan_sql, unqualify};
 use super::{RemoteScanExec, RemoteSource};
@@ -191,7 +192,7 @@ impl TableProvider for RemoteTable {
         let mut statistics = table_statistics(&self.info, &projected);
         if !filters.is_empty() {
             let whole = scan_sql(dialect, &self.info.remote, &self.info.schema, &spec, None)?;
-            if let Some(rows) = self.source.estimate_rows(&whole).await {
+            if let Some(rows) = self.source.estimate_rows(&whole.to_string()).await {
                 statistics.num_rows = Precision::Inexact(rows);
             }
         }
@@ -199,14 +200,27 @@ impl TableProvider for RemoteTable {
             statistics.num_rows = statistics.num_rows.min(&Precision::Exact(limit));
         }
         let reader = self.source.reader(sqls.len());
-        Ok(Arc::new(RemoteScanExec::new(
+        let traits = projected
+            .fields()
+            .iter()
+            .map(|f| self.info.traits(f.name()))
+            .collect();
+        let dynamic = DynamicFilterTarget::table(Arc::clone(&self.source), &projected, traits)?;
+        let scan = RemoteScanExec::new(
             self.source.name().to_string(),
             self.info.remote.to_string(),
             sqls,
             projected,
             statistics,
             reader,
-        )))
+        );
+        // A limited scan answers with the first `limit` rows it finds; filtering before
+        // the limit would answer another query, so dynamic filters reach unlimited scans.
+        Ok(Arc::new(if self.source.pushdown() && limit.is_none() {
+            scan.with_dynamic_filters(dynamic)
+        } else {
+            scan
+        }))
     }
 }
 

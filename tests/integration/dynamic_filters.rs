@@ -1,0 +1,322 @@
+//! Dynamic filters: a hash join's build-side keys, learned while the query runs, reach the
+//! probe side's source as a predicate in its query. Every join below runs with pushdown and
+//! without (DataFusion computing everything) and must give the same answer; where the
+//! source can evaluate the keys, its query must carry them and it must send fewer rows.
+//!
+//! The build side is a small Parquet table of keys of every kind (integers, strings with
+//! quotes, backslashes and unicode, decimals, dates, timestamps with time zones, NULLs,
+//! values the probe side lacks); the probe sides are PostgreSQL and MariaDB tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use tributary::{Config, Engine};
+use tributary_core::remote::RemoteScanExec;
+use tributary_testkit::{mysql, postgres};
+
+use crate::common::write_parquet;
+
+/// 3,000 rows; every key repeats, and every 97th row has NULL keys.
+const PG_FACTS: &str = r#"
+CREATE TABLE facts (id int PRIMARY KEY, k int, s text, n numeric(12, 2), d date, ts timestamptz);
+INSERT INTO facts
+SELECT id,
+       CASE WHEN id % 97 = 0 THEN NULL ELSE id % 300 END,
+       CASE WHEN id % 97 = 0 THEN NULL
+            WHEN id % 3 = 0 THEN 'o''brien-' || (id % 50)
+            WHEN id % 3 = 1 THEN '東京 "q"-' || (id % 50)
+            ELSE 'back\slash-' || (id % 50) END,
+       CASE WHEN id % 97 = 0 THEN NULL ELSE (id % 100) / 4.0 END,
+       CASE WHEN id % 97 = 0 THEN NULL ELSE date '2024-01-01' + id % 100 END,
+       CASE WHEN id % 97 = 0 THEN NULL
+            ELSE timestamptz '2024-01-01 00:00:00+02' + (id % 100) * interval '1 hour' END
+FROM generate_series(1, 3000) AS id;
+ANALYZE facts;
+"#;
+
+const MY_FACTS: &str = r#"
+CREATE TABLE facts (id int PRIMARY KEY, k int, n decimal(12, 2), d date);
+INSERT INTO facts
+SELECT seq,
+       CASE WHEN seq % 97 = 0 THEN NULL ELSE seq % 300 END,
+       CASE WHEN seq % 97 = 0 THEN NULL ELSE (seq % 100) / 4.0 END,
+       CASE WHEN seq % 97 = 0 THEN NULL ELSE DATE '2024-01-01' + INTERVAL (seq % 100) DAY END
+FROM seq_1_to_3000;
+ANALYZE TABLE facts;
+"#;
+
+/// Five build-side rows: three keys the probe side has, one it lacks, one NULL.
+fn picks() -> RecordBatch {
+    let schema = Arc::new(ArrowSchema::new(vec![
+        Field::new("k", DataType::Int32, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("n", DataType::Decimal128(12, 2), true),
+        Field::new("d", DataType::Date32, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]));
+    let hour = 3_600_000_000i64;
+    // 2024-01-01 00:00:00+02, the probe side's first timestamp.
+    let first = 1_704_060_000_000_000i64;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vec![
+            Some(3),
+            Some(7),
+            Some(299),
+            Some(1000),
+            None,
+        ])),
+        Arc::new(StringArray::from(vec![
+            Some("o'brien-3"),
+            Some("東京 \"q\"-7"),
+            Some("back\\slash-11"),
+            Some("nope"),
+            None,
+        ])),
+        Arc::new(
+            Decimal128Array::from(vec![Some(25), Some(1250), Some(2475), Some(9999), None])
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        // 2024-01-01, 2024-02-15, 2024-04-09, 2099-01-01.
+        Arc::new(Date32Array::from(vec![
+            Some(19_723),
+            Some(19_768),
+            Some(19_822),
+            Some(47_482),
+            None,
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![
+                Some(first),
+                Some(first + 5 * hour),
+                Some(first + 99 * hour),
+                Some(first - hour),
+                None,
+            ])
+            .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+/// Tributary over the PostgreSQL schema `pg_schema`, the MariaDB database `my_database`
+/// and the Parquet folder `lake`, with or without pushdown; `datafusion` adds session
+/// settings.
+fn engine(
+    pg_schema: &str,
+    my_database: &str,
+    lake: &Path,
+    pushdown: bool,
+    datafusion: &str,
+) -> Engine {
+    let yaml = format!(
+        "server:\n  datafusion:\n{datafusion}    datafusion.execution.target_partitions: '4'\nsources:\n  - name: pg\n    kind: postgres\n    url: {}\n    schemas: {{include: [{pg_schema}]}}\n    pushdown: {pushdown}\n  - name: my\n    kind: mysql\n    url: {}\n    schemas: {{include: [{my_database}]}}\n    pushdown: {pushdown}\n  - name: lake\n    kind: files\n    url: {}\n",
+        postgres::url(),
+        mysql::server_url(),
+        lake.display()
+    );
+    let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What one remote scan did: the query it sent and the rows it returned.
+#[derive(Debug)]
+struct Sent {
+    source: String,
+    sql: String,
+    rows: usize,
+}
+
+/// Runs `sql` and returns its answer as text, what each remote scan sent, and the plan.
+async fn run(engine: &Engine, sql: &str) -> (String, Vec<Sent>, String) {
+    let df = engine
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let plan = df
+        .create_physical_plan()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batches = collect(Arc::clone(&plan), engine.context().task_ctx())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let answer = pretty_format_batches(&batches).unwrap().to_string();
+    let shown = displayable(plan.as_ref()).indent(true).to_string();
+    let mut sent = Vec::new();
+    let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![plan];
+    while let Some(node) = stack.pop() {
+        if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
+            let rows = scan
+                .metrics()
+                .and_then(|m| m.output_rows())
+                .unwrap_or_default();
+            for sql in scan.sent_sqls().into_iter().flatten() {
+                sent.push(Sent {
+                    source: scan.source().to_string(),
+                    sql,
+                    rows,
+                });
+            }
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    (answer, sent, shown)
+}
+
+/// Joins and whether the probe side's source must receive the build side's keys.
+fn joins(pg: &str, my: &str) -> Vec<(String, bool)> {
+    let mut joins: Vec<(String, bool)> = ["k", "s", "n", "d", "ts"]
+        .iter()
+        .map(|key| {
+            (
+                format!(
+                    "SELECT f.id, p.{key} FROM pg.{pg}.facts f JOIN lake.main.picks p ON f.{key} = p.{key} ORDER BY f.id"
+                ),
+                true,
+            )
+        })
+        .collect();
+    joins.extend(["k", "n", "d"].iter().map(|key| {
+        (
+            format!(
+                "SELECT f.id FROM my.{my}.facts f JOIN lake.main.picks p ON f.{key} = p.{key} ORDER BY f.id"
+            ),
+            true,
+        )
+    }));
+    joins.extend([
+        // Two keys: each column gets the set of its values.
+        (
+            format!(
+                "SELECT f.id FROM pg.{pg}.facts f JOIN lake.main.picks p ON f.k = p.k AND f.d = p.d ORDER BY f.id"
+            ),
+            true,
+        ),
+        // Semi join (IN) and a sub-plan (an aggregate run by the source) on the probe side.
+        (
+            format!(
+                "SELECT id FROM pg.{pg}.facts WHERE k IN (SELECT k FROM lake.main.picks) ORDER BY id"
+            ),
+            true,
+        ),
+        (
+            format!(
+                "SELECT a.k, a.c FROM (SELECT k, count(*) AS c FROM pg.{pg}.facts GROUP BY k) a JOIN lake.main.picks p ON a.k = p.k ORDER BY a.k"
+            ),
+            true,
+        ),
+        (
+            format!(
+                "SELECT a.d, a.c FROM (SELECT d, count(*) AS c FROM my.{my}.facts GROUP BY d) a JOIN lake.main.picks p ON a.d = p.d ORDER BY a.d"
+            ),
+            true,
+        ),
+        // Keys from the other side of an outer join, a NOT IN, and an empty build side:
+        // nothing may be lost.
+        (
+            format!(
+                "SELECT p.k, f.id FROM lake.main.picks p LEFT JOIN pg.{pg}.facts f ON f.k = p.k ORDER BY p.k, f.id"
+            ),
+            false,
+        ),
+        (
+            format!(
+                "SELECT count(*) FROM pg.{pg}.facts WHERE k NOT IN (SELECT k FROM lake.main.picks WHERE k IS NOT NULL)"
+            ),
+            false,
+        ),
+        (
+            format!(
+                "SELECT f.id FROM pg.{pg}.facts f JOIN lake.main.picks p ON f.k = p.k WHERE p.k > 5000 ORDER BY f.id"
+            ),
+            false,
+        ),
+    ]);
+    joins
+}
+
+/// The rows the probe side's source sent (its scans together), and whether any of its
+/// queries carried an IN list.
+fn probe(sent: &[Sent]) -> (usize, bool) {
+    let remote = sent.iter().filter(|s| s.source != "lake");
+    remote.fold((0, false), |(rows, listed), s| {
+        (rows + s.rows, listed || s.sql.contains(" IN ("))
+    })
+}
+
+/// Runs every join with dynamic filters, without them, and without any pushdown; returns
+/// what went wrong.
+async fn failures(engines: &Engines, pg: &str, my: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (sql, must_send) in joins(pg, my) {
+        let (got, sent, plan) = run(&engines.dynamic, &sql).await;
+        let (unfiltered, unfiltered_sent, _) = run(&engines.pushed, &sql).await;
+        let (want, _, _) = run(&engines.local, &sql).await;
+        for (who, answer) in [("dynamic filters", &got), ("pushdown only", &unfiltered)] {
+            if *answer != want {
+                failures.push(format!(
+                    "{sql}: with {who}\n{answer}\nDataFusion alone gives\n{want}"
+                ));
+            }
+        }
+        let ((rows, listed), (all_rows, _)) = (probe(&sent), probe(&unfiltered_sent));
+        if must_send && !(listed && rows < all_rows) {
+            failures.push(format!(
+                "{sql}: the probe side did not get the keys ({rows} rows sent, {all_rows} without): {sent:?}\n{plan}"
+            ));
+        }
+    }
+    failures
+}
+
+/// The same sources with dynamic filters, with pushdown but no dynamic filters, and with
+/// no pushdown at all.
+struct Engines {
+    dynamic: Engine,
+    pushed: Engine,
+    local: Engine,
+}
+
+#[tokio::test]
+async fn build_side_keys_reach_the_probe_sides_source_and_change_no_answer() {
+    let pg = postgres::Schema::create("dynamic").await;
+    let my = mysql::Database::create("dynamic").await;
+    tokio::join!(pg.execute(PG_FACTS), my.execute(MY_FACTS));
+    let lake = tempfile::tempdir().unwrap();
+    write_parquet(&lake.path().join("picks.parquet"), &picks());
+
+    // CollectLeft (one build side for every probe partition), then Partitioned (a build
+    // side per hash partition: the filter is a CASE over the partitions).
+    let partitioned = "    datafusion.optimizer.hash_join_single_partition_threshold: '0'\n    datafusion.optimizer.hash_join_single_partition_threshold_rows: '0'\n";
+    let no_dynamic = "    datafusion.optimizer.enable_join_dynamic_filter_pushdown: 'false'\n";
+    for settings in ["", partitioned] {
+        let engines = Engines {
+            dynamic: engine(&pg.name, &my.name, lake.path(), true, settings),
+            pushed: engine(
+                &pg.name,
+                &my.name,
+                lake.path(),
+                true,
+                &format!("{settings}{no_dynamic}"),
+            ),
+            local: engine(&pg.name, &my.name, lake.path(), false, settings),
+        };
+        let failures = failures(&engines, &pg.name, &my.name).await;
+        assert!(
+            failures.is_empty(),
+            "settings {settings:?}:\n{}",
+            failures.join("\n\n")
+        );
+    }
+}
