@@ -220,18 +220,39 @@ const SUB_PLANS: &[(&str, bool)] = &[
         "SELECT id FROM pd WHERE i NOT IN (SELECT i FROM pd WHERE id > 10 AND i IS NOT NULL) ORDER BY id",
         false,
     ),
-    // Semi and anti joins run in DataFusion over pushed scans.
+    // Semi and anti joins run as [NOT] EXISTS, their sides' filters where they belong.
     (
         "SELECT id FROM pd WHERE id NOT IN (SELECT id FROM pd WHERE id > 10) ORDER BY id",
-        false,
+        true,
     ),
     (
         "SELECT id FROM pd p WHERE EXISTS (SELECT 1 FROM pd q WHERE q.i = p.id) ORDER BY id",
-        false,
+        true,
     ),
     (
         "SELECT id FROM pd p WHERE NOT EXISTS (SELECT 1 FROM pd q WHERE q.i = p.id) ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM pd p WHERE p.id < 9 AND NOT EXISTS (SELECT 1 FROM pd q WHERE q.i = p.id AND q.s <> p.s) ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM pd WHERE id < 9 AND id IN (SELECT i FROM pd q WHERE q.flag) ORDER BY id",
+        true,
+    ),
+    (
+        "SELECT id FROM pd WHERE s IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pd q WHERE q.id = pd.i + 0 AND q.s = pd.s) ORDER BY id",
         false,
+    ),
+    (
+        "SELECT id FROM pd WHERE id < 12 AND NOT EXISTS (SELECT 1 FROM pd q WHERE q.id = pd.i AND q.n > 0) AND EXISTS (SELECT 1 FROM pd r WHERE r.b = pd.id AND r.id <> pd.id) ORDER BY id",
+        true,
+    ),
+    // The subquery groups: it would be a derived table, so only the aggregate is sent.
+    (
+        "SELECT id FROM pd WHERE i IN (SELECT max(id) FROM pd GROUP BY flag) ORDER BY id",
+        true,
     ),
     (
         "SELECT id, s FROM pd ORDER BY s NULLS FIRST, id LIMIT 4",

@@ -19,9 +19,10 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, JoinType, NullEquality, Result, Statistics};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, LogicalPlanBuilder,
-    Projection, SortExpr, TableSource, TableType,
+    Aggregate, Distinct, Expr, ExprSchemable, Extension, Filter, Join, LogicalPlan,
+    LogicalPlanBuilder, Projection, SortExpr, TableSource, TableType,
 };
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -196,6 +197,7 @@ pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<ast::
         })?
         .data;
     let renamed = inline_aggregate_inputs(renamed)?;
+    let renamed = semi_joins_as_exists(renamed)?;
     let dialect = source.dialect();
     let statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
     if let Some(width) = select_width(&statement)
@@ -276,6 +278,100 @@ fn inline_aggregate_inputs(plan: LogicalPlan) -> Result<LogicalPlan> {
             Ok(Transformed::yes(LogicalPlan::Aggregate(merged)))
         })?
         .data)
+}
+
+/// Shapes semi and anti joins so the unparser's `[NOT] EXISTS (SELECT 1 FROM right WHERE
+/// …)` means what the join does. The unparser writes only the join's own condition into the
+/// subquery and drops the filters of the tables on either side, so the right input becomes
+/// one aliased table whose filters join the condition (inside the subquery), and the left
+/// input's filters move above the join (outside it, where a `NOT EXISTS` cannot keep the
+/// rows they remove).
+fn semi_joins_as_exists(plan: LogicalPlan) -> Result<LogicalPlan> {
+    Ok(plan
+        .transform_up(|node| {
+            let LogicalPlan::Join(join) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            if !matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
+                return Ok(Transformed::no(node));
+            }
+            let Some((right, inside)) = single_table(&join.right)? else {
+                return datafusion::common::plan_err!(
+                    "the subquery of a semi or anti join reads more than one table"
+                );
+            };
+            let (left, outside) = match single_table(&join.left)? {
+                Some((left, outside)) => (left, outside),
+                None => (join.left.as_ref().clone(), vec![]),
+            };
+            let condition = join.filter.iter().cloned().chain(inside);
+            let joined = LogicalPlan::Join(Join {
+                left: Arc::new(left),
+                right: Arc::new(right),
+                filter: conjunction(condition),
+                ..join.clone()
+            });
+            Ok(Transformed::yes(match conjunction(outside) {
+                Some(predicate) => {
+                    LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(joined))?)
+                }
+                None => joined,
+            }))
+        })?
+        .data)
+}
+
+/// `plan` as one aliased table scan without filters, and its filters over the alias's
+/// columns, if it reads one table and only filters it on the way (`[alias →] [columns →]
+/// filter* → [alias →] scan`, renaming nothing); the outermost alias names it.
+fn single_table(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, Vec<Expr>)>> {
+    let mut alias = None;
+    let mut predicates = vec![];
+    let mut current = plan;
+    loop {
+        match current {
+            LogicalPlan::SubqueryAlias(a) => {
+                alias = alias.or_else(|| Some(a.alias.clone()));
+                current = a.input.as_ref();
+            }
+            LogicalPlan::Projection(p)
+                if p.expr
+                    .iter()
+                    .zip(p.schema.fields())
+                    .all(|(e, field)| matches!(e, Expr::Column(c) if c.name == *field.name())) =>
+            {
+                current = p.input.as_ref();
+            }
+            LogicalPlan::Filter(f) => {
+                predicates.push(f.predicate.clone());
+                current = f.input.as_ref();
+            }
+            LogicalPlan::TableScan(scan) => {
+                let alias = alias.unwrap_or_else(|| scan.table_name.clone());
+                predicates.extend(scan.filters.iter().cloned());
+                let predicates = predicates
+                    .into_iter()
+                    .map(|p| {
+                        p.transform(|e| match e {
+                            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new(
+                                Some(alias.clone()),
+                                c.name,
+                            )))),
+                            other => Ok(Transformed::no(other)),
+                        })
+                        .map(|t| t.data)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut bare = scan.clone();
+                bare.filters.clear();
+                let table = LogicalPlanBuilder::from(LogicalPlan::TableScan(bare))
+                    .alias(alias)?
+                    .build()?;
+                return Ok(Some((table, predicates)));
+            }
+            _ => return Ok(None),
+        }
+    }
 }
 
 /// How many columns the outermost SELECT lists (`None` for a wildcard or a set operation).
@@ -597,17 +693,12 @@ impl SubPlanRule {
         }
         if matches!(
             j.join_type,
-            JoinType::LeftSemi
-                | JoinType::LeftAnti
-                | JoinType::RightSemi
-                | JoinType::RightAnti
-                | JoinType::LeftMark
-                | JoinType::RightMark
+            JoinType::RightSemi | JoinType::RightAnti | JoinType::LeftMark | JoinType::RightMark
         ) {
-            // The unparser writes these as [NOT] EXISTS with qualifiers that do not
-            // resolve (or resolve to the wrong table in a self-join).
+            // The unparser writes right semi and anti joins as [NOT] EXISTS over the
+            // wrong side.
             return Err(NotPushed::Unsupported(
-                "semi and anti joins (EXISTS, IN)".into(),
+                "right semi and anti joins, and mark joins".into(),
             ));
         }
         if j.null_equality == NullEquality::NullEqualsNull {
@@ -615,13 +706,19 @@ impl SubPlanRule {
                 "joins where NULL equals NULL".into(),
             ));
         }
+        if matches!(j.join_type, JoinType::LeftSemi | JoinType::LeftAnti)
+            && !matches!(single_table(&j.right), Ok(Some(_)))
+        {
+            return Err(NotPushed::Unsupported(
+                "a semi or anti join whose subquery does more than filter one table".into(),
+            ));
+        }
         // The unparser folds filters of simple join inputs into ON for outer joins, which
-        // is wrong on the side whose rows are kept.
+        // is wrong on the side whose rows are kept (semi and anti joins' filters are moved
+        // out of the way: `semi_joins_as_exists`).
         let preserved = match j.join_type {
-            JoinType::Inner => (false, false),
-            JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                (true, false)
-            }
+            JoinType::Inner | JoinType::LeftSemi | JoinType::LeftAnti => (false, false),
+            JoinType::Left | JoinType::LeftMark => (true, false),
             JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
                 (false, true)
             }
