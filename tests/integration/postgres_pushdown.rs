@@ -97,6 +97,15 @@ const FILTERS: &[(&str, bool)] = &[
     ("s || '!' = 'abc!'", true),
     ("character_length(s) = 3", true),
     ("coalesce(s, 'none') = 'none'", true),
+    // Characters, not bytes; a start before 1 still counts toward the length.
+    ("substr(s, 1, 2) = 'ab'", true),
+    ("substring(s from 2 for 2) = 'bc'", true),
+    ("substr(s, 2) = 'bc'", true),
+    ("substr(s, 0, 3) = 'ab'", true),
+    ("substr(s, -1, 3) = 'a'", true),
+    ("substr(s, 2, 1) = 'n'", true),
+    ("substr(s, 1, 1) IN ('ü', '東')", true),
+    ("substr(s, i, 2) = 'ab'", false),
     ("upper(s) = 'ABC'", false),
     ("lower(s) = 'abc'", false),
     // Decimals: exact arithmetic, but division rounds differently.

@@ -24,7 +24,7 @@ use crate::reader::{PgReader, Shared};
 /// `tests/integration/postgres_pushdown.rs` check each entry against DataFusion's answer.
 pub static RULES: PushdownRules = PushdownRules {
     dialect_name: "PostgreSQL",
-    functions: &["coalesce", "nullif", "character_length"],
+    functions: &["coalesce", "nullif", "character_length", "substr"],
     like: true,
     integer_division: true,
     string_equality: true,

@@ -186,6 +186,14 @@ impl Checker<'_> {
                         self.rules.dialect_name
                     )));
                 }
+                // The source's `substr` takes integer positions: a literal is written as one,
+                // a bigint column would find no such function.
+                if name == "substr" && !args.iter().skip(1).all(|a| matches!(a, Expr::Literal(..)))
+                {
+                    return Err(NotPushed::Unsupported(
+                        "substr with positions that are not constants".into(),
+                    ));
+                }
                 for arg in args {
                     self.check(arg)?;
                     if self.is_opaque(arg) {
