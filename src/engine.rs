@@ -121,8 +121,10 @@ impl Engine {
         session.options_mut().optimizer.skip_failed_rules = true;
         // A hash join's build-side keys reach the probe side's scans as an IN list only up
         // to this many values per partition (beyond, as a hash table lookup, which a remote
-        // source cannot take). Sources answer lists of thousands of keys faster than they
-        // send every row, so the list may be longer than DataFusion's default of 150.
+        // source cannot take, so it gets only their range). Sources answer lists of
+        // thousands of keys faster than they send every row, so the list may be far longer
+        // than DataFusion's default of 150; file scans still get lists of at most 150
+        // (`tributary_core::short_lists`).
         let optimizer = &mut session.options_mut().optimizer;
         optimizer.hash_join_inlist_pushdown_max_distinct_values = 10_000;
         optimizer.hash_join_inlist_pushdown_max_size = 1024 * 1024;

@@ -13,6 +13,7 @@ mod random;
 pub mod remote;
 mod scan;
 mod secret;
+pub mod short_lists;
 mod source;
 pub mod types;
 

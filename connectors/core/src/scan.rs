@@ -19,7 +19,7 @@ use datafusion::common::{Constraints, Result, Statistics, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, TableType};
-use datafusion::physical_expr::PhysicalSortExpr;
+use datafusion::physical_expr::{DynamicFilterTracking, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
@@ -35,6 +35,8 @@ use datafusion::physical_plan::{
     StatisticsArgs, replace_children_if_necessary,
 };
 use futures::TryStreamExt;
+
+use crate::short_lists::ShortListsOnly;
 
 /// Which source and table a scan reads, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,7 +303,19 @@ impl ExecutionPlan for SourceScanExec {
         parent_filters: Vec<Arc<dyn PhysicalExpr>>,
         _config: &ConfigOptions,
     ) -> Result<FilterDescription> {
-        FilterDescription::from_children(parent_filters, &self.children())
+        // Dynamic filters reach the file scan without the long key lists meant for remote
+        // sources.
+        let filters = parent_filters
+            .into_iter()
+            .map(|f| {
+                if DynamicFilterTracking::classify(&f).contains_dynamic_filter() {
+                    Arc::new(ShortListsOnly::new(f)) as Arc<dyn PhysicalExpr>
+                } else {
+                    f
+                }
+            })
+            .collect();
+        FilterDescription::from_children(filters, &self.children())
     }
 
     fn handle_child_pushdown_result(
