@@ -144,11 +144,13 @@ async fn run(engine: &Engine, sql: &str) -> (String, Vec<Sent>, String) {
         .sql(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    // The query's own settings (a query reading a SQL source lists more keys).
+    let task = Arc::new(df.task_ctx());
     let plan = df
         .create_physical_plan()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let batches = collect(Arc::clone(&plan), engine.context().task_ctx())
+    let batches = collect(Arc::clone(&plan), task)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let answer = pretty_format_batches(&batches).unwrap().to_string();
@@ -172,6 +174,16 @@ async fn run(engine: &Engine, sql: &str) -> (String, Vec<Sent>, String) {
         stack.extend(node.children().into_iter().cloned());
     }
     (answer, sent, shown)
+}
+
+/// How many build-side keys per partition a hash join of `sql` may list.
+async fn listed_keys(engine: &Engine, sql: &str) -> usize {
+    let df = engine.sql(sql).await.unwrap();
+    df.task_ctx()
+        .session_config()
+        .options()
+        .optimizer
+        .hash_join_inlist_pushdown_max_distinct_values
 }
 
 /// Joins and whether the probe side's source must receive the build side's keys.
@@ -299,6 +311,16 @@ async fn build_side_keys_reach_the_probe_sides_source_and_change_no_answer() {
     // CollectLeft (one build side for every probe partition), then Partitioned (a build
     // side per hash partition: the filter is a CASE over the partitions).
     let partitioned = "    datafusion.optimizer.hash_join_single_partition_threshold: '0'\n    datafusion.optimizer.hash_join_single_partition_threshold_rows: '0'\n";
+    // Only queries that read a SQL source list more keys than DataFusion's 150.
+    let plain = engine(&pg.name, &my.name, lake.path(), true, "");
+    let lake_only = "SELECT * FROM lake.main.picks a JOIN lake.main.picks b ON a.k = b.k";
+    let federated = format!(
+        "SELECT f.id FROM pg.{}.facts f JOIN lake.main.picks p ON f.k = p.k",
+        pg.name
+    );
+    assert_eq!(listed_keys(&plain, lake_only).await, 150);
+    assert_eq!(listed_keys(&plain, &federated).await, 50_000);
+
     let no_dynamic = "    datafusion.optimizer.enable_join_dynamic_filter_pushdown: 'false'\n";
     for settings in ["", partitioned] {
         let engines = Engines {

@@ -34,8 +34,9 @@ use super::RemoteSource;
 use super::pushdown::{ColumnTraits, check_expr};
 use super::sql::and_where;
 
-/// The most values one key's `IN` list sends; past it only the key's range is sent.
-pub const MAX_IN_VALUES: usize = 16_384;
+/// The most values one key's `IN` list sends (the partitions' lists together); past it
+/// only the key's range is sent.
+pub const MAX_IN_VALUES: usize = 100_000;
 
 /// How one scan's queries take dynamic filters: the names its output columns have in the
 /// query, what the source knows about them, and where the predicate goes.
