@@ -243,8 +243,16 @@ impl Engine {
 
     /// Splits `sql` into statements, in the session's SQL dialect.
     pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
-        let state = self.ctx.state();
-        let dialect_name = &state.config().options().sql_parser.dialect;
+        // Read under the lock rather than cloning the whole session state (its function
+        // registries), which is most of a trivial query's cost on the server.
+        let dialect_name = self
+            .ctx
+            .state_ref()
+            .read()
+            .config()
+            .options()
+            .sql_parser
+            .dialect;
         let dialect = dialect_from_str(dialect_name).ok_or_else(|| {
             DataFusionError::Plan(format!("unsupported SQL dialect {dialect_name}"))
         })?;
