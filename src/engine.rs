@@ -17,7 +17,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
-use tributary_core::remote::RemoteScanExec;
+use tributary_core::remote::{RemoteScanExec, ShareSubPlans};
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
@@ -164,6 +164,7 @@ impl Engine {
             .with_default_features()
             .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
+            .with_physical_optimizer_rules(ShareSubPlans::with_default_rules())
             .build();
         let ctx = SessionContext::new_with_state(state);
         let options = CatalogOptions {
@@ -352,10 +353,10 @@ impl Engine {
     /// Describes how a query runs: what each source is asked for, the optimized logical
     /// plan and the physical plan.
     pub async fn explain(&self, sql: &str) -> Result<Explanation> {
-        let df = self.sql(sql).await?;
-        let state = self.ctx.state();
-        let optimized = state.optimize(df.logical_plan())?;
-        let physical = state.create_physical_plan(df.logical_plan()).await?;
+        // The query's own state: planning sets options per query (`Engine::plan`).
+        let (state, plan) = self.sql(sql).await?.into_parts();
+        let optimized = state.optimize(&plan)?;
+        let physical = state.create_physical_plan(&plan).await?;
         Ok(Explanation {
             scans: scans_of(&optimized, &state)?,
             queries: queries_of(&physical),

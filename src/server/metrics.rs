@@ -307,12 +307,14 @@ impl Metrics {
 
     /// Adds the rows and bytes the source scans under `plan` read. A source's whole-query
     /// scan (a sub-plan pushed to it) is a `RemoteScanExec` without a `SourceScanExec`
-    /// above it; a table scan is counted once, at its `SourceScanExec`.
+    /// above it, counted once when several read one shared query; a table scan is counted
+    /// once, at its `SourceScanExec`.
     fn record_sources(&self, plan: &Arc<dyn ExecutionPlan>) {
         let source = if let Some(scan) = plan.downcast_ref::<SourceScanExec>() {
             Some(scan.tag().source.clone())
         } else {
             plan.downcast_ref::<RemoteScanExec>()
+                .filter(|scan| scan.reads_source())
                 .map(|scan| scan.source().to_string())
         };
         if let Some(source) = source {

@@ -84,3 +84,36 @@ pub async fn sub_plan_failures(
     }
     failures
 }
+
+/// Runs every query (each reading one common table expression more than once); returns
+/// what went wrong: different answers, or scans of the same sub-plan sharing one query on
+/// the source (or not) against expectation. A shared query is sent once.
+pub async fn shared_failures(
+    pushed: &Engine,
+    local: &Engine,
+    queries: &[(&str, bool)],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (sql, must_share) in queries {
+        let (got, want, plan) = both(pushed, local, sql).await;
+        if got != want {
+            failures.push(format!(
+                "{sql}: pushed gives\n{got}\nDataFusion gives\n{want}"
+            ));
+        }
+        let runs = plan.matches("shared: runs").count();
+        let reads = plan.matches("shared: reads").count();
+        let shared = runs > 0 && reads > 0;
+        if shared != *must_share {
+            failures.push(format!("{sql}: expected shared={must_share}\n{plan}"));
+        }
+        let queries = pushed.explain(sql).await.unwrap().queries;
+        let mut distinct: Vec<&String> = queries.iter().map(|(_, q)| q).collect();
+        distinct.sort();
+        distinct.dedup();
+        if *must_share && distinct.len() != queries.len() {
+            failures.push(format!("{sql}: a query is sent twice: {queries:#?}"));
+        }
+    }
+    failures
+}

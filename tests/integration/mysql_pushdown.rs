@@ -5,7 +5,7 @@
 
 use tributary_testkit::mysql::Database;
 
-use crate::matrix::{filter_failures, sub_plan_failures};
+use crate::matrix::{filter_failures, shared_failures, sub_plan_failures};
 use crate::mysql::my_engine;
 
 const PD_TABLE: &str = r#"
@@ -165,6 +165,31 @@ const SUB_PLANS: &[(&str, bool)] = &[
         true,
     ),
 ];
+
+/// Common table expressions read twice: the scans of the same pushed sub-plan share one
+/// query (grouping binary-collated text with quotes, unicode and NULL, summing decimals).
+const SHARED: &[(&str, bool)] = &[
+    (
+        "WITH r AS (SELECT sb, sum(n) AS total, max(dt) AS latest FROM pd GROUP BY sb) \
+         SELECT r.sb, r.total, r.latest FROM r WHERE r.total = (SELECT max(total) FROM r) ORDER BY r.sb",
+        true,
+    ),
+    (
+        "WITH r AS (SELECT sb, sum(n) AS total FROM pd WHERE id > 100 GROUP BY sb) \
+         SELECT sb, total FROM r WHERE total = (SELECT max(total) FROM r)",
+        true,
+    ),
+];
+
+#[tokio::test]
+async fn scans_of_one_sub_plan_share_its_query() {
+    let db = Database::create("shared").await;
+    db.execute(PD_TABLE).await;
+    let pushed = my_engine(&db.name, true, "");
+    let local = my_engine(&db.name, false, "");
+    let failures = shared_failures(&pushed, &local, SHARED).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
 
 #[tokio::test]
 async fn filters_give_datafusions_answer_and_push_what_is_safe() {

@@ -11,7 +11,7 @@ use tributary::Engine;
 use tributary_testkit::postgres::Schema;
 
 use crate::common::{run, table};
-use crate::matrix::{filter_failures, sub_plan_failures};
+use crate::matrix::{filter_failures, shared_failures, sub_plan_failures};
 use crate::postgres::pg_engine;
 
 const PD_TABLE: &str = r#"
@@ -285,6 +285,43 @@ const SUB_PLANS: &[(&str, bool)] = &[
         false,
     ),
 ];
+
+/// Common table expressions read twice: the scans of the same pushed sub-plan share one
+/// query (grouping text with quotes, unicode and NULL, summing decimals, timestamps with
+/// time zones).
+const SHARED: &[(&str, bool)] = &[
+    (
+        "WITH r AS (SELECT s, sum(n) AS total, max(ts) AS latest FROM pd GROUP BY s) \
+         SELECT r.s, r.total, r.latest FROM r WHERE r.total = (SELECT max(total) FROM r) ORDER BY r.s",
+        true,
+    ),
+    (
+        "WITH r AS (SELECT s, sum(n) AS total, max(ts) AS latest FROM pd WHERE id <> 4 GROUP BY s) \
+         SELECT a.s, a.total, b.latest FROM r a JOIN r b ON a.s = b.s ORDER BY a.s",
+        true,
+    ),
+    (
+        "WITH r AS (SELECT s, sum(n) AS total FROM pd WHERE id > 100 GROUP BY s) \
+         SELECT s, total FROM r WHERE total = (SELECT max(total) FROM r)",
+        true,
+    ),
+    // Different filters above the aggregate: two different queries.
+    (
+        "WITH r AS (SELECT s, sum(n) AS total FROM pd GROUP BY s) \
+         SELECT s FROM r WHERE total > 0 AND s IN (SELECT s FROM r WHERE total < 100) ORDER BY s",
+        false,
+    ),
+];
+
+#[tokio::test]
+async fn scans_of_one_sub_plan_share_its_query() {
+    let schema = Schema::create("shared").await;
+    schema.execute(PD_TABLE).await;
+    let pushed = pg_engine(&schema.name, true, "");
+    let local = pg_engine(&schema.name, false, "");
+    let failures = shared_failures(&pushed, &local, SHARED).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
 
 #[tokio::test]
 async fn filters_give_datafusions_answer_and_push_what_is_safe() {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
@@ -27,6 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::RemoteReader;
 use super::dynamic::DynamicFilterTarget;
+use super::shared::{SharedQuery, SubPlanCore};
 
 /// Runs one `SELECT` per partition on a remote source and streams the rows.
 ///
@@ -48,6 +50,21 @@ pub struct RemoteScanExec {
     dynamic_filters: Vec<Arc<dyn PhysicalExpr>>,
     /// The query each partition sent, once it started.
     sent: Arc<Mutex<Vec<Option<String>>>>,
+    /// What a sub-plan scan computes below its top projection (see [`super::shared`]).
+    core: Option<Arc<SubPlanCore>>,
+    /// The query this scan reads its rows from, shared with scans of the same core.
+    shared: Option<SharedRead>,
+}
+
+/// How a scan reads a query shared with others.
+#[derive(Debug)]
+struct SharedRead {
+    query: Arc<SharedQuery>,
+    /// Column `i` of the scan is column `columns[i]` of the query.
+    columns: Vec<usize>,
+    /// Whether this is the first of the scans sharing the query, which counts as reading
+    /// the source.
+    first: bool,
 }
 
 impl RemoteScanExec {
@@ -80,7 +97,70 @@ impl RemoteScanExec {
             dynamic: None,
             dynamic_filters: vec![],
             sent,
+            core: None,
+            shared: None,
         }
+    }
+
+    /// Lets scans that compute the same `core` share one query.
+    pub fn with_core(mut self, core: SubPlanCore) -> Self {
+        self.core = Some(Arc::new(core));
+        self
+    }
+
+    /// This scan reading `columns` of `query`'s rows; `first` for the one scan of those
+    /// sharing it that counts as reading the source.
+    pub(super) fn shared(
+        &self,
+        query: Arc<SharedQuery>,
+        columns: Vec<usize>,
+        first: bool,
+    ) -> RemoteScanExec {
+        RemoteScanExec {
+            source: self.source.clone(),
+            table: self.table.clone(),
+            statements: self.statements.clone(),
+            schema: Arc::clone(&self.schema),
+            statistics: self.statistics.clone(),
+            reader: Arc::clone(&self.reader),
+            properties: Arc::clone(&self.properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+            dynamic: None,
+            dynamic_filters: vec![],
+            sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
+            core: self.core.clone(),
+            shared: Some(SharedRead {
+                query,
+                columns,
+                first,
+            }),
+        }
+    }
+
+    /// What the scan computes below its top projection, if it is a sub-plan scan.
+    pub(super) fn core(&self) -> Option<Arc<SubPlanCore>> {
+        self.core.clone()
+    }
+
+    /// Whether the scan reads a query shared with other scans.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether the rows this scan returns count as read from the source: a scan reading a
+    /// shared query counts only if it is the first of those sharing it.
+    pub fn reads_source(&self) -> bool {
+        self.shared.as_ref().is_none_or(|s| s.first)
+    }
+
+    /// The source's estimate of the rows the scan returns.
+    pub(super) fn row_estimate(&self) -> Precision<usize> {
+        self.statistics.num_rows
+    }
+
+    /// The reader the scan's queries run through.
+    pub(super) fn reader(&self) -> Arc<dyn RemoteReader> {
+        Arc::clone(&self.reader)
     }
 
     /// Lets the scan take dynamic filters, as `target` says.
@@ -94,9 +174,14 @@ impl RemoteScanExec {
         &self.source
     }
 
-    /// The queries as planned, one per partition.
+    /// The queries the scan runs, one per partition: none for a scan reading a query
+    /// another scan runs.
     pub fn sqls(&self) -> Vec<String> {
-        self.statements.iter().map(ToString::to_string).collect()
+        match &self.shared {
+            Some(SharedRead { query, first, .. }) if *first => vec![query.sql().to_string()],
+            Some(_) => vec![],
+            None => self.statements.iter().map(ToString::to_string).collect(),
+        }
     }
 
     /// The queries as sent, dynamic filters included, one per partition (`None` for a
@@ -151,6 +236,15 @@ impl DisplayAs for RemoteScanExec {
                 )?;
                 if self.statements.len() > 1 {
                     write!(f, " (and {} more)", self.statements.len() - 1)?;
+                }
+                if let Some(shared) = &self.shared {
+                    let role = if shared.first { "runs" } else { "reads" };
+                    write!(
+                        f,
+                        ", shared: {role} {} (columns {:?})",
+                        shared.query.sql(),
+                        shared.columns
+                    )?;
                 }
                 if !self.dynamic_filters.is_empty() {
                     write!(f, ", dynamic_filters={}", self.dynamic_filters.len())?;
@@ -227,7 +321,11 @@ impl ExecutionPlan for RemoteScanExec {
             .into_iter()
             .filter(|f| DynamicFilterTracking::classify(f).contains_dynamic_filter())
             .collect();
-        if phase != FilterPushdownPhase::Post || self.dynamic.is_none() || dynamic.is_empty() {
+        if phase != FilterPushdownPhase::Post
+            || self.dynamic.is_none()
+            || self.shared.is_some()
+            || dynamic.is_empty()
+        {
             return Ok(result);
         }
         let mut dynamic_filters = self.dynamic_filters.clone();
@@ -244,6 +342,8 @@ impl ExecutionPlan for RemoteScanExec {
             dynamic: self.dynamic.clone(),
             dynamic_filters,
             sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
+            core: self.core.clone(),
+            shared: None,
         };
         Ok(result.with_updated_node(Arc::new(scan)))
     }
@@ -270,6 +370,27 @@ impl ExecutionPlan for RemoteScanExec {
                 self.statements.len()
             );
         }
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        if let Some(shared) = &self.shared {
+            let rows = shared.query.subscribe(&context)?;
+            let columns = shared.columns.clone();
+            let schema = Arc::clone(&self.schema);
+            let picked = rows.map(move |batch| -> Result<RecordBatch> {
+                let batch = batch?;
+                let arrays = columns
+                    .iter()
+                    .map(|&i| Arc::clone(batch.column(i)))
+                    .collect();
+                let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                let picked =
+                    RecordBatch::try_new_with_options(Arc::clone(&schema), arrays, &options)?;
+                Ok(picked.record_output(&metrics))
+            });
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                Arc::clone(&self.schema),
+                picked,
+            )));
+        }
         // The query is written when the stream is first polled: a hash join polls its
         // probe side only once its build side is complete and the dynamic filter final.
         let query = self.query(partition);
@@ -285,7 +406,6 @@ impl ExecutionPlan for RemoteScanExec {
             reader.read(partition, sql, schema, batch_size)
         };
         let stream = futures::stream::once(opening).try_flatten();
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
         let counted = stream.map(move |batch| {
             if let Ok(b) = &batch {
                 // Rows and Arrow bytes, read by EXPLAIN ANALYZE and the server's metrics.

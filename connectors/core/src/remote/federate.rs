@@ -36,6 +36,7 @@ use datafusion_federation::{
 
 use super::dynamic::DynamicFilterTarget;
 use super::pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
+use super::shared::SubPlanCore;
 use super::sql::unqualify;
 use super::{RemoteScanExec, RemoteSource, RemoteTable};
 
@@ -158,17 +159,20 @@ impl FederationPlanner for Planner {
         }
         let dynamic =
             DynamicFilterTarget::sub_plan(Arc::clone(&self.source), &schema, self.traits.clone())?;
-        Ok(Arc::new(
-            RemoteScanExec::new(
-                self.source.name().to_string(),
-                "(sub-plan)".to_string(),
-                vec![statement],
-                schema,
-                statistics,
-                self.source.reader(1),
-            )
-            .with_dynamic_filters(dynamic),
-        ))
+        let core = SubPlanCore::of(&self.source, node.plan());
+        let scan = RemoteScanExec::new(
+            self.source.name().to_string(),
+            "(sub-plan)".to_string(),
+            vec![statement],
+            schema,
+            statistics,
+            self.source.reader(1),
+        )
+        .with_dynamic_filters(dynamic);
+        Ok(Arc::new(match core {
+            Some(core) => scan.with_core(core),
+            None => scan,
+        }))
     }
 }
 
@@ -1004,7 +1008,7 @@ fn expr_traits(
     }
 }
 
-fn unalias(expr: &Expr) -> &Expr {
+pub(super) fn unalias(expr: &Expr) -> &Expr {
     match expr {
         Expr::Alias(a) => unalias(&a.expr),
         other => other,
