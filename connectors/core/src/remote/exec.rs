@@ -117,6 +117,20 @@ impl RemoteScanExec {
         first: bool,
     ) -> RemoteScanExec {
         RemoteScanExec {
+            dynamic: None,
+            dynamic_filters: vec![],
+            shared: Some(SharedRead {
+                query,
+                columns,
+                first,
+            }),
+            ..self.renewed()
+        }
+    }
+
+    /// The same scan as a new plan node, with its own metrics and record of queries sent.
+    fn renewed(&self) -> RemoteScanExec {
+        RemoteScanExec {
             source: self.source.clone(),
             table: self.table.clone(),
             statements: self.statements.clone(),
@@ -125,15 +139,11 @@ impl RemoteScanExec {
             reader: Arc::clone(&self.reader),
             properties: Arc::clone(&self.properties),
             metrics: ExecutionPlanMetricsSet::new(),
-            dynamic: None,
-            dynamic_filters: vec![],
+            dynamic: self.dynamic.clone(),
+            dynamic_filters: self.dynamic_filters.clone(),
             sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
             core: self.core.clone(),
-            shared: Some(SharedRead {
-                query,
-                columns,
-                first,
-            }),
+            shared: None,
         }
     }
 
@@ -331,19 +341,8 @@ impl ExecutionPlan for RemoteScanExec {
         let mut dynamic_filters = self.dynamic_filters.clone();
         dynamic_filters.extend(dynamic);
         let scan = RemoteScanExec {
-            source: self.source.clone(),
-            table: self.table.clone(),
-            statements: self.statements.clone(),
-            schema: Arc::clone(&self.schema),
-            statistics: self.statistics.clone(),
-            reader: Arc::clone(&self.reader),
-            properties: Arc::clone(&self.properties),
-            metrics: ExecutionPlanMetricsSet::new(),
-            dynamic: self.dynamic.clone(),
             dynamic_filters,
-            sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
-            core: self.core.clone(),
-            shared: None,
+            ..self.renewed()
         };
         Ok(result.with_updated_node(Arc::new(scan)))
     }
