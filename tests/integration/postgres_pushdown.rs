@@ -11,6 +11,7 @@ use tributary::Engine;
 use tributary_testkit::postgres::Schema;
 
 use crate::common::{run, table};
+use crate::flight_sql::{query, start_with};
 use crate::matrix::{filter_failures, shared_failures, sub_plan_failures};
 use crate::postgres::pg_engine;
 
@@ -321,6 +322,35 @@ async fn scans_of_one_sub_plan_share_its_query() {
     let local = pg_engine(&schema.name, false, "");
     let failures = shared_failures(&pushed, &local, SHARED).await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test]
+async fn a_shared_query_counts_once_in_the_servers_source_rows() {
+    let schema = Schema::create("shared_metrics").await;
+    schema.execute(PD_TABLE).await;
+    let options = tributary::server::Options::default();
+    let metrics = std::sync::Arc::clone(&options.metrics);
+    let server = start_with(pg_engine(&schema.name, true, ""), options).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    // Both reads of `r` share one query: its three groups (true, false, NULL) count once,
+    // not twice.
+    let answer = query(
+        &mut client,
+        "WITH r AS (SELECT flag, count(*) AS k FROM pd GROUP BY flag) \
+         SELECT flag, k FROM r WHERE k = (SELECT max(k) FROM r)",
+    )
+    .await;
+    assert!(answer.contains("| true "), "{answer}");
+    let text = metrics.render();
+    assert!(
+        text.contains("tributary_source_rows_total{source=\"pg\"} 3\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
