@@ -244,8 +244,8 @@ impl Engine {
 
     /// Splits `sql` into statements, in the session's SQL dialect.
     pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
-        // Read under the lock rather than cloning the whole session state (its function
-        // registries), which is most of a trivial query's cost on the server.
+        // Read under the lock: cloning the whole session state (its function registries)
+        // for one option costs every statement the server plans.
         let dialect_name = self
             .ctx
             .state_ref()

@@ -153,7 +153,7 @@ impl RemoteScanExec {
     }
 
     /// Whether the scan reads a query shared with other scans.
-    pub fn is_shared(&self) -> bool {
+    pub(super) fn is_shared(&self) -> bool {
         self.shared.is_some()
     }
 

@@ -169,10 +169,7 @@ impl FederationPlanner for Planner {
             self.source.reader(1),
         )
         .with_dynamic_filters(dynamic);
-        Ok(Arc::new(match core {
-            Some(core) => scan.with_core(core),
-            None => scan,
-        }))
+        Ok(Arc::new(scan.with_core(core)))
     }
 }
 

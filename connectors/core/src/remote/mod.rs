@@ -30,7 +30,7 @@ use datafusion::sql::unparser::dialect::Dialect;
 pub use exec::RemoteScanExec;
 pub use federate::{Federation, remote_table};
 pub use pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
-pub use shared::{SHARE_MAX_ROWS, ShareSubPlans};
+pub use shared::ShareSubPlans;
 pub use sql::{ScanSpec, scan_sql, unqualify};
 pub use table::{RemoteTable, RemoteTableInfo, TableKind};
 

@@ -11,9 +11,9 @@
 //! Only small results are shared (the source's estimate is at most [`SHARE_MAX_ROWS`]),
 //! because every batch is kept until the plan is dropped: a scan may start reading only
 //! after another has read everything (a hash join's probe side waits for its build side).
-//! The kept batches are counted against the query's memory pool. A query that runs by
-//! itself and fills the buffer, rather than the first scan that reads it, means no scan
-//! waits for another one to poll.
+//! The kept batches are counted against the query's memory pool. The query is read into
+//! the buffer by a task of its own, not by whichever scan polls first, so no scan waits for
+//! another to be polled.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -41,7 +41,7 @@ use super::{RemoteReader, RemoteScanExec, RemoteSource};
 
 /// The most rows (by the source's estimate) a shared query may return: its batches stay in
 /// memory for as long as the plan runs.
-pub const SHARE_MAX_ROWS: usize = 1_000_000;
+pub(super) const SHARE_MAX_ROWS: usize = 1_000_000;
 
 /// What a sub-plan computes below the projections and aliases at its top that only pick
 /// and rename columns.
@@ -49,17 +49,13 @@ pub const SHARE_MAX_ROWS: usize = 1_000_000;
 pub struct SubPlanCore {
     source: Arc<dyn RemoteSource>,
     plan: LogicalPlan,
-    /// The source's compute context and the SQL of the core's shape (for an aggregate,
-    /// its input and grouping without the aggregate functions): scans with equal keys can
-    /// share one query, which computes every aggregate any of them needs.
-    key: String,
     /// Column `i` of the scan is column `columns[i]` of the core.
     columns: Vec<usize>,
 }
 
 impl SubPlanCore {
-    /// The core of the sub-plan `plan` on `source`, if its SQL can be written.
-    pub fn of(source: &Arc<dyn RemoteSource>, plan: &LogicalPlan) -> Option<SubPlanCore> {
+    /// The core of the sub-plan `plan` on `source`.
+    pub fn of(source: &Arc<dyn RemoteSource>, plan: &LogicalPlan) -> SubPlanCore {
         let mut columns: Vec<usize> = (0..plan.schema().fields().len()).collect();
         let mut core = plan;
         loop {
@@ -84,7 +80,19 @@ impl SubPlanCore {
                 _ => break,
             }
         }
-        let shape = match core {
+        SubPlanCore {
+            source: Arc::clone(source),
+            plan: core.clone(),
+            columns,
+        }
+    }
+
+    /// The source's compute context and the SQL of the core's shape (for an aggregate, its
+    /// input and grouping without the aggregate functions): scans with equal keys can share
+    /// one query, which computes every aggregate any of them needs. `None` if that SQL
+    /// cannot be written. Computed only for plans with several sub-plan scans.
+    fn key(&self) -> Option<String> {
+        let shape = match &self.plan {
             LogicalPlan::Aggregate(aggregate)
                 if !aggregate
                     .group_expr
@@ -102,13 +110,8 @@ impl SubPlanCore {
             }
             other => other.clone(),
         };
-        let sql = remote_sql(source.as_ref(), &shape).ok()?;
-        Some(SubPlanCore {
-            source: Arc::clone(source),
-            key: format!("{}\n{sql}", source.compute_context()),
-            plan: core.clone(),
-            columns,
-        })
+        let sql = remote_sql(self.source.as_ref(), &shape).ok()?;
+        Some(format!("{}\n{sql}", self.source.compute_context()))
     }
 }
 
@@ -402,20 +405,30 @@ impl PhysicalOptimizerRule for ShareSubPlans {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut groups: HashMap<String, Vec<Arc<SubPlanCore>>> = HashMap::new();
+        let mut cores: Vec<Arc<SubPlanCore>> = Vec::new();
         plan.apply(|node| {
-            if let Some(scan) = node.downcast_ref::<RemoteScanExec>()
-                && let Some(core) = shareable(scan)
-            {
-                groups.entry(core.key.clone()).or_default().push(core);
+            if let Some(core) = node.downcast_ref::<RemoteScanExec>().and_then(shareable) {
+                cores.push(core);
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
+        // Most plans have at most one sub-plan scan: nothing to write SQL for.
+        if cores.len() < 2 {
+            return Ok(plan);
+        }
+        let keyed: Vec<(Arc<SubPlanCore>, String)> = cores
+            .into_iter()
+            .filter_map(|core| core.key().map(|key| (core, key)))
+            .collect();
+        let mut groups: HashMap<&str, Vec<Arc<SubPlanCore>>> = HashMap::new();
+        for (core, key) in &keyed {
+            groups.entry(key).or_default().push(Arc::clone(core));
+        }
         groups.retain(|_, cores| cores.len() > 1);
         if groups.is_empty() {
             return Ok(plan);
         }
-        let mut shares: HashMap<String, Share> = HashMap::new();
+        let mut shares: HashMap<&str, Share> = HashMap::new();
         Ok(plan
             .transform_up(|node| {
                 let Some(scan) = node.downcast_ref::<RemoteScanExec>() else {
@@ -424,16 +437,19 @@ impl PhysicalOptimizerRule for ShareSubPlans {
                 let Some(core) = shareable(scan) else {
                     return Ok(Transformed::no(node));
                 };
-                let Some(cores) = groups.get(&core.key) else {
+                let Some((_, key)) = keyed.iter().find(|(c, _)| Arc::ptr_eq(c, &core)) else {
                     return Ok(Transformed::no(node));
                 };
-                let share = match shares.entry(core.key.clone()) {
+                let Some(cores) = groups.get(key.as_str()) else {
+                    return Ok(Transformed::no(node));
+                };
+                let share = match shares.entry(key) {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => match Share::new(scan, cores) {
                         Ok(share) => e.insert(share),
                         Err(error) => {
                             tracing::debug!(%error, "scans of one sub-plan run their own queries");
-                            groups.remove(&core.key);
+                            groups.remove(key.as_str());
                             return Ok(Transformed::no(node));
                         }
                     },
