@@ -16,7 +16,7 @@
 //! and `$CARGO_TARGET_DIR/tpch/sf<scale>/<table>.parquet`.
 //!
 //! `cargo bench --bench tpch -- [--scale 1] [--placement mixed]… [--query 3]… [--runs 1]
-//! [--timeout 120] [--no-flight]`
+//! [--timeout 120] [--no-flight] [--set datafusion.key=value]…`
 
 mod data;
 mod report;
@@ -42,6 +42,8 @@ struct Args {
     runs: usize,
     timeout: Duration,
     flight: bool,
+    /// DataFusion settings for Tributary (`server.datafusion`), to compare settings.
+    settings: Vec<(String, String)>,
 }
 
 fn args() -> Args {
@@ -52,6 +54,7 @@ fn args() -> Args {
         runs: 1,
         timeout: Duration::from_secs(120),
         flight: true,
+        settings: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +70,13 @@ fn args() -> Args {
                 args.timeout = Duration::from_secs(value().parse().expect("--timeout: seconds"))
             }
             "--no-flight" => args.flight = false,
+            "--set" => {
+                let setting = value();
+                let (key, value) = setting
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("--set {setting}: key=value"));
+                args.settings.push((key.to_string(), value.to_string()));
+            }
             // `cargo bench` passes `--bench`.
             _ => {}
         }
@@ -193,7 +203,13 @@ async fn bench_placement(
     ceiling: &SessionContext,
     mismatches: &mut Vec<String>,
 ) -> PlacementReport {
-    let yaml = data.tributary_config(placement);
+    let mut yaml = data.tributary_config(placement);
+    if !args.settings.is_empty() {
+        yaml.push_str("server:\n  datafusion:\n");
+        for (key, value) in &args.settings {
+            yaml.push_str(&format!("    {key}: \"{value}\"\n"));
+        }
+    }
     let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine::new(&config).unwrap_or_else(|e| panic!("{e}"));
     let flight = if args.flight {

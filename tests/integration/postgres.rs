@@ -464,3 +464,46 @@ async fn a_scan_stopped_early_cancels_its_query() {
         "+----+\n| n  |\n+----+\n| 10 |\n+----+"
     );
 }
+
+#[tokio::test]
+async fn session_settings_reach_every_connection() {
+    let schema = Schema::create("settings").await;
+    schema
+        .execute(
+            "CREATE VIEW settings AS SELECT current_setting('work_mem') AS work_mem,
+                current_setting('lock_timeout') AS lock_timeout,
+                current_setting('tributary.note') AS note,
+                current_setting('TimeZone') AS tz",
+        )
+        .await;
+    // `options` in the URL are kept, `settings` come after them (and win), and the time zone
+    // reading depends on comes last.
+    let separator = if url().contains('?') { '&' } else { '?' };
+    let connection = format!(
+        "    url: {}{separator}options=-c%20lock_timeout%3D1234%20-c%20work_mem%3D1MB%20-c%20TimeZone%3DAsia/Tokyo\n    settings:\n      work_mem: 64MB\n      tributary.note: 'two words, a \\ and ünï'\n",
+        url()
+    );
+    let engine = pg_engine_at(&schema.name, &connection);
+    let batches = run(&engine, "SELECT * FROM settings").await.unwrap();
+    let values: Vec<String> = cells(&batches, 0).into_iter().map(|c| c.2).collect();
+    assert_eq!(values, ["64MB", "1234ms", "two words, a \\ and ünï", "UTC"]);
+
+    let rejected = |settings: &str| {
+        let yaml = format!(
+            "sources:\n  - name: pg\n    kind: postgres\n    url: {}\n    settings:\n      {settings}\n",
+            url()
+        );
+        let config = Config::parse(&yaml, None, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        match Engine::new(&config) {
+            Ok(_) => panic!("{settings} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = rejected("TimeZone: Europe/Paris");
+    assert!(e.contains("settings.TimeZone"), "{e}");
+    assert!(e.contains("UTC"), "{e}");
+    let e = rejected("statement_timeout: 5s");
+    assert!(e.contains("`statement_timeout` key"), "{e}");
+    let e = rejected("'work_mem=1MB -c jit': on");
+    assert!(e.contains("not a PostgreSQL setting name"), "{e}");
+}

@@ -1,10 +1,11 @@
 //! Configuration of a `postgres` source.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tributary_core::Secret;
-use tributary_core::config::{Partitions, SchemaFilter, de};
+use tributary_core::config::{OptionValue, Partitions, SchemaFilter, de};
 
 /// `kind: postgres`: one catalog over a PostgreSQL database.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +38,10 @@ pub struct PostgresConfig {
     /// Longest a statement may run on the server; unlimited if unset.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub statement_timeout: Option<Duration>,
+    /// Session settings every connection starts with, e.g. `work_mem: 64MB` or
+    /// `jit: on`. They come after any `options` in `url`, so they win over them.
+    #[serde(default)]
+    pub settings: BTreeMap<String, OptionValue>,
     /// Which schemas to expose.
     #[serde(default)]
     pub schemas: SchemaFilter,

@@ -209,14 +209,65 @@ fn pg_config(
     pg.connect_timeout(config.connect_timeout);
     pg.keepalives(true);
     pg.application_name("tributary");
-    // Timestamps travel as UTC instants and floats with full precision; the statement
-    // timeout applies to every query and COPY this source runs.
-    let mut options = String::from("-c TimeZone=UTC -c extra_float_digits=3");
-    if let Some(timeout) = config.statement_timeout {
-        options.push_str(&format!(" -c statement_timeout={}", timeout.as_millis()));
-    }
+    let options = session_options(config, pg.get_options(), key)?;
     pg.options(options);
     Ok((pg, sslmode, config.sslrootcert.clone().or(rootcert)))
+}
+
+/// Settings Tributary's reading depends on, so neither `url` options nor `settings` may
+/// change them; `statement_timeout` has its own key.
+const FIXED_SETTINGS: [(&str, &str); 4] = [
+    ("timezone", "timestamps are read as UTC instants"),
+    ("extra_float_digits", "floats are read with full precision"),
+    ("client_encoding", "text is read as UTF-8"),
+    (
+        "statement_timeout",
+        "set it with the source's `statement_timeout` key",
+    ),
+];
+
+/// The startup `options` (`-c name=value` each): the URL's own `options` first, then the
+/// source's `settings`, then the ones reading depends on, so that later ones win.
+fn session_options(
+    config: &PostgresConfig,
+    url_options: Option<&str>,
+    key: &str,
+) -> Result<String> {
+    let mut options = url_options.unwrap_or_default().trim().to_string();
+    let mut set = |name: &str, value: &str| {
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        // libpq splits `options` at spaces unless a backslash escapes them.
+        let value = value.replace('\\', "\\\\").replace(' ', "\\ ");
+        options.push_str(&format!("-c {name}={value}"));
+    };
+    for (name, value) in &config.settings {
+        let setting = format!("{key}.settings.{name}");
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '$'));
+        if !valid {
+            return Err(Error::config(setting, "not a PostgreSQL setting name"));
+        }
+        if let Some((_, why)) = FIXED_SETTINGS
+            .iter()
+            .find(|(fixed, _)| fixed.eq_ignore_ascii_case(name))
+        {
+            return Err(Error::config(setting, format!("cannot be changed: {why}")));
+        }
+        set(name, &value.0);
+    }
+    set("TimeZone", "UTC");
+    set("extra_float_digits", "3");
+    if let Some(timeout) = config.statement_timeout {
+        set("statement_timeout", &timeout.as_millis().to_string());
+    }
+    Ok(options)
 }
 
 fn parse_sslmode(text: &str, key: &str) -> Result<SslMode> {
