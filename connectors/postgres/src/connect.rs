@@ -154,18 +154,26 @@ fn pg_config(
                     ),
                 ));
             }
-            let mut kept = Vec::new();
             for (k, v) in parsed.query_pairs() {
                 match k.as_ref() {
                     "sslmode" => sslmode = Some(parse_sslmode(&v, key)?),
                     "sslrootcert" => rootcert = Some(v.into_owned()),
-                    _ => kept.push((k.into_owned(), v.into_owned())),
+                    _ => {}
                 }
             }
-            parsed.set_query(None);
-            if !kept.is_empty() {
-                parsed.query_pairs_mut().extend_pairs(kept);
-            }
+            // The other parameters keep their own encoding: re-encoding them as a form
+            // would turn `%20` into `+`, which tokio-postgres does not read as a space.
+            let kept: Vec<String> = parsed
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|pair| {
+                    let name = pair.split('=').next().unwrap_or_default();
+                    !pair.is_empty() && name != "sslmode" && name != "sslrootcert"
+                })
+                .map(str::to_string)
+                .collect();
+            parsed.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
             parsed
                 .as_str()
                 .parse::<tokio_postgres::Config>()
