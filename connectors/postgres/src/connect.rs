@@ -154,25 +154,19 @@ fn pg_config(
                     ),
                 ));
             }
-            for (k, v) in parsed.query_pairs() {
-                match k.as_ref() {
-                    "sslmode" => sslmode = Some(parse_sslmode(&v, key)?),
-                    "sslrootcert" => rootcert = Some(v.into_owned()),
-                    _ => {}
+            // Parameters other than the two TLS ones are kept as written: re-encoding
+            // them as a form would turn `%20` into `+`, which tokio-postgres does not
+            // read as a space.
+            let mut kept = Vec::new();
+            for pair in parsed.query().unwrap_or_default().split('&') {
+                let decoded = url::form_urlencoded::parse(pair.as_bytes()).next();
+                match decoded.as_ref().map(|(k, v)| (k.as_ref(), v)) {
+                    Some(("sslmode", v)) => sslmode = Some(parse_sslmode(v, key)?),
+                    Some(("sslrootcert", v)) => rootcert = Some(v.to_string()),
+                    Some(_) => kept.push(pair.to_string()),
+                    None => {}
                 }
             }
-            // The other parameters keep their own encoding: re-encoding them as a form
-            // would turn `%20` into `+`, which tokio-postgres does not read as a space.
-            let kept: Vec<String> = parsed
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .filter(|pair| {
-                    let name = pair.split('=').next().unwrap_or_default();
-                    !pair.is_empty() && name != "sslmode" && name != "sslrootcert"
-                })
-                .map(str::to_string)
-                .collect();
             parsed.set_query((!kept.is_empty()).then(|| kept.join("&")).as_deref());
             parsed
                 .as_str()
@@ -222,8 +216,8 @@ fn pg_config(
     Ok((pg, sslmode, config.sslrootcert.clone().or(rootcert)))
 }
 
-/// Settings Tributary's reading depends on, so neither `url` options nor `settings` may
-/// change them; `statement_timeout` has its own key.
+/// Settings `settings` may not name: reading depends on the first three (they are sent
+/// last, so they also win over `url` options), and `statement_timeout` has its own key.
 const FIXED_SETTINGS: [(&str, &str); 4] = [
     ("timezone", "timestamps are read as UTC instants"),
     ("extra_float_digits", "floats are read with full precision"),
