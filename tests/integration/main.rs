@@ -10,6 +10,7 @@ mod dynamic_filters;
 mod files;
 mod flight_sql;
 mod flight_sql_security;
+mod join_order;
 mod materialize;
 mod materialize_runtime;
 mod matrix;

@@ -74,7 +74,7 @@ pub async fn sub_plan_failures(
         let (got, want, plan) = both(pushed, local, sql).await;
         if got != want {
             failures.push(format!(
-                "{sql}: pushed gives\n{got}\nDataFusion gives\n{want}"
+                "{sql}: pushed gives\n{got}\nDataFusion gives\n{want}\nwith the plan\n{plan}"
             ));
         }
         let federated = plan.contains("table=(sub-plan)");

@@ -10,6 +10,7 @@
 pub mod dynamic;
 mod exec;
 mod federate;
+mod name_clash;
 pub mod pushdown;
 mod shared;
 mod sql;
@@ -29,6 +30,7 @@ use datafusion::sql::unparser::dialect::Dialect;
 
 pub use exec::RemoteScanExec;
 pub use federate::{Federation, remote_table};
+pub use name_clash::GuardedFilterPushdown;
 pub use pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
 pub use shared::ShareSubPlans;
 pub use sql::{ScanSpec, scan_sql, unqualify};
