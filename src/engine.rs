@@ -17,7 +17,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
-use tributary_core::remote::{RemoteScanExec, ShareSubPlans};
+use tributary_core::remote::{RemoteScanExec, SameSourceJoinsFirst, ShareSubPlans};
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
@@ -157,11 +157,13 @@ impl Engine {
         runtime.register_object_store(&memory, Arc::new(InMemory::new()));
 
         // Sub-plans that touch one SQL source run there: the federation rule runs after
-        // DataFusion's own rules, so filters and projections are already in place.
+        // DataFusion's own rules, so filters and projections are already in place, and
+        // after inner joins are regrouped so that one source's tables join each other first.
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(SameSourceJoinsFirst))
             .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .with_physical_optimizer_rules(ShareSubPlans::with_default_rules())

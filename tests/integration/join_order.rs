@@ -1,6 +1,7 @@
-//! Joins across sources of tables that share column names. Every query runs with pushdown
-//! and without (DataFusion computing everything) and must give the same answer; each also
-//! says whether PostgreSQL must receive a sub-plan.
+//! Join order across sources: tables of one source that the query joins with each other
+//! are joined first, wherever the query names them, so the source runs that join itself.
+//! Every query runs with pushdown and without (DataFusion computing everything) and must
+//! give the same answer; each also says whether PostgreSQL must receive a sub-plan.
 //!
 //! The keys have NULLs and values with no match; the strings have quotes, backslashes and
 //! unicode; amounts are decimals and times are timestamps with time zones.
@@ -38,6 +39,108 @@ SELECT seq,
 FROM seq_1_to_50;
 ANALYZE TABLE customers;
 "#;
+
+/// Queries naming a MariaDB table between or before PostgreSQL tables (`C` is MariaDB's
+/// `customers`, `O` and `L` PostgreSQL's `orders` and `lines`), and whether PostgreSQL
+/// must receive a sub-plan (its two tables joined there).
+const QUERIES: &[(&str, bool)] = &[
+    // FROM order puts the MariaDB table first: (c ⋈ o) ⋈ l, regrouped as c ⋈ (o ⋈ l).
+    (
+        "SELECT c.name, o.id, l.item, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id ORDER BY o.id, l.item, l.qty, c.name",
+        true,
+    ),
+    // SELECT * keeps the columns in the order the query names the tables.
+    (
+        "SELECT * FROM C c JOIN O o ON c.id = o.cust JOIN L l ON o.id = l.order_id \
+         ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11",
+        true,
+    ),
+    // The MariaDB table between the two PostgreSQL tables.
+    (
+        "SELECT o.id, c.region, l.item FROM O o, C c, L l \
+         WHERE o.cust = c.id AND l.order_id = o.id AND l.qty > 2 ORDER BY 1, 2, 3",
+        true,
+    ),
+    // Filters on each side, with quotes, unicode, decimals and time zones.
+    (
+        "SELECT c.name, o.note, l.item, o.amount FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id \
+           AND o.placed >= TIMESTAMP '2024-01-20 00:00:00+05:00' \
+           AND o.amount > 3.75 AND (l.item LIKE '%\"q\"%' OR l.item = 'it''s') \
+           AND c.name <> 'Zoë 3' ORDER BY 1, 2, 3, 4",
+        true,
+    ),
+    // A join condition beside the equality, between the PostgreSQL tables.
+    (
+        "SELECT o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id AND l.qty < o.cust ORDER BY 1, 2",
+        true,
+    ),
+    // Aggregated above the joins.
+    (
+        "SELECT c.region, count(*), sum(o.amount * l.qty), min(o.placed) FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id GROUP BY c.region ORDER BY 1",
+        true,
+    ),
+    // Nothing matches.
+    (
+        "SELECT c.name, l.item FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id AND o.amount > 1000000 ORDER BY 1, 2",
+        true,
+    ),
+    // Semi and anti joins on the PostgreSQL side move with it.
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id \
+           AND o.id IN (SELECT order_id FROM L WHERE qty = 6) ORDER BY 1, 2, 3",
+        true,
+    ),
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id \
+           AND NOT EXISTS (SELECT 1 FROM L l2 WHERE l2.order_id = o.id AND l2.qty = 0) \
+         ORDER BY 1, 2, 3",
+        true,
+    ),
+    // A semi join on the MariaDB side, and NOT IN (which NULLs make null-aware).
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id \
+           AND c.id IN (SELECT id FROM C WHERE region = 'north') ORDER BY 1, 2, 3",
+        true,
+    ),
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND o.id = l.order_id \
+           AND o.cust NOT IN (SELECT order_id FROM L WHERE qty = 1) ORDER BY 1, 2, 3",
+        true,
+    ),
+    // The same PostgreSQL table twice.
+    (
+        "SELECT c.id, o1.id, o2.id FROM C c, O o1, O o2 \
+         WHERE c.id = o1.cust AND o1.cust = o2.cust AND o1.id < o2.id ORDER BY 1, 2, 3",
+        true,
+    ),
+    // The PostgreSQL tables meet only through the MariaDB table, or only through an
+    // inequality: no PostgreSQL join to send.
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND c.id = l.order_id ORDER BY 1, 2, 3",
+        false,
+    ),
+    (
+        "SELECT c.id, o.id, l.qty FROM C c, O o, L l \
+         WHERE c.id = o.cust AND c.id = l.qty AND o.id < l.order_id ORDER BY 1, 2, 3",
+        false,
+    ),
+    // An outer join is not regrouped: its side keeps the rows it must keep.
+    (
+        "SELECT c.id, o.id, l.qty FROM O o LEFT JOIN C c ON c.id = o.cust \
+         JOIN L l ON o.id = l.order_id ORDER BY 1, 2, 3",
+        false,
+    ),
+];
 
 /// Tributary over the PostgreSQL schema and the MariaDB database, with or without
 /// pushdown.
@@ -89,6 +192,13 @@ impl Fixture {
         let queries: Vec<(&str, bool)> = queries.iter().map(|(q, f)| (q.as_str(), *f)).collect();
         sub_plan_failures(&self.pushed, &self.local, &queries).await
     }
+}
+
+#[tokio::test]
+async fn one_sources_tables_join_there_first_and_change_no_answer() {
+    let fixture = Fixture::new("join_order").await;
+    let failures = fixture.failures(QUERIES).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// Both tables have an `id`, so the join's output has two columns of that name. A

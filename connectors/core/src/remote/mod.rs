@@ -10,6 +10,7 @@
 pub mod dynamic;
 mod exec;
 mod federate;
+mod join_order;
 mod name_clash;
 pub mod pushdown;
 mod shared;
@@ -30,6 +31,7 @@ use datafusion::sql::unparser::dialect::Dialect;
 
 pub use exec::RemoteScanExec;
 pub use federate::{Federation, remote_table};
+pub use join_order::SameSourceJoinsFirst;
 pub use name_clash::GuardedFilterPushdown;
 pub use pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
 pub use shared::ShareSubPlans;
