@@ -38,11 +38,14 @@ SELECT seq,
        CASE WHEN seq % 2 = 0 THEN 'north' ELSE 'south' END
 FROM seq_1_to_50;
 ANALYZE TABLE customers;
+CREATE TABLE visits (id int PRIMARY KEY, cust int);
+INSERT INTO visits SELECT seq, CASE WHEN seq % 17 = 0 THEN NULL ELSE seq % 60 END FROM seq_1_to_12000;
+ANALYZE TABLE visits;
 "#;
 
-/// Queries naming a MariaDB table between or before PostgreSQL tables (`C` is MariaDB's
-/// `customers`, `O` and `L` PostgreSQL's `orders` and `lines`), and whether PostgreSQL
-/// must receive a sub-plan (its two tables joined there).
+/// Queries naming a MariaDB table between or before PostgreSQL tables (`C` and `V` are
+/// MariaDB's `customers` and `visits`, `O` and `L` PostgreSQL's `orders` and `lines`),
+/// and whether a source must receive a sub-plan (its tables joined there).
 const QUERIES: &[(&str, bool)] = &[
     // FROM order puts the MariaDB table first: (c ⋈ o) ⋈ l, regrouped as c ⋈ (o ⋈ l).
     (
@@ -122,6 +125,18 @@ const QUERIES: &[(&str, bool)] = &[
          WHERE c.id = o1.cust AND o1.cust = o2.cust AND o1.id < o2.id ORDER BY 1, 2, 3",
         true,
     ),
+    // MariaDB joins by nested loops: its small tables are regrouped, and two tables
+    // over 10,000 rows stay apart.
+    (
+        "SELECT c1.id, o.id, c2.name FROM C c1, O o, C c2 \
+         WHERE c1.id = o.cust AND c2.id = c1.id ORDER BY 1, 2, 3",
+        true,
+    ),
+    (
+        "SELECT v1.id, o.id, v2.cust FROM V v1, O o, V v2 \
+         WHERE v1.cust = o.id AND v2.id = v1.id AND o.amount > 15 ORDER BY 1, 2, 3",
+        false,
+    ),
     // The PostgreSQL tables meet only through the MariaDB table, or only through an
     // inequality: no PostgreSQL join to send.
     (
@@ -184,6 +199,7 @@ impl Fixture {
             .map(|(sql, federate)| {
                 let sql = sql
                     .replace(" C ", &format!(" my.{}.customers ", self.my.name))
+                    .replace(" V ", &format!(" my.{}.visits ", self.my.name))
                     .replace(" O ", &format!(" pg.{}.orders ", self.pg.name))
                     .replace(" L ", &format!(" pg.{}.lines ", self.pg.name));
                 (sql, *federate)

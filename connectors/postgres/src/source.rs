@@ -32,6 +32,7 @@ pub static RULES: PushdownRules = PushdownRules {
     null_ordering: true,
     decimal_avg: true,
     cast_to: |_| true,
+    hash_joins: true,
 };
 
 /// A PostgreSQL database as a catalog.

@@ -56,6 +56,11 @@ pub struct PushdownRules {
     pub decimal_avg: bool,
     /// Types the dialect can `CAST` to (the unparser writes types some servers lack).
     pub cast_to: fn(&DataType) -> bool,
+    /// The source joins large tables by hashing, so tables of it that a query names apart
+    /// are regrouped to join there (`SameSourceJoinsFirst`). Where it joins by nested
+    /// loops over indexes, a join of two large tables runs slower there than apart, with
+    /// dynamic filters, and only joins with small tables are regrouped.
+    pub hash_joins: bool,
 }
 
 /// Why an expression is evaluated by DataFusion instead of the source.
