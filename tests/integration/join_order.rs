@@ -1,7 +1,7 @@
 //! Join order across sources: tables of one source that the query joins with each other
 //! are joined first, wherever the query names them, so the source runs that join itself.
 //! Every query runs with pushdown and without (DataFusion computing everything) and must
-//! give the same answer; each also says whether PostgreSQL must receive a sub-plan.
+//! give the same answer; each also says whether a source must receive a sub-plan.
 //!
 //! The keys have NULLs and values with no match; the strings have quotes, backslashes and
 //! unicode; amounts are decimals and times are timestamps with time zones.

@@ -70,14 +70,41 @@ fn regroup(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         r.map(|joined| LogicalPlanBuilder::from(joined).project(columns)?.build())
             .transpose()
     }) {
-        Ok(Some(projected)) => Ok(Transformed::yes(projected)),
-        Ok(None) => plan.map_children(regroup),
+        Ok(Some(projected)) => Ok(Transformed::yes(regroup_leaves(projected)?.data)),
+        Ok(None) => regroup_leaves(plan),
         // A tree this rule cannot rebuild keeps its order: the plan is only slower.
         Err(e) => {
             tracing::debug!("join order kept: {e}");
-            plan.map_children(regroup)
+            regroup_leaves(plan)
         }
     }
+}
+
+/// `plan`'s join tree as it stands, with the plans at its leaves (and the sides semi and
+/// anti joins compare with) regrouped as trees of their own.
+fn regroup_leaves(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    if is_flat_inner(&plan) || is_column_pick(&plan) {
+        return plan.map_children(regroup_leaves);
+    }
+    if filtering_side(&plan).is_none() {
+        return regroup(plan);
+    }
+    let LogicalPlan::Join(mut join) = plan else {
+        unreachable!("checked by filtering_side")
+    };
+    let (kept, other) = match join.join_type {
+        JoinType::LeftSemi | JoinType::LeftAnti => (&mut join.left, &mut join.right),
+        _ => (&mut join.right, &mut join.left),
+    };
+    let new_kept = regroup_leaves(Arc::unwrap_or_clone(Arc::clone(kept)))?;
+    let new_other = regroup(Arc::unwrap_or_clone(Arc::clone(other)))?;
+    let transformed = new_kept.transformed || new_other.transformed;
+    *kept = Arc::new(new_kept.data);
+    *other = Arc::new(new_other.data);
+    Ok(Transformed::new_transformed(
+        LogicalPlan::Join(join),
+        transformed,
+    ))
 }
 
 /// An inner join this rule may regroup: equality that never matches NULLs.
@@ -127,18 +154,18 @@ struct JoinTree {
 
 struct Leaf {
     plan: LogicalPlan,
+    /// The compute context of the source every table below belongs to, if there is one
+    /// and it takes pushed sub-plans.
+    source: Option<String>,
     /// Whether that source hash-joins large tables.
     hash_joins: bool,
     /// The source's row estimate for the largest table below (`usize::MAX` if unknown).
     rows: usize,
-    /// The compute context of the source every table below belongs to, if there is one,
-    /// it takes pushed sub-plans and it hash-joins.
-    source: Option<String>,
 }
 
 impl JoinTree {
     /// Adds `plan`'s leaves and conditions; returns the indexes of its leaves and whether
-    /// a semi or anti join was passed. Leaves are regrouped inside first.
+    /// a semi or anti join was passed.
     fn flatten(&mut self, plan: LogicalPlan) -> Result<(Vec<usize>, bool)> {
         if is_column_pick(&plan) {
             let LogicalPlan::Projection(projection) = plan else {
@@ -163,17 +190,16 @@ impl JoinTree {
             return Ok((below, true));
         }
         if !is_flat_inner(&plan) {
-            let leaf = regroup(plan)?.data;
-            let (source, hash_joins) = match single_source(&leaf) {
+            let (source, hash_joins) = match single_source(&plan) {
                 Some((context, hash_joins)) => (Some(context), hash_joins),
                 None => (None, false),
             };
-            let rows = largest_table_rows(&leaf);
+            let rows = largest_table_rows(&plan);
             self.leaves.push(Leaf {
-                plan: leaf,
+                plan,
+                source,
                 hash_joins,
                 rows,
-                source,
             });
             return Ok((vec![self.leaves.len() - 1], false));
         }

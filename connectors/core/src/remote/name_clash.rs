@@ -28,14 +28,24 @@ use datafusion::physical_plan::joins::HashJoinExec;
 #[derive(Debug)]
 pub struct GuardedFilterPushdown {
     inner: FilterPushdown,
-    name: String,
 }
 
 impl GuardedFilterPushdown {
-    /// Guards `inner`, keeping its name so rule lists and plans read as before.
+    /// Guards `inner`, under its name, so rule lists read as before.
     pub fn new(inner: FilterPushdown) -> Self {
-        let name = inner.name().to_string();
-        GuardedFilterPushdown { inner, name }
+        GuardedFilterPushdown { inner }
+    }
+
+    /// Replaces both phases of DataFusion's `FilterPushdown` in `rules` by guarded ones.
+    pub fn guard(rules: &mut [Arc<dyn PhysicalOptimizerRule + Send + Sync>]) {
+        for rule in rules {
+            let inner = match rule.name() {
+                "FilterPushdown" => FilterPushdown::new(),
+                "FilterPushdown(Post)" => FilterPushdown::new_post_optimization(),
+                _ => continue,
+            };
+            *rule = Arc::new(GuardedFilterPushdown::new(inner));
+        }
     }
 }
 
@@ -47,7 +57,7 @@ impl PhysicalOptimizerRule for GuardedFilterPushdown {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if misroutes_filters(plan.as_ref()) {
             tracing::debug!(
-                rule = self.name,
+                rule = self.inner.name(),
                 "filter pushdown skipped: a filter would pass through two columns of one name"
             );
             return Ok(plan);
@@ -56,7 +66,7 @@ impl PhysicalOptimizerRule for GuardedFilterPushdown {
     }
 
     fn name(&self) -> &str {
-        &self.name
+        self.inner.name()
     }
 
     fn schema_check(&self) -> bool {

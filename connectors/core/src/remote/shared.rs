@@ -30,7 +30,6 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -347,19 +346,10 @@ pub struct ShareSubPlans;
 impl ShareSubPlans {
     /// DataFusion's physical optimizer rules with this one placed before the dynamic
     /// filter pushdown (`FilterPushdown(Post)`), and both filter pushdown phases guarded
-    /// against plans they would get wrong ([`GuardedFilterPushdown`]).
+    /// against plans they would get wrong ([`GuardedFilterPushdown::guard`]).
     pub fn with_default_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
         let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
-        for rule in &mut rules {
-            let guarded = match rule.name() {
-                "FilterPushdown" => GuardedFilterPushdown::new(FilterPushdown::new()),
-                "FilterPushdown(Post)" => {
-                    GuardedFilterPushdown::new(FilterPushdown::new_post_optimization())
-                }
-                _ => continue,
-            };
-            *rule = Arc::new(guarded);
-        }
+        GuardedFilterPushdown::guard(&mut rules);
         let at = rules
             .iter()
             .position(|r| r.name() == "FilterPushdown(Post)")
