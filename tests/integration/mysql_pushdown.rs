@@ -164,6 +164,15 @@ const SUB_PLANS: &[(&str, bool)] = &[
         "SELECT i, count(*) FROM pd GROUP BY i HAVING count(*) > 0 AND i > 5 ORDER BY i",
         true,
     ),
+    // Uncorrelated scalar subqueries run in the same query.
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE n > (SELECT min(n) FROM pd WHERE flag) GROUP BY flag ORDER BY flag",
+        true,
+    ),
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE dt < (SELECT max(dt) FROM pd WHERE id > 100) GROUP BY flag ORDER BY flag",
+        true,
+    ),
 ];
 
 /// Common table expressions read twice: the scans of the same pushed sub-plan share one

@@ -32,35 +32,36 @@ CREATE TABLE pd (
     d date,
     flag bool,
     j jsonb,
-    u uuid
+    u uuid,
+    x numeric(20, 10)
 );
 INSERT INTO pd VALUES
  (1, 'abc', 'abc', 'ab', 'abc', 1.50, 1.123456789012, 0.0, 5, 10,
   '2024-01-01 00:00:00+00', '2024-01-01 00:00:00', '2024-01-01', true, '{"a":1}',
-  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+  'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 1.6428571000),
  (2, 'ABC', 'ABC', 'ab  ', 'ABC', -1.50, -2.5, '-0.0', -5, -10,
   '2024-01-01 01:30:00+02', '2024-01-01 01:30:00', '2023-12-31', false, '{"a":2}',
-  'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+  'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', -2.5),
  (3, 'abc ', 'abc ', 'abc', 'Abc', 0.00, 0, 'NaN', 0, 0,
-  '2023-12-31 23:00:00-05', '2023-12-31 23:00:00', '2024-01-02', true, 'null', NULL),
+  '2023-12-31 23:00:00-05', '2023-12-31 23:00:00', '2024-01-02', true, 'null', NULL, 0),
  (4, 'a''b', 'a''b', 'a''b', 'a''b', 99999999.99, 100, 1.5, 7, 9223372036854775807,
-  '1970-01-01 00:00:00+00', '1970-01-01 00:00:00', '1970-01-01', NULL, '[]', NULL),
+  '1970-01-01 00:00:00+00', '1970-01-01 00:00:00', '1970-01-01', NULL, '[]', NULL, 1.6428570000),
  (5, 'back\slash', 'back\slash', 'x\y', 'x', -99999999.99, -100, 'Infinity', -7, -9223372036854775808,
-  '2099-12-31 23:59:59.999999+00', '2099-12-31 23:59:59.999999', '2099-12-31', false, NULL, NULL),
- (6, '100%', '100%', '1%', '1%', 0.01, 0.5, '-Infinity', 6, 6, NULL, NULL, NULL, true, NULL, NULL),
+  '2099-12-31 23:59:59.999999+00', '2099-12-31 23:59:59.999999', '2099-12-31', false, NULL, NULL, 1.6428572000),
+ (6, '100%', '100%', '1%', '1%', 0.01, 0.5, '-Infinity', 6, 6, NULL, NULL, NULL, true, NULL, NULL, NULL),
  (7, 'under_score', 'under_score', 'u_s', 'u_s', -0.01, 0.25, 2.5, 8, 8,
-  '2024-06-30 12:00:00+09', '2024-06-30 12:00:00', '2024-06-30', true, NULL, NULL),
+  '2024-06-30 12:00:00+09', '2024-06-30 12:00:00', '2024-06-30', true, NULL, NULL, 99.1234567891),
  (8, 'ünïcödé', 'ünïcödé', 'ü', 'ÜNÏ', 12.34, 12.34, -2.5, 9, 9,
-  '2024-03-10 02:30:00-08', '2024-03-10 02:30:00', '2024-03-10', false, NULL, NULL),
+  '2024-03-10 02:30:00-08', '2024-03-10 02:30:00', '2024-03-10', false, NULL, NULL, -0.0000000001),
  (9, '東京', '東京', '東京', '東京', 5.00, 5, 3.25, 10, 10,
-  '2024-01-01 00:00:00+09', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL),
+  '2024-01-01 00:00:00+09', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL, 5),
  (10, '', '', '', '', 0.10, 0.1, 1e300, 11, 11,
-  '2024-01-01 00:00:00.000001+00', '2024-01-01 00:00:00.000001', '2024-01-01', false, NULL, NULL),
- (11, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+  '2024-01-01 00:00:00.000001+00', '2024-01-01 00:00:00.000001', '2024-01-01', false, NULL, NULL, 0.1),
+ (11, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
  (12, 'b', 'b', 'b', 'b', 2.00, 2, 4.0, 12, 12,
-  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL),
+  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL, 2),
  (13, 'B', 'B', 'B', 'B', 3.00, 3, 5.0, 13, 13,
-  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL);
+  '2024-01-01 00:00:00+00', '2024-01-01 00:00:00', '2024-01-01', true, NULL, NULL, 1.6428571428);
 ANALYZE pd;
 "#;
 
@@ -284,6 +285,47 @@ const SUB_PLANS: &[(&str, bool)] = &[
     (
         "SELECT * FROM (SELECT id, s FROM pd LIMIT 20) t WHERE s LIKE 'a%' ORDER BY id",
         false,
+    ),
+    // A decimal average is DataFusion's, truncated to its scale, wherever it is used: the
+    // exact average of `n` where `flag` is 1.642857142857…, DataFusion's 1.642857.
+    (
+        "SELECT flag, avg(n) AS a FROM pd GROUP BY flag HAVING avg(n) > 1.642857 ORDER BY flag",
+        true,
+    ),
+    (
+        "SELECT flag, avg(n) AS a FROM pd GROUP BY flag ORDER BY a DESC LIMIT 2",
+        true,
+    ),
+    // Uncorrelated scalar subqueries run in the same query.
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE x > (SELECT avg(n) FROM pd WHERE flag) GROUP BY flag ORDER BY flag",
+        true,
+    ),
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE x > (SELECT avg(n) FROM pd WHERE id > 100) GROUP BY flag ORDER BY flag",
+        true,
+    ),
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE ts < (SELECT max(ts) FROM pd WHERE NOT flag) GROUP BY flag ORDER BY flag",
+        true,
+    ),
+    // TPC-H q22's shape: a derived table over an anti join and a subquery, grouped.
+    (
+        "SELECT k, count(*) AS c, sum(n) AS t FROM \
+         (SELECT substr(s, 1, 1) AS k, n FROM pd \
+          WHERE x > (SELECT avg(n) FROM pd WHERE flag) \
+          AND NOT EXISTS (SELECT 1 FROM pd q WHERE q.i = pd.id)) AS sub \
+         GROUP BY k ORDER BY k",
+        true,
+    ),
+    // Text compares under a collation: the subquery's value is read back instead.
+    (
+        "SELECT flag, count(*) AS k FROM pd WHERE s = (SELECT max(s) FROM pd WHERE id < 3) GROUP BY flag ORDER BY flag",
+        true,
+    ),
+    (
+        "SELECT id FROM pd p WHERE x > (SELECT avg(n) FROM pd q WHERE q.flag = p.flag) ORDER BY id",
+        true,
     ),
 ];
 

@@ -19,25 +19,24 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, JoinType, NullEquality, Result, Statistics};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Distinct, Expr, ExprSchemable, Extension, Filter, Join, LogicalPlan,
-    LogicalPlanBuilder, Projection, SortExpr, TableSource, TableType,
+    Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, Projection, SortExpr,
+    Subquery, TableSource, TableType,
 };
 use datafusion::optimizer::optimizer::Optimizer;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::sql::sqlparser::ast;
-use datafusion::sql::unparser::Unparser;
 use datafusion_federation::{
     FederatedPlanNode, FederatedTableProviderAdaptor, FederatedTableSource, FederationPlanner,
     FederationProvider,
 };
 
 use super::dynamic::DynamicFilterTarget;
-use super::pushdown::{ColumnTraits, NotPushed, PushdownRules, check_expr};
+use super::pushdown::{
+    ColumnTraits, NotPushed, PushdownRules, check_expr, check_expr_with_subqueries,
+};
 use super::shared::SubPlanCore;
-use super::sql::unqualify;
+use super::sub_plan_sql::{remote_sql, single_table};
 use super::{RemoteScanExec, RemoteSource, RemoteTable};
 
 /// Everything sub-plan pushdown needs for one source; shared by its tables.
@@ -173,273 +172,6 @@ impl FederationPlanner for Planner {
     }
 }
 
-/// The SQL for a sub-plan, with every table scan reading the remote table under the name
-/// the rest of the plan knows it by (its alias, or else its DataFusion name).
-pub fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<ast::Statement> {
-    let renamed = plan
-        .clone()
-        .transform_down(|node| match &node {
-            LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
-                LogicalPlan::TableScan(scan) => {
-                    let remote = remote_scan(source, scan)?
-                        .alias(alias.alias.clone())?
-                        .build()?;
-                    Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
-                }
-                _ => Ok(Transformed::no(node)),
-            },
-            LogicalPlan::TableScan(scan) => {
-                let remote = remote_scan(source, scan)?
-                    .alias(scan.table_name.clone())?
-                    .build()?;
-                Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
-            }
-            _ => Ok(Transformed::no(node)),
-        })?
-        .data;
-    let renamed = inline_aggregate_inputs(renamed)?;
-    let renamed = semi_joins_as_exists(renamed)?;
-    let dialect = source.dialect();
-    let statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
-    if let Some(width) = select_width(&statement)
-        && width != plan.schema().fields().len()
-    {
-        return datafusion::common::plan_err!(
-            "the SQL for this sub-plan returns {width} columns, the plan has {}",
-            plan.schema().fields().len()
-        );
-    }
-    if has_derived_table(&statement) {
-        // The unparser qualifies columns outside a derived table with the names of the
-        // tables inside it, which does not resolve (or resolves to the wrong column).
-        return datafusion::common::plan_err!(
-            "the SQL for this sub-plan needs a derived table, which the unparser writes incorrectly"
-        );
-    }
-    Ok(statement)
-}
-
-/// Folds a projection under an aggregate into the aggregate's expressions, keeping the
-/// aggregate's output names: `SUM(x * (1 - y))` instead of `SUM(__common_expr_1)` over a
-/// derived table (DataFusion factors out common expressions that way, and the unparser
-/// writes such derived tables with unresolvable qualifiers).
-fn inline_aggregate_inputs(plan: LogicalPlan) -> Result<LogicalPlan> {
-    Ok(plan
-        .transform_up(|node| {
-            let LogicalPlan::Aggregate(aggregate) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let LogicalPlan::Projection(projection) = aggregate.input.as_ref() else {
-                return Ok(Transformed::no(node));
-            };
-            if projection.expr.iter().any(|e| e.is_volatile())
-                || aggregate
-                    .group_expr
-                    .iter()
-                    .any(|e| matches!(e, Expr::GroupingSet(_)))
-            {
-                return Ok(Transformed::no(node));
-            }
-            let definitions: Vec<(Column, Expr)> = projection
-                .schema
-                .iter()
-                .zip(&projection.expr)
-                .map(|((qualifier, field), expr)| {
-                    (Column::from((qualifier, field)), unalias(expr).clone())
-                })
-                .collect();
-            let inline = |expr: &Expr| -> Result<Expr> {
-                Ok(expr
-                    .clone()
-                    .transform(|e| match &e {
-                        Expr::Column(c) => match definitions.iter().find(|(d, _)| d == c) {
-                            Some((_, definition)) => Ok(Transformed::yes(definition.clone())),
-                            None => Ok(Transformed::no(e)),
-                        },
-                        _ => Ok(Transformed::no(e)),
-                    })?
-                    .data)
-            };
-            let group = aggregate
-                .group_expr
-                .iter()
-                .map(inline)
-                .collect::<Result<Vec<_>>>()?;
-            let aggr = aggregate
-                .aggr_expr
-                .iter()
-                .map(inline)
-                .collect::<Result<Vec<_>>>()?;
-            let merged = Aggregate::try_new_with_schema(
-                Arc::clone(&projection.input),
-                group,
-                aggr,
-                Arc::clone(&aggregate.schema),
-            )?;
-            Ok(Transformed::yes(LogicalPlan::Aggregate(merged)))
-        })?
-        .data)
-}
-
-/// Shapes semi and anti joins so the unparser's `[NOT] EXISTS (SELECT 1 FROM right WHERE
-/// …)` means what the join does. The unparser writes only the join's own condition into the
-/// subquery and drops the filters of the tables on either side, so the right input becomes
-/// one aliased table whose filters join the condition (inside the subquery), and the left
-/// input's filters move above the join (outside it, where a `NOT EXISTS` cannot keep the
-/// rows they remove).
-fn semi_joins_as_exists(plan: LogicalPlan) -> Result<LogicalPlan> {
-    Ok(plan
-        .transform_up(|node| {
-            let LogicalPlan::Join(join) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            if !matches!(join.join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
-                return Ok(Transformed::no(node));
-            }
-            let Some((right, inside)) = single_table(&join.right)? else {
-                return datafusion::common::plan_err!(
-                    "the subquery of a semi or anti join reads more than one table"
-                );
-            };
-            let (left, outside) = match single_table(&join.left)? {
-                Some((left, outside)) => (left, outside),
-                None => (join.left.as_ref().clone(), vec![]),
-            };
-            let condition = join.filter.iter().cloned().chain(inside);
-            let joined = LogicalPlan::Join(Join {
-                left: Arc::new(left),
-                right: Arc::new(right),
-                filter: conjunction(condition),
-                ..join.clone()
-            });
-            Ok(Transformed::yes(match conjunction(outside) {
-                Some(predicate) => {
-                    LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(joined))?)
-                }
-                None => joined,
-            }))
-        })?
-        .data)
-}
-
-/// `plan` as one aliased table scan without filters, and its filters over the alias's
-/// columns, if it reads one table and only filters it on the way (`[alias →] [columns →]
-/// filter* → [alias →] scan`, renaming nothing); the outermost alias names it.
-fn single_table(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, Vec<Expr>)>> {
-    let mut alias = None;
-    let mut predicates = vec![];
-    let mut current = plan;
-    loop {
-        match current {
-            LogicalPlan::SubqueryAlias(a) => {
-                alias = alias.or_else(|| Some(a.alias.clone()));
-                current = a.input.as_ref();
-            }
-            LogicalPlan::Projection(p)
-                if p.expr
-                    .iter()
-                    .zip(p.schema.fields())
-                    .all(|(e, field)| matches!(e, Expr::Column(c) if c.name == *field.name())) =>
-            {
-                current = p.input.as_ref();
-            }
-            LogicalPlan::Filter(f) => {
-                predicates.push(f.predicate.clone());
-                current = f.input.as_ref();
-            }
-            LogicalPlan::TableScan(scan) => {
-                let alias = alias.unwrap_or_else(|| scan.table_name.clone());
-                predicates.extend(scan.filters.iter().cloned());
-                let predicates = predicates
-                    .into_iter()
-                    .map(|p| {
-                        p.transform(|e| match e {
-                            Expr::Column(c) => Ok(Transformed::yes(Expr::Column(Column::new(
-                                Some(alias.clone()),
-                                c.name,
-                            )))),
-                            other => Ok(Transformed::no(other)),
-                        })
-                        .map(|t| t.data)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let mut bare = scan.clone();
-                bare.filters.clear();
-                let table = LogicalPlanBuilder::from(LogicalPlan::TableScan(bare))
-                    .alias(alias)?
-                    .build()?;
-                return Ok(Some((table, predicates)));
-            }
-            _ => return Ok(None),
-        }
-    }
-}
-
-/// How many columns the outermost SELECT lists (`None` for a wildcard or a set operation).
-fn select_width(statement: &ast::Statement) -> Option<usize> {
-    let ast::Statement::Query(query) = statement else {
-        return None;
-    };
-    let ast::SetExpr::Select(select) = query.body.as_ref() else {
-        return None;
-    };
-    let wildcard = select.projection.iter().any(|item| {
-        matches!(
-            item,
-            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..)
-        )
-    });
-    (!wildcard).then_some(select.projection.len())
-}
-
-/// Whether a query reads from a subquery in its FROM clause.
-fn has_derived_table(statement: &ast::Statement) -> bool {
-    fn in_set(set: &ast::SetExpr) -> bool {
-        match set {
-            ast::SetExpr::Select(select) => select.from.iter().any(|t| {
-                matches!(t.relation, ast::TableFactor::Derived { .. })
-                    || t.joins
-                        .iter()
-                        .any(|j| matches!(j.relation, ast::TableFactor::Derived { .. }))
-            }),
-            ast::SetExpr::Query(q) => in_set(&q.body),
-            ast::SetExpr::SetOperation { left, right, .. } => in_set(left) || in_set(right),
-            _ => false,
-        }
-    }
-    match statement {
-        ast::Statement::Query(q) => in_set(&q.body),
-        _ => true,
-    }
-}
-
-/// A scan of the remote table behind `scan`, under its remote name.
-fn remote_scan(
-    source: &dyn RemoteSource,
-    scan: &datafusion::logical_expr::TableScan,
-) -> Result<LogicalPlanBuilder> {
-    let provider = source_as_provider(&scan.source)?;
-    let Some(table) = remote_table(provider.as_ref()) else {
-        return datafusion::common::plan_err!(
-            "{} is not a table of {}",
-            scan.table_name,
-            source.name()
-        );
-    };
-    let filters = scan
-        .filters
-        .iter()
-        .map(|f| unqualify(f.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    LogicalPlanBuilder::scan_with_filters_fetch(
-        table.info().remote.clone(),
-        Arc::clone(&scan.source),
-        scan.projection.clone(),
-        filters,
-        scan.fetch,
-    )
-}
-
 /// Chooses which parts of a single-source plan run on the source.
 struct SubPlanRule {
     source: Arc<dyn RemoteSource>,
@@ -468,8 +200,7 @@ impl OptimizerRule for SubPlanRule {
         if !self.source.pushdown() {
             return Ok(Transformed::no(plan));
         }
-        let analysis = self.analyze(&plan);
-        self.federate(plan, &analysis)
+        self.push(plan)
     }
 }
 
@@ -486,6 +217,12 @@ struct Analysis {
 }
 
 impl SubPlanRule {
+    /// `plan` with the largest pieces that can run on the source federated.
+    fn push(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        let analysis = self.analyze(&plan);
+        self.federate(plan, &analysis)
+    }
+
     fn analyze(&self, plan: &LogicalPlan) -> Analysis {
         let children: Vec<Analysis> = plan.inputs().iter().map(|i| self.analyze(i)).collect();
         let traits = self.output_traits(plan, &children);
@@ -532,9 +269,6 @@ impl SubPlanRule {
             tracing::debug!(source = self.source.name(), %reason,
                 node = %plan.display(), "sub-plan kept in DataFusion");
         }
-        if analysis.children.is_empty() {
-            return Ok(Transformed::no(plan));
-        }
         let mut changed = false;
         let inputs = plan
             .inputs()
@@ -546,12 +280,26 @@ impl SubPlanRule {
                 Ok(t.data)
             })
             .collect::<Result<Vec<_>>>()?;
-        if !changed {
-            return Ok(Transformed::no(plan));
-        }
-        Ok(Transformed::yes(
-            plan.with_new_exprs(plan.expressions(), inputs)?,
-        ))
+        let plan = if changed {
+            Transformed::yes(plan.with_new_exprs(plan.expressions(), inputs)?)
+        } else {
+            Transformed::no(plan)
+        };
+        // The subqueries of a node DataFusion runs read this source too: their plans are
+        // pushed on their own.
+        plan.transform_data(|plan| {
+            plan.map_subqueries(|subquery| {
+                let LogicalPlan::Subquery(mut subquery) = subquery else {
+                    return Ok(Transformed::no(subquery));
+                };
+                let pushed = self.push(subquery.subquery.as_ref().clone())?;
+                if !pushed.transformed {
+                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
+                }
+                subquery.subquery = Arc::new(pushed.data);
+                Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
+            })
+        })
     }
 
     /// Column traits of a node's output, derived from its inputs'.
@@ -624,17 +372,29 @@ impl SubPlanRule {
     /// Whether this node itself can run on the source.
     fn check_node(&self, plan: &LogicalPlan, children: &[Analysis]) -> Result<(), NotPushed> {
         let rules = self.source.rules();
+        // Select lists and filters may hold scalar subqueries, written into the same query.
         let checker = |expr: &Expr, schema: &DFSchema, traits: &[ColumnTraits]| {
-            check_expr(expr, schema, rules, &|c: &Column| lookup(schema, traits, c))
+            check_expr_with_subqueries(
+                expr,
+                schema,
+                rules,
+                &|c: &Column| lookup(schema, traits, c),
+                &|subquery: &Subquery| self.check_subquery(subquery),
+            )
         };
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let provider = source_as_provider(&scan.source)
                     .map_err(|e| NotPushed::Unsupported(e.to_string()))?;
-                if remote_table(provider.as_ref()).is_none() {
-                    return Err(NotPushed::Unsupported("a table of another kind".into()));
+                match remote_table(provider.as_ref()) {
+                    None => Err(NotPushed::Unsupported("a table of another kind".into())),
+                    Some(table)
+                        if table.source().compute_context() != self.source.compute_context() =>
+                    {
+                        Err(NotPushed::Unsupported("a table of another source".into()))
+                    }
+                    Some(_) => Ok(()),
                 }
-                Ok(())
             }
             LogicalPlan::Projection(p) => {
                 for e in &p.expr {
@@ -683,6 +443,27 @@ impl SubPlanRule {
                     .unwrap_or("these")
             ))),
         }
+    }
+
+    /// An uncorrelated scalar subquery is written into the query when all of it runs on the
+    /// source and its value compares there as in DataFusion: not text, whose comparisons may
+    /// follow a collation, nor a value the source represents differently.
+    fn check_subquery(&self, subquery: &Subquery) -> Result<(), NotPushed> {
+        if !subquery.outer_ref_columns.is_empty() {
+            return Err(NotPushed::Unsupported("correlated subqueries".into()));
+        }
+        let analysis = self.analyze(&subquery.subquery);
+        if let Some(reason) = analysis.blocked {
+            return Err(reason);
+        }
+        let schema = subquery.subquery.schema();
+        let opaque = analysis.traits.first().is_none_or(|t| t.opaque);
+        if schema.fields().len() != 1 || opaque || is_string(schema.field(0).data_type()) {
+            return Err(NotPushed::Semantics(
+                "a subquery whose value the source compares differently".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_join(&self, j: &Join, children: &[Analysis]) -> Result<(), NotPushed> {

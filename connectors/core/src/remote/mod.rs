@@ -15,6 +15,7 @@ mod name_clash;
 pub mod pushdown;
 mod shared;
 mod sql;
+mod sub_plan_sql;
 mod table;
 
 use std::fmt;

@@ -11,7 +11,9 @@ use std::fmt;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::expr::{InList, Like, ScalarFunction};
-use datafusion::logical_expr::{Between, BinaryExpr, Cast, Expr, ExprSchemable, Operator};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Cast, Expr, ExprSchemable, Operator, Subquery,
+};
 
 /// What a source's comparisons on one column mean, beyond its Arrow type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,20 +98,47 @@ pub fn check_expr(
         schema,
         rules,
         traits,
+        subquery: None,
     }
     .check(expr)
 }
+
+/// [`check_expr`] for an expression written into a sub-plan's query, where a scalar
+/// subquery is pushed when `subquery` accepts it.
+pub(crate) fn check_expr_with_subqueries(
+    expr: &Expr,
+    schema: &DFSchema,
+    rules: &PushdownRules,
+    traits: &dyn Fn(&Column) -> ColumnTraits,
+    subquery: &SubqueryCheck<'_>,
+) -> Result<(), NotPushed> {
+    Checker {
+        schema,
+        rules,
+        traits,
+        subquery: Some(subquery),
+    }
+    .check(expr)
+}
+
+/// Decides whether a scalar subquery in an expression runs on the source too.
+pub type SubqueryCheck<'a> = dyn Fn(&Subquery) -> Result<(), NotPushed> + 'a;
 
 struct Checker<'a> {
     schema: &'a DFSchema,
     rules: &'a PushdownRules,
     traits: &'a dyn Fn(&Column) -> ColumnTraits,
+    subquery: Option<&'a SubqueryCheck<'a>>,
 }
 
 impl Checker<'_> {
     fn check(&self, expr: &Expr) -> Result<(), NotPushed> {
         match expr {
             Expr::Column(_) | Expr::Literal(..) => Ok(()),
+            Expr::ScalarSubquery(subquery) => match self.subquery {
+                Some(accept) => accept(subquery),
+                None => Err(NotPushed::Unsupported(describe(expr))),
+            },
             Expr::Alias(a) => self.check(&a.expr),
             Expr::Not(e) | Expr::IsNull(e) | Expr::IsNotNull(e) => self.check(e),
             Expr::Negative(e) => {

@@ -36,8 +36,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::federate::{remote_sql, unalias};
+use super::federate::unalias;
 use super::name_clash::GuardedFilterPushdown;
+use super::sub_plan_sql::remote_sql;
 use super::{RemoteReader, RemoteScanExec, RemoteSource};
 
 /// The most rows (by the source's estimate) a shared query may return: its batches stay in
