@@ -418,6 +418,69 @@ async fn sub_plans_give_datafusions_answer_and_run_remotely_when_safe() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Two joined tables of 20,000 rows: `s` is unique per row (a NULL every 100th, unicode
+/// and quotes), `g` has ten values, `n` is a decimal.
+const WIDE_GROUPS: &str = r#"
+CREATE TABLE wa (id int PRIMARY KEY, s text, g int, n numeric(12, 2));
+CREATE TABLE wb (id int PRIMARY KEY, k int);
+INSERT INTO wa SELECT i, CASE WHEN i % 100 = 0 THEN NULL ELSE 'ü''' || i END, i % 10,
+    (i % 997) / 7.0 FROM generate_series(1, 20000) i;
+INSERT INTO wb SELECT i, i % 3 FROM generate_series(1, 20000) i;
+ANALYZE wa;
+ANALYZE wb;
+"#;
+
+#[tokio::test]
+async fn aggregates_that_hardly_reduce_their_input_run_in_datafusion() {
+    let schema = Schema::create("wide_groups").await;
+    schema.execute(WIDE_GROUPS).await;
+    let pushed = pg_engine(&schema.name, true, "");
+    let local = pg_engine(&schema.name, false, "");
+    // (query, whether PostgreSQL groups it: it estimates ~20,000 groups of `s`, ten of `g`)
+    let cases = [
+        (
+            "SELECT wa.s, wb.k, count(*) AS c, sum(wa.n) AS t, avg(wa.n) AS a FROM wa \
+             JOIN wb ON wa.id = wb.id GROUP BY wa.s, wb.k ORDER BY wa.s, wb.k",
+            false,
+        ),
+        (
+            "SELECT wa.g, count(DISTINCT wa.s) AS c FROM wa JOIN wb ON wa.id = wb.id \
+             WHERE wb.k <> 1 GROUP BY wa.g ORDER BY wa.g",
+            false,
+        ),
+        (
+            "SELECT s, count(*) AS c FROM wa GROUP BY s HAVING count(*) > 0 ORDER BY s",
+            false,
+        ),
+        (
+            "SELECT wa.s, count(*) AS c FROM wa JOIN wb ON wa.id = wb.id WHERE wa.id < 0 \
+             GROUP BY wa.s ORDER BY wa.s",
+            true,
+        ),
+        (
+            "SELECT wa.g, count(*) AS c, avg(wa.n) AS a FROM wa JOIN wb ON wa.id = wb.id \
+             GROUP BY wa.g ORDER BY wa.g",
+            true,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (sql, grouped_there) in cases {
+        let answer = table(&pushed, sql).await;
+        let expected = table(&local, sql).await;
+        if answer != expected {
+            failures.push(format!("{sql}: pushed\n{answer}\nexpected\n{expected}"));
+        }
+        let sent = sent_sql(&pushed, sql, &schema.name).await;
+        if sent.contains("GROUP BY") != grouped_there {
+            failures.push(format!(
+                "{sql}: grouped by PostgreSQL: {}\n{sent}",
+                !grouped_there
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 /// The SQL each source receives for a query, one statement per line, with the test's
 /// schema name replaced so snapshots are stable.
 async fn sent_sql(engine: &Engine, sql: &str, schema: &str) -> String {

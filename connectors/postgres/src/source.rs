@@ -227,6 +227,12 @@ impl RemoteSource for PgRemote {
             .ok()
     }
 
+    /// PostgreSQL's planner estimates the groups of an aggregate from its column
+    /// statistics.
+    fn estimates_groups(&self) -> bool {
+        true
+    }
+
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader> {
         Arc::new(PgReader::new(Arc::clone(&self.shared), parts))
     }

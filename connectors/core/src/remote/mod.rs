@@ -70,6 +70,12 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
     /// The source's estimate of the rows `sql` returns, if it can tell cheaply.
     async fn estimate_rows(&self, sql: &str) -> Option<usize>;
 
+    /// Whether [`estimate_rows`](Self::estimate_rows) counts the groups of a `GROUP BY`
+    /// (rather than the rows the aggregate reads), so aggregates can be placed by it.
+    fn estimates_groups(&self) -> bool {
+        false
+    }
+
     /// A reader for the `parts` queries of one scan (they may share a snapshot).
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader>;
 }
