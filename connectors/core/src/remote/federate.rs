@@ -143,53 +143,51 @@ struct Planner {
     source: Arc<dyn RemoteSource>,
     /// The traits of the sub-plan's output columns, for dynamic filters on them.
     traits: Vec<ColumnTraits>,
-    /// When the sub-plan is an aggregate (under projections, `HAVING`, `ORDER BY`), what is
-    /// known of its input, which the source runs alone if the aggregate would hardly
-    /// reduce it.
-    aggregate_input: Option<AggregateInput>,
-}
-
-/// What is known of the input of a federated aggregate, to federate it on its own.
-struct AggregateInput {
-    traits: Vec<ColumnTraits>,
-    /// Whether the input does more than scan one table; a plain scan is read as one, in
-    /// parallel parts.
-    worthwhile: bool,
 }
 
 /// Inputs of fewer rows are aggregated where they are: moving them costs little either way.
 const MIN_ROWS_TO_PLACE_AGGREGATE: usize = 10_000;
 
 impl Planner {
-    /// `plan` with its aggregate computed by DataFusion over the source's answer to the
+    /// `plan` with its top aggregate computed by DataFusion over the source's answer to the
     /// aggregate's input, when the source estimates at least half as many groups as input
     /// rows: then the aggregate saves little transfer, and PostgreSQL groups (by sorting,
     /// spilling past `work_mem`, and gathering partial groups through one process) far
     /// slower than DataFusion's hash aggregate (TPC-H q16: 250 ms pushed whole, 114 ms for
-    /// its join alone).
-    async fn aggregate_apart(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-        let Some(input) = &self.aggregate_input else {
-            return Ok(None);
-        };
+    /// its join alone). `rows` is the source's estimate for the whole of `plan`.
+    async fn aggregate_apart(
+        &self,
+        plan: &LogicalPlan,
+        rows: Option<usize>,
+    ) -> Result<Option<LogicalPlan>> {
         if !self.source.estimates_groups() {
             return Ok(None);
         }
-        let Some(aggregate) = top_aggregate(plan) else {
+        let Some((aggregate, having)) = top_aggregate(plan) else {
             return Ok(None);
         };
-        // Either half may need the other to be written as SQL (a derived table the
-        // aggregate inlines); then the source runs both.
-        let grouped = explicit_projection(LogicalPlan::Aggregate(aggregate.clone()))?;
-        let (Ok(grouped), Ok(ungrouped)) = (
-            remote_sql(self.source.as_ref(), &grouped),
-            remote_sql(self.source.as_ref(), &aggregate.input),
-        ) else {
+        // Without a `HAVING`, the plan returns one row per group.
+        let groups = if having {
+            let grouped = explicit_projection(LogicalPlan::Aggregate(aggregate.clone()))?;
+            match remote_sql(self.source.as_ref(), &grouped) {
+                Ok(sql) => self.source.estimate_rows(&sql.to_string()).await,
+                Err(_) => None,
+            }
+        } else {
+            rows
+        };
+        let Some(groups) = groups else {
             return Ok(None);
         };
-        let (Some(groups), Some(input_rows)) = (
-            self.source.estimate_rows(&grouped.to_string()).await,
-            self.source.estimate_rows(&ungrouped.to_string()).await,
-        ) else {
+        if groups.saturating_mul(2) < MIN_ROWS_TO_PLACE_AGGREGATE {
+            return Ok(None);
+        }
+        // The input alone may not be writable as SQL (a derived table the aggregate
+        // inlines); then the source runs both.
+        let Ok(ungrouped) = remote_sql(self.source.as_ref(), &aggregate.input) else {
+            return Ok(None);
+        };
+        let Some(input_rows) = self.source.estimate_rows(&ungrouped.to_string()).await else {
             return Ok(None);
         };
         if input_rows < MIN_ROWS_TO_PLACE_AGGREGATE || groups.saturating_mul(2) < input_rows {
@@ -201,44 +199,36 @@ impl Planner {
             input_rows,
             "the aggregate hardly reduces its input; DataFusion computes it"
         );
-        let scan = if input.worthwhile {
+        let rule = SubPlanRule {
+            source: Arc::clone(&self.source),
+        };
+        let input = aggregate.input.as_ref().clone();
+        let analysis = rule.analyze(&input);
+        // A plain scan is read as one, in parallel parts.
+        let scan = if analysis.worthwhile {
             let planner = Arc::new(Planner {
                 source: Arc::clone(&self.source),
-                traits: input.traits.clone(),
-                aggregate_input: None,
+                traits: analysis.traits,
             });
             LogicalPlan::Extension(Extension {
-                node: Arc::new(FederatedPlanNode::new(
-                    aggregate.input.as_ref().clone(),
-                    planner,
-                )),
+                node: Arc::new(FederatedPlanNode::new(input, planner)),
             })
         } else {
-            aggregate.input.as_ref().clone()
+            input
         };
         replace_aggregate_input(plan, scan).map(Some)
     }
 }
 
-/// The aggregate at the top of `plan` (under projections, a `HAVING` filter and an
-/// `ORDER BY`, which keep the number of groups), if any.
-fn top_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
+/// The aggregate at the top of `plan` (under projections, an `ORDER BY`, which keep the
+/// number of groups, and a `HAVING` filter), if any, and whether a `HAVING` is above it.
+fn top_aggregate(plan: &LogicalPlan) -> Option<(&Aggregate, bool)> {
     match plan {
-        LogicalPlan::Aggregate(a) => Some(a),
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => top_aggregate(plan.inputs()[0]),
+        LogicalPlan::Aggregate(a) => Some((a, false)),
+        LogicalPlan::Projection(p) => top_aggregate(&p.input),
         // With a fetch, the source's estimate is of the rows kept, not of the groups.
         LogicalPlan::Sort(s) if s.fetch.is_none() => top_aggregate(&s.input),
-        _ => None,
-    }
-}
-
-/// The analysis of the input of [`top_aggregate`] of the plan `analysis` describes.
-fn top_aggregate_input<'a>(plan: &LogicalPlan, analysis: &'a Analysis) -> Option<&'a Analysis> {
-    match plan {
-        LogicalPlan::Aggregate(_) => analysis.children.first(),
-        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::Sort(_) => {
-            top_aggregate_input(plan.inputs()[0], analysis.children.first()?)
-        }
+        LogicalPlan::Filter(f) => top_aggregate(&f.input).map(|(a, _)| (a, true)),
         _ => None,
     }
 }
@@ -263,16 +253,17 @@ impl FederationPlanner for Planner {
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let statement = remote_sql(self.source.as_ref(), node.plan())?;
-        let schema: SchemaRef = Arc::new(node.plan().schema().as_arrow().clone());
-        if let Some(plan) = self.aggregate_apart(node.plan()).await? {
+        let rows = self.source.estimate_rows(&statement.to_string()).await;
+        if let Some(plan) = self.aggregate_apart(node.plan(), rows).await? {
             // Planned without optimizing again, which would push the aggregate back.
             return session
                 .query_planner()
                 .create_physical_plan(&plan, session)
                 .await;
         }
+        let schema: SchemaRef = Arc::new(node.plan().schema().as_arrow().clone());
         let mut statistics = Statistics::new_unknown(&schema);
-        if let Some(rows) = self.source.estimate_rows(&statement.to_string()).await {
+        if let Some(rows) = rows {
             statistics.num_rows = Precision::Inexact(rows);
         }
         let dynamic =
@@ -374,15 +365,9 @@ impl SubPlanRule {
                 tracing::debug!(source = self.source.name(), error = %e,
                     "a sub-plan could not be written as SQL; DataFusion runs it");
             } else {
-                let aggregate_input =
-                    top_aggregate_input(&plan, analysis).map(|input| AggregateInput {
-                        traits: input.traits.clone(),
-                        worthwhile: input.worthwhile,
-                    });
                 let planner = Arc::new(Planner {
                     source: Arc::clone(&self.source),
                     traits: analysis.traits.clone(),
-                    aggregate_input,
                 });
                 let node = FederatedPlanNode::new(wrapped, planner);
                 return Ok(Transformed::yes(LogicalPlan::Extension(Extension {

@@ -27,23 +27,17 @@ use super::sql::unqualify;
 pub(super) fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Result<ast::Statement> {
     let renamed = plan
         .clone()
-        .transform_down_with_subqueries(|node| match &node {
-            LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
-                LogicalPlan::TableScan(scan) => {
-                    let remote = remote_scan(source, scan)?
-                        .alias(alias.alias.clone())?
-                        .build()?;
-                    Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
-                }
-                _ => Ok(Transformed::no(node)),
-            },
-            LogicalPlan::TableScan(scan) => {
-                let remote = remote_scan(source, scan)?
-                    .alias(scan.table_name.clone())?
-                    .build()?;
-                Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
-            }
-            _ => Ok(Transformed::no(node)),
+        .transform_down_with_subqueries(|node| {
+            let (scan, alias) = match &node {
+                LogicalPlan::SubqueryAlias(alias) => match alias.input.as_ref() {
+                    LogicalPlan::TableScan(scan) => (scan, &alias.alias),
+                    _ => return Ok(Transformed::no(node)),
+                },
+                LogicalPlan::TableScan(scan) => (scan, &scan.table_name),
+                _ => return Ok(Transformed::no(node)),
+            };
+            let remote = remote_scan(source, scan)?.alias(alias.clone())?.build()?;
+            Ok(Transformed::new(remote, true, TreeNodeRecursion::Jump))
         })?
         .data;
     let renamed = inline_aggregate_inputs(renamed)?;
