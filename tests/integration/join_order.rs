@@ -217,6 +217,54 @@ async fn one_sources_tables_join_there_first_and_change_no_answer() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A small filtered table named last starts the joins: `customers` of one region meets
+/// `orders` before `visits` (12,000 rows) is joined, instead of every visit meeting its
+/// order first. No two tables of one source join each other here.
+#[tokio::test]
+async fn the_smallest_filtered_dimension_starts_the_joins() {
+    let fixture = Fixture::new("dimension_first").await;
+    let queries: &[(&str, bool)] = &[
+        (
+            "SELECT v.id, o.id, c.name, o.amount FROM V v, O o, C c \
+             WHERE v.cust = o.id AND o.cust = c.id AND c.region = 'north' \
+             ORDER BY 1, 2, 3, 4",
+            false,
+        ),
+        (
+            "SELECT c.region, count(*), sum(o.amount) FROM V v, O o, C c \
+             WHERE v.cust = o.id AND o.cust = c.id AND c.name LIKE 'O''Neil%' \
+             GROUP BY c.region ORDER BY 1",
+            false,
+        ),
+        // The filter keeps nothing.
+        (
+            "SELECT v.id, o.id FROM V v, O o, C c \
+             WHERE v.cust = o.id AND o.cust = c.id AND c.region = 'east' ORDER BY 1, 2",
+            false,
+        ),
+    ];
+    let failures = fixture.failures(queries).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    let sql = format!(
+        "SELECT v.id, o.id FROM my.{my}.visits v, pg.{pg}.orders o, my.{my}.customers c \
+         WHERE v.cust = o.id AND o.cust = c.id AND c.region = 'north'",
+        my = fixture.my.name,
+        pg = fixture.pg.name,
+    );
+    let plan = fixture.pushed.sql(&sql).await.unwrap();
+    let plan = plan
+        .into_optimized_plan()
+        .unwrap()
+        .display_indent()
+        .to_string();
+    let first_scan = plan.lines().find(|line| line.contains("TableScan"));
+    assert!(
+        first_scan.is_some_and(|scan| scan.contains("customers")),
+        "the joins start from customers:\n{plan}"
+    );
+}
+
 /// Both tables have an `id`, so the join's output has two columns of that name. A
 /// filter on `o.id` (here the semi join's dynamic filter, or a top-k bound) must not
 /// reach `customers` as a filter on its `id`, which DataFusion 55's filter pushdown
