@@ -17,10 +17,11 @@
 //! dynamic filters is faster there.
 //!
 //! Where the table the query names first is not filtered, the joins start from the
-//! smallest filtered dimension instead (TPC-H q11's `nation` where `n_name = 'GERMANY'`;
-//! at most 10,000 rows as its source estimates): `(nation ⋈ supplier) ⋈ partsupp` probes
-//! with `partsupp` once, keeping the few suppliers that remain, where `(partsupp ⋈
-//! supplier) ⋈ nation` joins every `partsupp` row twice.
+//! smallest filtered dimension at the end of a chain instead (TPC-H q11's `nation` where
+//! `n_name = 'GERMANY'`; at most 10,000 rows as its source estimates):
+//! `(nation ⋈ supplier) ⋈ partsupp` probes with `partsupp` once, keeping the few
+//! suppliers that remain, where `(partsupp ⋈ supplier) ⋈ nation` joins every `partsupp`
+//! row twice.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -42,8 +43,8 @@ use super::federate::remote_table;
 const NESTED_LOOP_ROWS: usize = 10_000;
 
 /// The most rows (as the source estimates, before filters) a filtered table may have to
-/// start the joins: a dimension, small enough that joining it first cannot cost much
-/// even when its filter keeps everything.
+/// start the joins: a dimension, so that its own join costs little even when its filter
+/// keeps everything.
 const DIMENSION_ROWS: usize = 10_000;
 
 /// Joins tables of one source with each other before joining them with other sources',
@@ -304,12 +305,11 @@ impl JoinTree {
     /// Without selectivity estimates a filter's effect is unknown, so a dimension's
     /// filter never overrides the first table's own (in q02, `part`'s keeps 0.4% of
     /// 200,000 rows, `region`'s one of five regions), and an unfiltered or large unit
-    /// never moves ahead. Off a chain, the
-    /// joins that follow may meet on a column that is a key of neither side (in q05,
-    /// `nation ⋈ region` meets `supplier`, which meets `lineitem` and, on the nation,
-    /// `customer`: each of a region's 2,000 suppliers would meet its nation's 6,000
-    /// customers, 12 million rows: 1.8 s at SF1 over `mixed`, 0.96 s kept), so such a
-    /// dimension keeps its place.
+    /// never moves ahead. Off a chain, the joins that follow may meet on a column that
+    /// is a key of neither side (in q05, `nation ⋈ region` meets `supplier`, which meets
+    /// `lineitem` and, on the nation, `customer`: each of a region's 2,000 suppliers
+    /// would meet its nation's 6,000 customers, 12 million rows: 1.8 s at SF1 over
+    /// `mixed`, 0.96 s kept), so such a dimension keeps its place.
     fn selective_start(&self, units: &[Vec<usize>]) -> Option<usize> {
         let rows = |unit: &[usize]| unit.iter().map(|&i| self.leaves[i].rows).max();
         let filtered = |unit: &[usize]| unit.iter().any(|&i| self.leaves[i].filtered);
@@ -317,24 +317,26 @@ impl JoinTree {
             return None;
         }
         let all: Vec<usize> = (0..self.leaves.len()).collect();
-        let neighbours = |unit: &[usize]| -> Vec<usize> {
+        let neighbours = |unit: usize| -> Vec<usize> {
             (0..units.len())
                 .filter(|&other| {
-                    units[other].as_slice() != unit
-                        && units[other].iter().any(|&i| self.connects(unit, i, &all))
+                    other != unit
+                        && units[other]
+                            .iter()
+                            .any(|&i| self.connects(&units[unit], i, &all))
                 })
                 .collect()
         };
         // A chain: the dimension meets one unit, and that one meets one more.
-        let chained = |unit: &[usize]| match neighbours(unit).as_slice() {
-            [next] => neighbours(&units[*next]).len() <= 2,
+        let chained = |unit: usize| match neighbours(unit).as_slice() {
+            [next] => neighbours(*next).len() <= 2,
             _ => false,
         };
         units
             .iter()
             .enumerate()
             .filter(|(_, unit)| filtered(unit) && rows(unit) <= Some(DIMENSION_ROWS))
-            .filter(|(_, unit)| chained(unit))
+            .filter(|(index, _)| chained(*index))
             .min_by_key(|(index, unit)| (rows(unit), *index))
             .map(|(index, _)| index)
     }
