@@ -159,6 +159,8 @@ impl Engine {
         // Sub-plans that touch one SQL source run there: the federation rule runs after
         // DataFusion's own rules, so filters and projections are already in place, and
         // after inner joins are regrouped so that one source's tables join each other first.
+        let mut physical_rules = ShareSubPlans::with_default_rules();
+        tributary_core::probe_ahead::add_to(&mut physical_rules);
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)
@@ -166,7 +168,7 @@ impl Engine {
             .with_optimizer_rule(Arc::new(SameSourceJoinsFirst))
             .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
-            .with_physical_optimizer_rules(ShareSubPlans::with_default_rules())
+            .with_physical_optimizer_rules(physical_rules)
             .build();
         let ctx = SessionContext::new_with_state(state);
         let options = CatalogOptions {

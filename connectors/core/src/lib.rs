@@ -9,6 +9,7 @@
 mod catalog;
 pub mod config;
 mod error;
+pub mod probe_ahead;
 mod random;
 pub mod remote;
 mod scan;

@@ -1,0 +1,225 @@
+//! A hash join whose probe side is an aggregate starts computing it with the query (under a
+//! `BufferExec`) instead of after the build side, unless the aggregate's input reads the
+//! join's dynamic filter, which is known only once the build side is done. Each query's
+//! answer must equal DataFusion's own, run without any of Tributary's rules.
+//!
+//! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
+//! decimals and times are timestamps with time zones.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::common::{engine, write_parquet};
+
+const HOUR: i64 = 3_600_000_000;
+/// 2024-01-01 00:00:00+02.
+const FIRST: i64 = 1_704_060_000_000_000;
+
+/// 3,000 rows; every 97th has NULLs.
+fn facts() -> RecordBatch {
+    let ids: Vec<i64> = (1..=3000).collect();
+    let null = |id: i64| id % 97 == 0;
+    let k: Vec<Option<i32>> = ids
+        .iter()
+        .map(|&id| (!null(id)).then_some((id % 300) as i32))
+        .collect();
+    let name: Vec<Option<String>> = ids
+        .iter()
+        .map(|&id| {
+            (!null(id)).then(|| match id % 3 {
+                0 => format!("o'brien-{}", id % 50),
+                1 => format!("東京 \"q\"-{}", id % 50),
+                _ => format!("back\\slash-{}", id % 50),
+            })
+        })
+        .collect();
+    let amount: Vec<Option<i128>> = ids
+        .iter()
+        .map(|&id| (!null(id)).then_some(i128::from(id % 100) * 25 + i128::from(id % 7)))
+        .collect();
+    let at: Vec<Option<i64>> = ids
+        .iter()
+        .map(|&id| (!null(id)).then_some(FIRST + (id % 100) * HOUR))
+        .collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("k", DataType::Int32, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("amount", DataType::Decimal128(12, 2), true),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+02:00".into())),
+            true,
+        ),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(ids)),
+        Arc::new(Int32Array::from(k)),
+        Arc::new(StringArray::from(name)),
+        Arc::new(
+            Decimal128Array::from(amount)
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        Arc::new(TimestampMicrosecondArray::from(at).with_timezone("+02:00")),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+/// Five rows: keys and amounts the facts have, one they lack, one NULL.
+fn picks() -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int32, true),
+        Field::new("top", DataType::Decimal128(12, 2), true),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vec![
+            Some(3),
+            Some(7),
+            Some(299),
+            Some(1000),
+            None,
+        ])),
+        Arc::new(
+            Decimal128Array::from(vec![Some(2481), Some(2480), Some(2), Some(99999), None])
+                .with_precision_and_scale(12, 2)
+                .unwrap(),
+        ),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![
+                Some(FIRST + 99 * HOUR),
+                Some(FIRST + 5 * HOUR),
+                Some(FIRST - HOUR),
+                Some(FIRST + 98 * HOUR),
+                None,
+            ])
+            .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(schema, columns).unwrap()
+}
+
+/// Queries (`F` the facts, `P` the picks) and whether the aggregate on the probe side
+/// starts early: not when the join's keys are its grouping keys, because then the join's
+/// dynamic filter reaches the scan below it.
+const QUERIES: &[(&str, bool)] = &[
+    // Joined on an aggregated value: the filter cannot pass the aggregate.
+    (
+        "SELECT p.k, a.name, a.top FROM P p JOIN \
+         (SELECT name, max(amount) AS top FROM F GROUP BY name) a ON a.top = p.top \
+         ORDER BY a.name, p.k",
+        true,
+    ),
+    (
+        "SELECT p.k, a.k AS group_k, a.n, a.last FROM P p JOIN \
+         (SELECT k, count(*) AS n, max(at) AS last FROM F GROUP BY k) a ON a.last = p.at \
+         ORDER BY a.k, p.k",
+        true,
+    ),
+    // Nothing matches.
+    (
+        "SELECT p.k, a.name FROM P p JOIN \
+         (SELECT name, max(amount) AS top FROM F GROUP BY name) a ON a.top = p.top \
+         WHERE p.top > 900",
+        true,
+    ),
+    // Joined on the grouping key: the join's keys filter the scan under the aggregate.
+    (
+        "SELECT p.k, a.total, a.names FROM P p JOIN \
+         (SELECT k, sum(amount) AS total, count(DISTINCT name) AS names FROM F GROUP BY k) a \
+         ON a.k = p.k ORDER BY p.k",
+        false,
+    ),
+];
+
+fn starts_early(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && join.right().downcast_ref::<BufferExec>().is_some()
+        {
+            return true;
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_probe_sides_start_with_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir(&lake).unwrap();
+    write_parquet(&lake.join("facts.parquet"), &facts());
+    write_parquet(&lake.join("picks.parquet"), &picks());
+    let tributary = engine(
+        dir.path(),
+        &format!(
+            "sources:\n  - name: lake\n    kind: files\n    url: {}\n",
+            lake.display()
+        ),
+    );
+    let reference = SessionContext::new();
+    for table in ["facts", "picks"] {
+        let path = lake.join(format!("{table}.parquet"));
+        reference
+            .register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+    }
+
+    let mut failures = Vec::new();
+    for (query, early) in QUERIES {
+        let ours = query
+            .replace(" F ", " lake.main.facts ")
+            .replace(" P ", " lake.main.picks ");
+        let df = tributary
+            .sql(&ours)
+            .await
+            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.unwrap();
+        let got = collect(Arc::clone(&plan), task)
+            .await
+            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let got = pretty_format_batches(&got).unwrap().to_string();
+
+        let theirs = query.replace(" F ", " facts ").replace(" P ", " picks ");
+        let want = reference
+            .sql(&theirs)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let want = pretty_format_batches(&want).unwrap().to_string();
+        if got != want {
+            failures.push(format!(
+                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
+            ));
+        }
+        if starts_early(&plan) != *early {
+            failures.push(format!(
+                "{ours}: the probe side should{} start early\n{}",
+                if *early { "" } else { " not" },
+                displayable(plan.as_ref()).indent(true)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
