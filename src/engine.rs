@@ -160,7 +160,7 @@ impl Engine {
         // DataFusion's own rules, so filters and projections are already in place, and
         // after inner joins are regrouped so that one source's tables join each other first.
         let mut physical_rules = ShareSubPlans::with_default_rules();
-        tributary_core::probe_ahead::add_to(&mut physical_rules);
+        tributary_core::start_early::add_to(&mut physical_rules);
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)

@@ -19,7 +19,7 @@ mod mysql_pushdown;
 mod object_stores;
 mod postgres;
 mod postgres_pushdown;
-mod probe_ahead;
 mod rest;
 mod soak;
+mod start_early;
 mod tpch;

@@ -9,13 +9,13 @@
 mod catalog;
 pub mod config;
 mod error;
-pub mod probe_ahead;
 mod random;
 pub mod remote;
 mod scan;
 mod secret;
 pub mod short_lists;
 mod source;
+pub mod start_early;
 pub mod types;
 
 pub use catalog::{CatalogOptions, SourceCatalog};

@@ -1,7 +1,9 @@
-//! A hash join whose probe side is an aggregate starts computing it with the query (under a
-//! `BufferExec`) instead of after the build side, unless the aggregate's input reads the
-//! join's dynamic filter, which is known only once the build side is done. Each query's
-//! answer must equal DataFusion's own, run without any of Tributary's rules.
+//! Aggregates that a plan would run only after something else has finished start with the
+//! query: a hash join's probe side (under a `BufferExec`) unless it reads the join's
+//! dynamic filter, which is known only once the build side is done, and the parts of a
+//! scalar subquery's main input that do not read the subquery's value (under an
+//! `EarlyStartExec`). Each query's answer must equal DataFusion's own, run without any of
+//! Tributary's rules.
 //!
 //! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
 //! decimals and times are timestamps with time zones.
@@ -18,6 +20,7 @@ use datafusion::physical_plan::buffer::BufferExec;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use tributary_core::start_early::EarlyStartExec;
 
 use crate::common::{engine, write_parquet};
 
@@ -114,35 +117,54 @@ fn picks() -> RecordBatch {
     RecordBatch::try_new(schema, columns).unwrap()
 }
 
-/// Queries (`F` the facts, `P` the picks) and whether the aggregate on the probe side
-/// starts early: not when the join's keys are its grouping keys, because then the join's
-/// dynamic filter reaches the scan below it.
+/// Queries (`{F}` the facts, `{P}` the picks) and whether an aggregate starts early: on a
+/// join's probe side, not when the join's keys are its grouping keys, because then the
+/// join's dynamic filter reaches the scan below it; under a scalar subquery, not when it
+/// reads the subquery's value.
 const QUERIES: &[(&str, bool)] = &[
     // Joined on an aggregated value: the filter cannot pass the aggregate.
     (
-        "SELECT p.k, a.name, a.top FROM P p JOIN \
-         (SELECT name, max(amount) AS top FROM F GROUP BY name) a ON a.top = p.top \
+        "SELECT p.k, a.name, a.top FROM {P} p JOIN \
+         (SELECT name, max(amount) AS top FROM {F} GROUP BY name) a ON a.top = p.top \
          ORDER BY a.name, p.k",
         true,
     ),
     (
-        "SELECT p.k, a.k AS group_k, a.n, a.last FROM P p JOIN \
-         (SELECT k, count(*) AS n, max(at) AS last FROM F GROUP BY k) a ON a.last = p.at \
+        "SELECT p.k, a.k AS group_k, a.n, a.last FROM {P} p JOIN \
+         (SELECT k, count(*) AS n, max(at) AS last FROM {F} GROUP BY k) a ON a.last = p.at \
          ORDER BY a.k, p.k",
         true,
     ),
     // Nothing matches.
     (
-        "SELECT p.k, a.name FROM P p JOIN \
-         (SELECT name, max(amount) AS top FROM F GROUP BY name) a ON a.top = p.top \
+        "SELECT p.k, a.name FROM {P} p JOIN \
+         (SELECT name, max(amount) AS top FROM {F} GROUP BY name) a ON a.top = p.top \
          WHERE p.top > 900",
         true,
     ),
     // Joined on the grouping key: the join's keys filter the scan under the aggregate.
     (
-        "SELECT p.k, a.total, a.names FROM P p JOIN \
-         (SELECT k, sum(amount) AS total, count(DISTINCT name) AS names FROM F GROUP BY k) a \
+        "SELECT p.k, a.total, a.names FROM {P} p JOIN \
+         (SELECT k, sum(amount) AS total, count(DISTINCT name) AS names FROM {F} GROUP BY k) a \
          ON a.k = p.k ORDER BY p.k",
+        false,
+    ),
+    // Groups compared with a scalar subquery's value: the grouping runs meanwhile.
+    (
+        "SELECT k, sum(amount) AS total FROM {F} GROUP BY k \
+         HAVING sum(amount) > (SELECT avg(amount) * 12 FROM {F}) ORDER BY k",
+        true,
+    ),
+    // The subquery's value is NULL: no group passes.
+    (
+        "SELECT name, max(at) AS last FROM {F} GROUP BY name \
+         HAVING max(amount) > (SELECT max(amount) FROM {F} WHERE id < 0)",
+        true,
+    ),
+    // The rows aggregated depend on the subquery's value.
+    (
+        "SELECT count(*) AS n, count(DISTINCT name) AS names FROM {F} \
+         WHERE amount > (SELECT max(amount) - 1 FROM {F})",
         false,
     ),
 ];
@@ -155,13 +177,16 @@ fn starts_early(plan: &Arc<dyn ExecutionPlan>) -> bool {
         {
             return true;
         }
+        if node.downcast_ref::<EarlyStartExec>().is_some() {
+            return true;
+        }
         stack.extend(node.children().into_iter().cloned());
     }
     false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aggregated_probe_sides_start_with_the_query() {
+async fn aggregates_that_would_wait_start_with_the_query() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     std::fs::create_dir(&lake).unwrap();
@@ -186,8 +211,8 @@ async fn aggregated_probe_sides_start_with_the_query() {
     let mut failures = Vec::new();
     for (query, early) in QUERIES {
         let ours = query
-            .replace(" F ", " lake.main.facts ")
-            .replace(" P ", " lake.main.picks ");
+            .replace("{F}", "lake.main.facts")
+            .replace("{P}", "lake.main.picks");
         let df = tributary
             .sql(&ours)
             .await
@@ -199,7 +224,7 @@ async fn aggregated_probe_sides_start_with_the_query() {
             .unwrap_or_else(|e| panic!("{ours}: {e}"));
         let got = pretty_format_batches(&got).unwrap().to_string();
 
-        let theirs = query.replace(" F ", " facts ").replace(" P ", " picks ");
+        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
         let want = reference
             .sql(&theirs)
             .await
@@ -215,7 +240,7 @@ async fn aggregated_probe_sides_start_with_the_query() {
         }
         if starts_early(&plan) != *early {
             failures.push(format!(
-                "{ours}: the probe side should{} start early\n{}",
+                "{ours}: an aggregate should{} start early\n{}",
                 if *early { "" } else { " not" },
                 displayable(plan.as_ref()).indent(true)
             ));

@@ -1,0 +1,458 @@
+//! Work that does not depend on what a plan waits for starts with the query.
+//!
+//! Two operators run one input to the end before they touch another: a hash join reads its
+//! build side before it polls its probe side, and an uncorrelated scalar subquery is
+//! computed before its query's main input starts. When the input that waits is an
+//! aggregate or a sort, all of its work waits, and cores and sources idle meanwhile
+//! (TPC-H q02's decorrelated subquery aggregates `partsupp` only after the outer query has
+//! read `partsupp` too; q11 aggregates `partsupp` once for its threshold, then again for its
+//! groups, each on one core). [`StartEarly`] starts that work with the query:
+//! - a hash join's probe side goes under DataFusion's [`BufferExec`], which runs it in a
+//!   task of its own from the moment the join starts and hands the batches over through a
+//!   buffer counted against the query's memory. (DataFusion's own rule for this,
+//!   `hash_join_buffering_capacity`, buffers every probe side, before dynamic filters are
+//!   placed, and so starts scans before their filters are known.)
+//! - in a scalar subquery's main input, the topmost aggregates and sorts that do not read a
+//!   subquery's value go under an [`EarlyStartExec`], and the subquery node under a
+//!   [`StartsEarlyExec`] that starts them (buffered the same way) before it waits for the
+//!   subqueries. What reads the values still runs after them.
+//!
+//! A probe side that reads the join's own dynamic filter is left as it is: its scans must
+//! start after the build side to see the filter (remote scans send it to the source, file
+//! scans prune with it).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
+use datafusion::physical_plan::{
+    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+};
+
+/// Bytes of batches an input started early may compute ahead of its reader. The work before
+/// its first batch is what overlaps the wait; the buffer only saves waiting on each
+/// hand-over afterwards.
+const BUFFER_BYTES: usize = 4 << 20;
+
+/// Starts the probe sides of hash joins and the independent parts of scalar subqueries'
+/// main inputs with the query (see the module documentation). Runs after the filter
+/// pushdown that hands dynamic filters to scans.
+#[derive(Debug, Default)]
+pub struct StartEarly;
+
+impl PhysicalOptimizerRule for StartEarly {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                return buffer_probe_side(&node, join);
+            }
+            if node.downcast_ref::<ScalarSubqueryExec>().is_some() {
+                return start_independent_work(node);
+            }
+            Ok(Transformed::no(node))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "StartEarly"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// `rules` (DataFusion's physical optimizer rules) with [`StartEarly`] after the filter
+/// pushdown that places dynamic filters.
+pub fn add_to(rules: &mut Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>) {
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "FilterPushdown(Post)")
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(StartEarly));
+}
+
+fn buffer_probe_side(
+    node: &Arc<dyn ExecutionPlan>,
+    join: &HashJoinExec,
+) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let probe = join.right();
+    if !computes_before_returning(probe)
+        || probe.downcast_ref::<BufferExec>().is_some()
+        || reads_filters_of(probe, node.as_ref())?
+    {
+        return Ok(Transformed::no(Arc::clone(node)));
+    }
+    let buffered: Arc<dyn ExecutionPlan> =
+        Arc::new(BufferExec::new(Arc::clone(probe), BUFFER_BYTES));
+    Arc::clone(node)
+        .replace_children(
+            vec![Arc::clone(join.left()), buffered],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )
+        .map(Transformed::yes)
+}
+
+/// Whether `plan` does all its work before its first row (an aggregate, a sort), so
+/// starting it early overlaps that work with the wait. A streaming input would only fill
+/// the buffer and stop.
+fn computes_before_returning(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let properties = plan.properties();
+    properties.emission_type == EmissionType::Final
+        && properties.boundedness == Boundedness::Bounded
+}
+
+/// Whether a node under `probe` reads a dynamic expression that `join` produces.
+fn reads_filters_of(probe: &Arc<dyn ExecutionPlan>, join: &dyn ExecutionPlan) -> Result<bool> {
+    let produced: HashSet<u64> = join
+        .dynamic_expressions_produced()
+        .iter()
+        .filter_map(|e| e.expression_id())
+        .collect();
+    if produced.is_empty() {
+        return Ok(false);
+    }
+    any_expression(probe, &|expr| {
+        expr.expression_id()
+            .is_some_and(|id| produced.contains(&id))
+    })
+}
+
+/// Whether an expression of a node in `plan` (or a part of one) satisfies `test`.
+fn any_expression(
+    plan: &Arc<dyn ExecutionPlan>,
+    test: &dyn Fn(&Arc<dyn PhysicalExpr>) -> bool,
+) -> Result<bool> {
+    let mut found = false;
+    plan.apply(|node| {
+        node.apply_expressions(&mut |root: &Arc<dyn PhysicalExpr>| {
+            root.apply(|expr| {
+                if test(expr) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// `subquery_node` (a [`ScalarSubqueryExec`]) with the topmost aggregates and sorts of its
+/// main input that read no subquery value started early.
+fn start_independent_work(
+    subquery_node: Arc<dyn ExecutionPlan>,
+) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let children: Vec<Arc<dyn ExecutionPlan>> =
+        subquery_node.children().into_iter().cloned().collect();
+    let Some((input, subqueries)) = children.split_first() else {
+        return Ok(Transformed::no(subquery_node));
+    };
+    let marked = mark_independent(Arc::clone(input))?;
+    if !marked.transformed {
+        return Ok(Transformed::no(subquery_node));
+    }
+    let mut children = vec![marked.data];
+    children.extend(subqueries.iter().cloned());
+    let inner = subquery_node.replace_children(
+        children,
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+    )?;
+    Ok(Transformed::yes(Arc::new(StartsEarlyExec::new(inner))))
+}
+
+/// `plan` with its topmost aggregates and sorts that read no scalar subquery's value under
+/// an [`EarlyStartExec`].
+fn mark_independent(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    if computes_before_returning(&plan)
+        && !any_expression(&plan, &|expr| {
+            expr.downcast_ref::<ScalarSubqueryExpr>().is_some()
+        })?
+    {
+        return Ok(Transformed::yes(Arc::new(EarlyStartExec::new(plan))));
+    }
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(Transformed::no(plan));
+    }
+    let mut changed = false;
+    let mut marked = Vec::with_capacity(children.len());
+    for child in children {
+        let child = mark_independent(child)?;
+        changed |= child.transformed;
+        marked.push(child.data);
+    }
+    if !changed {
+        return Ok(Transformed::no(plan));
+    }
+    plan.replace_children(
+        marked,
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+    )
+    .map(Transformed::yes)
+}
+
+/// What the [`EarlyStartExec`]s under `plan` start, not counting those another
+/// [`StartsEarlyExec`] starts.
+fn early_starts(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<Started>> {
+    let mut found = Vec::new();
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(early) = node.downcast_ref::<EarlyStartExec>() {
+            found.push(Arc::clone(&early.started));
+        } else if node.downcast_ref::<StartsEarlyExec>().is_none() {
+            stack.extend(node.children().into_iter().cloned());
+        }
+    }
+    found
+}
+
+/// Starts the [`EarlyStartExec`]s in its input when it is executed, then runs the input.
+pub struct StartsEarlyExec {
+    input: Arc<dyn ExecutionPlan>,
+    starts: Vec<Arc<Started>>,
+}
+
+impl StartsEarlyExec {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        let starts = early_starts(&input);
+        StartsEarlyExec { input, starts }
+    }
+}
+
+impl fmt::Debug for StartsEarlyExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StartsEarlyExec({} started early)", self.starts.len())
+    }
+}
+
+impl DisplayAs for StartsEarlyExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StartsEarlyExec: inputs={}", self.starts.len())
+    }
+}
+
+impl ExecutionPlan for StartsEarlyExec {
+    fn name(&self) -> &str {
+        "StartsEarlyExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("StartsEarlyExec takes one child, got {}", children.len());
+        }
+        Ok(Arc::new(StartsEarlyExec::new(children.swap_remove(0))))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        for early in &self.starts {
+            early.start(&context)?;
+        }
+        self.input.execute(partition, context)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        pass_statistics(input_stats, "StartsEarlyExec")
+    }
+}
+
+/// An input started before its reader executes it, by the [`StartsEarlyExec`] above.
+pub struct EarlyStartExec {
+    started: Arc<Started>,
+}
+
+impl EarlyStartExec {
+    fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        EarlyStartExec {
+            started: Arc::new(Started {
+                input,
+                streams: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// The input of an [`EarlyStartExec`] and, once [`Started::start`] has run every partition
+/// under a [`BufferExec`], their streams, which `execute` hands out (once each; a partition
+/// executed again runs anew).
+struct Started {
+    input: Arc<dyn ExecutionPlan>,
+    /// `None` until started; then one stream per partition until taken.
+    streams: Mutex<Option<Vec<Option<SendableRecordBatchStream>>>>,
+}
+
+impl Started {
+    /// Starts every partition of the input, unless already started.
+    fn start(&self, context: &Arc<TaskContext>) -> Result<()> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.is_some() {
+            return Ok(());
+        }
+        let buffered = BufferExec::new(Arc::clone(&self.input), BUFFER_BYTES);
+        let partitions = self.input.properties().partitioning.partition_count();
+        let started = (0..partitions)
+            .map(|p| buffered.execute(p, Arc::clone(context)).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        *streams = Some(started);
+        Ok(())
+    }
+
+    /// The stream of `partition` if it was started and not yet taken.
+    fn take(&self, partition: usize) -> Option<SendableRecordBatchStream> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|streams| streams.get_mut(partition))
+            .and_then(Option::take)
+    }
+}
+
+impl fmt::Debug for EarlyStartExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EarlyStartExec")
+    }
+}
+
+impl DisplayAs for EarlyStartExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EarlyStartExec")
+    }
+}
+
+impl ExecutionPlan for EarlyStartExec {
+    fn name(&self) -> &str {
+        "EarlyStartExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.started.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.started.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("EarlyStartExec takes one child, got {}", children.len());
+        }
+        Ok(Arc::new(EarlyStartExec::new(children.swap_remove(0))))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        match self.started.take(partition) {
+            Some(stream) => Ok(stream),
+            None => self.started.input.execute(partition, context),
+        }
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        pass_statistics(input_stats, "EarlyStartExec")
+    }
+}
+
+fn pass_statistics(input_stats: &[Arc<Statistics>], node: &str) -> Result<Arc<Statistics>> {
+    match input_stats.first() {
+        Some(stats) => Ok(Arc::clone(stats)),
+        None => internal_err!("{node} has no input statistics"),
+    }
+}
