@@ -120,7 +120,7 @@ fn picks() -> RecordBatch {
 /// Queries (`{F}` the facts, `{P}` the picks) and whether an aggregate starts early: on a
 /// join's probe side, not when the join's keys are its grouping keys, because then the
 /// join's dynamic filter reaches the scan below it; under a scalar subquery, not when it
-/// reads the subquery's value.
+/// reads the subquery's value or waits for a join's keys.
 const QUERIES: &[(&str, bool)] = &[
     // Joined on an aggregated value: the filter cannot pass the aggregate.
     (
@@ -160,6 +160,14 @@ const QUERIES: &[(&str, bool)] = &[
         "SELECT name, max(at) AS last FROM {F} GROUP BY name \
          HAVING max(amount) > (SELECT max(amount) FROM {F} WHERE id < 0)",
         true,
+    ),
+    // The aggregate's groups are filtered by the join above it, whose keys reach the scan
+    // below once its build side is read: it waits for them.
+    (
+        "SELECT p.k, a.total FROM {P} p JOIN \
+         (SELECT k, sum(amount) AS total FROM {F} GROUP BY k) a ON a.k = p.k \
+         WHERE a.total > (SELECT avg(amount) FROM {F}) ORDER BY p.k",
+        false,
     ),
     // The rows aggregated depend on the subquery's value.
     (

@@ -17,9 +17,10 @@
 //!   [`StartsEarlyExec`] that starts them (buffered the same way) before it waits for the
 //!   subqueries. What reads the values still runs after them.
 //!
-//! A probe side that reads the join's own dynamic filter is left as it is: its scans must
-//! start after the build side to see the filter (remote scans send it to the source, file
-//! scans prune with it).
+//! Nothing that reads a dynamic filter produced outside it starts early (a probe side that
+//! reads its join's filter, or an aggregate under a join above that filters it): its scans
+//! must start after the filter's build side is read, to see it (remote scans send it to the
+//! source, file scans prune with it).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -95,7 +96,7 @@ fn buffer_probe_side(
     let probe = join.right();
     if !computes_before_returning(probe)
         || probe.downcast_ref::<BufferExec>().is_some()
-        || reads_filters_of(probe, node.as_ref())?
+        || waits_for_filters(probe)?
     {
         return Ok(Transformed::no(Arc::clone(node)));
     }
@@ -118,19 +119,22 @@ fn computes_before_returning(plan: &Arc<dyn ExecutionPlan>) -> bool {
         && properties.boundedness == Boundedness::Bounded
 }
 
-/// Whether a node under `probe` reads a dynamic expression that `join` produces.
-fn reads_filters_of(probe: &Arc<dyn ExecutionPlan>, join: &dyn ExecutionPlan) -> Result<bool> {
-    let produced: HashSet<u64> = join
-        .dynamic_expressions_produced()
-        .iter()
-        .filter_map(|e| e.expression_id())
-        .collect();
-    if produced.is_empty() {
-        return Ok(false);
-    }
-    any_expression(probe, &|expr| {
+/// Whether a node in `plan` reads a dynamic filter that no node in `plan` produces: one
+/// that a join above fills once its build side is read, which the scans below must wait
+/// for (remote scans send it to the source, file scans prune with it).
+fn waits_for_filters(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
+    let mut produced = HashSet::new();
+    plan.apply(|node| {
+        produced.extend(
+            node.dynamic_expressions_produced()
+                .iter()
+                .filter_map(|e| e.expression_id()),
+        );
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    any_expression(plan, &|expr| {
         expr.expression_id()
-            .is_some_and(|id| produced.contains(&id))
+            .is_some_and(|id| !produced.contains(&id))
     })
 }
 
@@ -177,13 +181,14 @@ fn start_independent_work(
     Ok(Transformed::yes(Arc::new(StartsEarlyExec::new(inner))))
 }
 
-/// `plan` with its topmost aggregates and sorts that read no scalar subquery's value under
-/// an [`EarlyStartExec`].
+/// `plan` with its topmost aggregates and sorts that read no scalar subquery's value and
+/// wait for no dynamic filter from outside them under an [`EarlyStartExec`].
 fn mark_independent(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
     if computes_before_returning(&plan)
         && !any_expression(&plan, &|expr| {
             expr.downcast_ref::<ScalarSubqueryExpr>().is_some()
         })?
+        && !waits_for_filters(&plan)?
     {
         return Ok(Transformed::yes(Arc::new(EarlyStartExec::new(plan))));
     }
