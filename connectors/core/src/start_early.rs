@@ -332,44 +332,62 @@ impl EarlyStartExec {
         EarlyStartExec {
             started: Arc::new(Started {
                 input,
-                streams: Mutex::new(None),
+                run: Mutex::new(None),
             }),
         }
     }
 }
 
 /// The input of an [`EarlyStartExec`] and, once [`Started::start`] has run every partition
-/// under a [`BufferExec`], their streams, which `execute` hands out (once each; a partition
-/// executed again runs anew).
+/// under a [`BufferExec`], their streams, which `execute` hands out once each, and only to
+/// the run that started them: a plan run again (or a partition read twice) runs anew.
 struct Started {
     input: Arc<dyn ExecutionPlan>,
-    /// `None` until started; then one stream per partition until taken.
-    streams: Mutex<Option<Vec<Option<SendableRecordBatchStream>>>>,
+    run: Mutex<Option<Run>>,
+}
+
+/// The streams one run started, one per partition until taken.
+struct Run {
+    context: Arc<TaskContext>,
+    streams: Vec<Option<SendableRecordBatchStream>>,
 }
 
 impl Started {
-    /// Starts every partition of the input, unless already started.
+    /// Starts every partition of the input for the run of `context`, unless started for it
+    /// already. The streams of an earlier run, if any are left, are dropped (which stops
+    /// their tasks).
     fn start(&self, context: &Arc<TaskContext>) -> Result<()> {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if streams.is_some() {
+        let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
+        if run
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.context, context))
+        {
             return Ok(());
         }
         let buffered = BufferExec::new(Arc::clone(&self.input), BUFFER_BYTES);
         let partitions = self.input.properties().partitioning.partition_count();
-        let started = (0..partitions)
+        let streams = (0..partitions)
             .map(|p| buffered.execute(p, Arc::clone(context)).map(Some))
             .collect::<Result<Vec<_>>>()?;
-        *streams = Some(started);
+        *run = Some(Run {
+            context: Arc::clone(context),
+            streams,
+        });
         Ok(())
     }
 
-    /// The stream of `partition` if it was started and not yet taken.
-    fn take(&self, partition: usize) -> Option<SendableRecordBatchStream> {
-        self.streams
+    /// The stream of `partition` that the run of `context` started, if not yet taken.
+    fn take(
+        &self,
+        partition: usize,
+        context: &Arc<TaskContext>,
+    ) -> Option<SendableRecordBatchStream> {
+        self.run
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-            .and_then(|streams| streams.get_mut(partition))
+            .filter(|r| Arc::ptr_eq(&r.context, context))
+            .and_then(|r| r.streams.get_mut(partition))
             .and_then(Option::take)
     }
 }
@@ -436,7 +454,7 @@ impl ExecutionPlan for EarlyStartExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        match self.started.take(partition) {
+        match self.started.take(partition, &context) {
             Some(stream) => Ok(stream),
             None => self.started.input.execute(partition, context),
         }
