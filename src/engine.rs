@@ -18,6 +18,7 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
 use tributary_core::remote::{RemoteScanExec, SameSourceJoinsFirst, ShareSubPlans};
+use tributary_core::subquery_keys::NarrowGroupedSubqueries;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
@@ -165,6 +166,7 @@ impl Engine {
             .with_config(session)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(NarrowGroupedSubqueries))
             .with_optimizer_rule(Arc::new(SameSourceJoinsFirst))
             .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))

@@ -22,4 +22,5 @@ mod postgres_pushdown;
 mod rest;
 mod soak;
 mod start_early;
+mod subquery_keys;
 mod tpch;

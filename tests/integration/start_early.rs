@@ -30,7 +30,7 @@ const HOUR: i64 = 3_600_000_000;
 const FIRST: i64 = 1_704_060_000_000_000;
 
 /// 3,000 rows; every 97th has NULLs.
-fn facts() -> RecordBatch {
+pub(crate) fn facts() -> RecordBatch {
     let ids: Vec<i64> = (1..=3000).collect();
     let null = |id: i64| id % 97 == 0;
     let k: Vec<Option<i32>> = ids
@@ -81,7 +81,7 @@ fn facts() -> RecordBatch {
 }
 
 /// Five rows: keys and amounts the facts have, one they lack, one NULL.
-fn picks() -> RecordBatch {
+pub(crate) fn picks() -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int32, true),
         Field::new("top", DataType::Decimal128(12, 2), true),

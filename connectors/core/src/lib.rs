@@ -16,6 +16,7 @@ mod secret;
 pub mod short_lists;
 mod source;
 pub mod start_early;
+pub mod subquery_keys;
 pub mod types;
 
 pub use catalog::{CatalogOptions, SourceCatalog};

@@ -1,0 +1,209 @@
+//! A decorrelated subquery's groups are computed only for keys the outer query can have.
+//!
+//! DataFusion turns a correlated scalar subquery (`ps_supplycost = (SELECT min(…) FROM …
+//! WHERE ps_partkey = p_partkey)`) into a join of the outer query with an aggregate grouped
+//! by the correlation key, computed for every key: TPC-H q02 groups 159,000 `partsupp` rows
+//! into 117,000 groups, of which the outer query, whose `part` filter keeps 747 keys, can
+//! meet 460. [`NarrowGroupedSubqueries`] semi-joins the aggregate's input with the keys of
+//! the filtered table the outer query takes its key from (DuckDB's "delim join" does the
+//! same with the outer query's own keys).
+//!
+//! That is always sound: the outer key's values are among the table's (after its filters),
+//! so a group whose key is not there can meet no outer row, and a group is computed from the
+//! rows of its own key only, so the groups kept are unchanged. It applies to joins that drop
+//! the aggregate's unmatched rows (inner, left, left semi), only where the table is filtered
+//! (else every key stays) by deterministic filters and read without a limit (two reads of a
+//! limited scan may differ).
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, JoinType, Result};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, Join, LogicalPlan, LogicalPlanBuilder, Projection, TableScan,
+};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+/// The alias of the keys a subquery's aggregate input is narrowed to; also marks an input
+/// already narrowed, since optimizer rules run more than once.
+const KEYS_ALIAS: &str = "__tributary_outer_keys";
+
+/// Semi-joins the input of a decorrelated subquery's aggregate with the keys the outer
+/// query can match (see the module documentation).
+#[derive(Debug, Default)]
+pub struct NarrowGroupedSubqueries;
+
+impl OptimizerRule for NarrowGroupedSubqueries {
+    fn name(&self) -> &str {
+        "tributary_narrow_grouped_subqueries"
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let LogicalPlan::Join(join) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        if !matches!(
+            join.join_type,
+            JoinType::Inner | JoinType::Left | JoinType::LeftSemi
+        ) {
+            return Ok(Transformed::no(plan));
+        }
+        for (outer, inner) in &join.on {
+            let (Expr::Column(outer), Expr::Column(inner)) = (outer, inner) else {
+                continue;
+            };
+            let Some(keys) = filtered_source(&join.left, outer)? else {
+                continue;
+            };
+            if let Some(right) = narrowed(&join.right, inner, &keys)? {
+                let narrowed = Join {
+                    right: Arc::new(right),
+                    ..join.clone()
+                };
+                return Ok(Transformed::yes(LogicalPlan::Join(narrowed)));
+            }
+        }
+        Ok(Transformed::no(plan))
+    }
+}
+
+/// The values `column` of `plan` can take, as a plan of one column: the scan of the table
+/// it comes from, under that scan's filters, if they are deterministic and there are any,
+/// and the scan has no limit.
+fn filtered_source(plan: &LogicalPlan, column: &Column) -> Result<Option<LogicalPlan>> {
+    let Some(relation) = &column.relation else {
+        return Ok(None);
+    };
+    // The scan of the table itself, or of the table under an alias (`FROM part p`).
+    let mut found = None;
+    plan.apply(|node| match node {
+        LogicalPlan::TableScan(scan) if &scan.table_name == relation => {
+            found = Some((scan.clone(), column.name.clone()));
+            Ok(TreeNodeRecursion::Stop)
+        }
+        LogicalPlan::SubqueryAlias(alias) if &alias.alias == relation => {
+            found = scanned(&alias.input, &column.name);
+            Ok(TreeNodeRecursion::Stop)
+        }
+        _ => Ok(TreeNodeRecursion::Continue),
+    })?;
+    let Some((scan, name)) = found else {
+        return Ok(None);
+    };
+    let column = Column::new(Some(scan.table_name.clone()), name);
+    if scan.fetch.is_some()
+        || scan.filters.is_empty()
+        || scan.filters.iter().any(Expr::is_volatile)
+        || !scan.projected_schema.has_column(&column)
+    {
+        return Ok(None);
+    }
+    keys_of(scan, &column).map(Some)
+}
+
+/// The scan under `plan` (through filters and projections that pass columns on) that
+/// gives its column `name`, and that column's name in the scan.
+fn scanned(plan: &LogicalPlan, name: &str) -> Option<(TableScan, String)> {
+    match plan {
+        LogicalPlan::TableScan(scan) => Some((scan.clone(), name.to_string())),
+        LogicalPlan::Filter(filter) => scanned(&filter.input, name),
+        LogicalPlan::Projection(projection) => {
+            let index = projection
+                .schema
+                .fields()
+                .iter()
+                .position(|f| f.name() == name)?;
+            match projection.expr.get(index)?.clone().unalias() {
+                Expr::Column(source) => scanned(&projection.input, &source.name),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn keys_of(scan: TableScan, column: &Column) -> Result<LogicalPlan> {
+    let filter = conjunction(scan.filters.clone());
+    let mut keys = LogicalPlanBuilder::from(LogicalPlan::TableScan(scan));
+    if let Some(filter) = filter {
+        keys = keys.filter(filter)?;
+    }
+    keys.project(vec![Expr::Column(column.clone())])?
+        .alias(KEYS_ALIAS)?
+        .build()
+}
+
+/// `plan` (a subquery's side of the join) with the input of the aggregate that groups by
+/// `column` semi-joined with `keys`, if `column` is a plain grouping column of an aggregate
+/// under aliases and projections that pass it through.
+fn narrowed(
+    plan: &LogicalPlan,
+    column: &Column,
+    keys: &LogicalPlan,
+) -> Result<Option<LogicalPlan>> {
+    let Ok(index) = plan.schema().index_of_column(column) else {
+        return Ok(None);
+    };
+    let input = match plan {
+        LogicalPlan::SubqueryAlias(alias) => {
+            let source = Column::from(alias.input.schema().qualified_field(index));
+            narrowed(&alias.input, &source, keys)?
+        }
+        LogicalPlan::Projection(Projection { expr, input, .. }) => {
+            match expr.get(index).map(|e| e.clone().unalias()) {
+                Some(Expr::Column(source)) => narrowed(input, &source, keys)?,
+                _ => None,
+            }
+        }
+        LogicalPlan::Aggregate(Aggregate {
+            group_expr, input, ..
+        }) => {
+            if group_expr.iter().any(|g| matches!(g, Expr::GroupingSet(_))) {
+                return Ok(None);
+            }
+            let Some(Expr::Column(source)) = group_expr.get(index) else {
+                return Ok(None);
+            };
+            if already_narrowed(input) {
+                return Ok(None);
+            }
+            let key = Column::new(Some(KEYS_ALIAS), keys.schema().field(0).name());
+            let semi = LogicalPlanBuilder::from(input.as_ref().clone())
+                .join(
+                    keys.clone(),
+                    JoinType::LeftSemi,
+                    (vec![source.clone()], vec![key]),
+                    None,
+                )?
+                .build()?;
+            Some(semi)
+        }
+        _ => None,
+    };
+    match input {
+        Some(input) => plan
+            .with_new_exprs(plan.expressions(), vec![input])
+            .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `input` is already semi-joined with outer keys.
+fn already_narrowed(input: &LogicalPlan) -> bool {
+    matches!(input, LogicalPlan::Join(j)
+        if j.join_type == JoinType::LeftSemi
+            && matches!(j.right.as_ref(), LogicalPlan::SubqueryAlias(a) if a.alias.table() == KEYS_ALIAS))
+}

@@ -1,0 +1,115 @@
+//! A correlated subquery's aggregate is computed only for the keys of the filtered table the
+//! outer query takes its key from. Each query's answer must equal DataFusion's own, run
+//! without any of Tributary's rules, and the rule must apply exactly where it may.
+//!
+//! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
+//! decimals and times are timestamps with time zones (the data of `start_early`).
+
+use arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::common::{engine, write_parquet};
+use crate::start_early::{facts, picks};
+
+/// Queries (`{F}` the facts, `{P}` the picks) and whether the subquery's aggregate is
+/// narrowed to the outer table's keys.
+const QUERIES: &[(&str, bool)] = &[
+    // The outer key comes from the filtered picks.
+    (
+        "SELECT p.k, f.id, f.amount FROM {P} p, {F} f \
+         WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        true,
+    ),
+    // The outer key comes from the filtered facts themselves (a quote in the pattern).
+    (
+        "SELECT f.name, f.amount, f.at FROM {F} f WHERE f.name LIKE 'o''brien-1%' \
+         AND f.amount = (SELECT max(g.amount) FROM {F} g WHERE g.name = f.name) \
+         ORDER BY f.name, f.at",
+        true,
+    ),
+    // The filter keeps nothing.
+    (
+        "SELECT f.name FROM {F} f WHERE f.name = '東京 \"none\"' \
+         AND f.amount = (SELECT max(g.amount) FROM {F} g WHERE g.name = f.name)",
+        true,
+    ),
+    // A timestamp key with another time zone on each side: the outer key is cast to the
+    // subquery's type, not a plain column, so nothing is added.
+    (
+        "SELECT p.k, p.at FROM {P} p WHERE p.k IS NOT NULL \
+         AND p.top < (SELECT max(g.amount) FROM {F} g WHERE g.at = p.at) ORDER BY p.k",
+        false,
+    ),
+    // The outer table is not filtered: every key stays, so nothing is added.
+    (
+        "SELECT f.id, f.amount FROM {F} f \
+         WHERE f.amount = (SELECT max(g.amount) FROM {F} g WHERE g.k = f.k) ORDER BY f.id",
+        false,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subquery_groups_are_computed_for_the_outer_keys_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir(&lake).unwrap();
+    write_parquet(&lake.join("facts.parquet"), &facts());
+    write_parquet(&lake.join("picks.parquet"), &picks());
+    let tributary = engine(
+        dir.path(),
+        &format!(
+            "sources:\n  - name: lake\n    kind: files\n    url: {}\n",
+            lake.display()
+        ),
+    );
+    let reference = SessionContext::new();
+    for table in ["facts", "picks"] {
+        let path = lake.join(format!("{table}.parquet"));
+        reference
+            .register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+    }
+
+    let mut failures = Vec::new();
+    for (query, narrowed) in QUERIES {
+        let ours = query
+            .replace("{F}", "lake.main.facts")
+            .replace("{P}", "lake.main.picks");
+        let df = tributary
+            .sql(&ours)
+            .await
+            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let got = pretty_format_batches(&got).unwrap().to_string();
+
+        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
+        let want = reference
+            .sql(&theirs)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let want = pretty_format_batches(&want).unwrap().to_string();
+        if got != want {
+            failures.push(format!(
+                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
+            ));
+        }
+        if plan.contains("__tributary_outer_keys") != *narrowed {
+            failures.push(format!(
+                "{ours}: the subquery should{} be narrowed to the outer keys\n{plan}",
+                if *narrowed { "" } else { " not" }
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
