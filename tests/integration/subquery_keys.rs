@@ -41,6 +41,14 @@ const QUERIES: &[(&str, bool)] = &[
          AND p.top < (SELECT max(g.amount) FROM {F} g WHERE g.at = p.at) ORDER BY p.k",
         false,
     ),
+    // Another read of the same table, in a derived table named first, is not where the
+    // outer key comes from.
+    (
+        "SELECT {F}.id FROM (SELECT k AS xk FROM {F} WHERE id < 50) x JOIN {F} ON x.xk = {F}.k \
+         WHERE {F}.name LIKE 'o''brien-%' \
+         AND {F}.amount = (SELECT max(g.amount) FROM {F} g WHERE g.k = {F}.k) ORDER BY 1",
+        true,
+    ),
     // The outer table is not filtered: every key stays, so nothing is added.
     (
         "SELECT f.id, f.amount FROM {F} f \

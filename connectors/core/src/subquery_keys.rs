@@ -87,19 +87,27 @@ fn filtered_source(plan: &LogicalPlan, column: &Column) -> Result<Option<Logical
     let Some(relation) = &column.relation else {
         return Ok(None);
     };
-    // The scan of the table itself, or of the table under an alias (`FROM part p`).
-    let mut found = None;
+    // The scan of the table itself, or of the table under an alias (`FROM part p`). Plans
+    // under another alias (a derived table, a subquery) name their columns by that alias,
+    // so a scan of the same table there is another read and is skipped; two candidates
+    // outside them leave the source unknown.
+    let mut candidates = Vec::new();
     plan.apply(|node| match node {
         LogicalPlan::TableScan(scan) if &scan.table_name == relation => {
-            found = Some((scan.clone(), column.name.clone()));
-            Ok(TreeNodeRecursion::Stop)
+            candidates.push(Some((scan.clone(), column.name.clone())));
+            Ok(TreeNodeRecursion::Continue)
         }
         LogicalPlan::SubqueryAlias(alias) if &alias.alias == relation => {
-            found = scanned(&alias.input, &column.name);
-            Ok(TreeNodeRecursion::Stop)
+            candidates.push(scanned(&alias.input, &column.name));
+            Ok(TreeNodeRecursion::Jump)
         }
+        LogicalPlan::SubqueryAlias(_) => Ok(TreeNodeRecursion::Jump),
         _ => Ok(TreeNodeRecursion::Continue),
     })?;
+    let found = match candidates.as_slice() {
+        [only] => only.clone(),
+        _ => None,
+    };
     let Some((scan, name)) = found else {
         return Ok(None);
     };
