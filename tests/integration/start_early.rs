@@ -21,6 +21,7 @@ use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use tributary::Engine;
 use tributary_core::start_early::EarlyStartExec;
 
 use crate::common::{engine, write_parquet};
@@ -30,7 +31,7 @@ const HOUR: i64 = 3_600_000_000;
 const FIRST: i64 = 1_704_060_000_000_000;
 
 /// 3,000 rows; every 97th has NULLs.
-pub(crate) fn facts() -> RecordBatch {
+fn facts() -> RecordBatch {
     let ids: Vec<i64> = (1..=3000).collect();
     let null = |id: i64| id % 97 == 0;
     let k: Vec<Option<i32>> = ids
@@ -81,7 +82,7 @@ pub(crate) fn facts() -> RecordBatch {
 }
 
 /// Five rows: keys and amounts the facts have, one they lack, one NULL.
-pub(crate) fn picks() -> RecordBatch {
+fn picks() -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int32, true),
         Field::new("top", DataType::Decimal128(12, 2), true),
@@ -178,6 +179,65 @@ const QUERIES: &[(&str, bool)] = &[
     ),
 ];
 
+/// The facts and picks as Parquet, read by Tributary (as `lake.main.*`) and by plain
+/// DataFusion (as `facts` and `picks`), for comparing answers.
+pub(crate) struct Lake {
+    _dir: tempfile::TempDir,
+    pub(crate) tributary: Engine,
+    reference: SessionContext,
+}
+
+impl Lake {
+    pub(crate) async fn new() -> Lake {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        std::fs::create_dir(&lake).unwrap();
+        write_parquet(&lake.join("facts.parquet"), &facts());
+        write_parquet(&lake.join("picks.parquet"), &picks());
+        let tributary = engine(
+            dir.path(),
+            &format!(
+                "sources:\n  - name: lake\n    kind: files\n    url: {}\n",
+                lake.display()
+            ),
+        );
+        let reference = SessionContext::new();
+        for table in ["facts", "picks"] {
+            let path = lake.join(format!("{table}.parquet"));
+            reference
+                .register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
+                .await
+                .unwrap();
+        }
+        Lake {
+            _dir: dir,
+            tributary,
+            reference,
+        }
+    }
+
+    /// `query` (`{F}` the facts, `{P}` the picks) as Tributary names the tables.
+    pub(crate) fn ours(query: &str) -> String {
+        query
+            .replace("{F}", "lake.main.facts")
+            .replace("{P}", "lake.main.picks")
+    }
+
+    /// Plain DataFusion's answer to `query`, as a text table.
+    pub(crate) async fn want(&self, query: &str) -> String {
+        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
+        let want = self
+            .reference
+            .sql(&theirs)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        pretty_format_batches(&want).unwrap().to_string()
+    }
+}
+
 fn starts_early(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut stack = vec![Arc::clone(plan)];
     while let Some(node) = stack.pop() {
@@ -196,33 +256,13 @@ fn starts_early(plan: &Arc<dyn ExecutionPlan>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_that_would_wait_start_with_the_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    std::fs::create_dir(&lake).unwrap();
-    write_parquet(&lake.join("facts.parquet"), &facts());
-    write_parquet(&lake.join("picks.parquet"), &picks());
-    let tributary = engine(
-        dir.path(),
-        &format!(
-            "sources:\n  - name: lake\n    kind: files\n    url: {}\n",
-            lake.display()
-        ),
-    );
-    let reference = SessionContext::new();
-    for table in ["facts", "picks"] {
-        let path = lake.join(format!("{table}.parquet"));
-        reference
-            .register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
-    }
+    let lake = Lake::new().await;
 
     let mut failures = Vec::new();
     for (query, early) in QUERIES {
-        let ours = query
-            .replace("{F}", "lake.main.facts")
-            .replace("{P}", "lake.main.picks");
-        let df = tributary
+        let ours = Lake::ours(query);
+        let df = lake
+            .tributary
             .sql(&ours)
             .await
             .unwrap_or_else(|e| panic!("{ours}: {e}"));
@@ -235,7 +275,7 @@ async fn aggregates_that_would_wait_start_with_the_query() {
         // The plan run again after DataFusion resets its state (as a recursive query does)
         // starts its work anew.
         let reset = reset_plan_states(Arc::clone(&plan)).unwrap();
-        let again = Arc::new(tributary.sql(&ours).await.unwrap().task_ctx());
+        let again = Arc::new(lake.tributary.sql(&ours).await.unwrap().task_ctx());
         let rerun = collect(reset, again)
             .await
             .unwrap_or_else(|e| panic!("{ours}, run again: {e}"));
@@ -244,15 +284,7 @@ async fn aggregates_that_would_wait_start_with_the_query() {
             failures.push(format!("{ours}\nfirst run\n{got}\nrun again\n{rerun}"));
         }
 
-        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
-        let want = reference
-            .sql(&theirs)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let want = pretty_format_batches(&want).unwrap().to_string();
+        let want = lake.want(query).await;
         if got != want {
             failures.push(format!(
                 "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"

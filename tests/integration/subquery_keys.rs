@@ -6,10 +6,8 @@
 //! decimals and times are timestamps with time zones (the data of `start_early`).
 
 use arrow::util::pretty::pretty_format_batches;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::common::{engine, write_parquet};
-use crate::start_early::{facts, picks};
+use crate::start_early::Lake;
 
 /// Queries (`{F}` the facts, `{P}` the picks) and whether the subquery's aggregate is
 /// narrowed to the outer table's keys.
@@ -59,33 +57,13 @@ const QUERIES: &[(&str, bool)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subquery_groups_are_computed_for_the_outer_keys_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    std::fs::create_dir(&lake).unwrap();
-    write_parquet(&lake.join("facts.parquet"), &facts());
-    write_parquet(&lake.join("picks.parquet"), &picks());
-    let tributary = engine(
-        dir.path(),
-        &format!(
-            "sources:\n  - name: lake\n    kind: files\n    url: {}\n",
-            lake.display()
-        ),
-    );
-    let reference = SessionContext::new();
-    for table in ["facts", "picks"] {
-        let path = lake.join(format!("{table}.parquet"));
-        reference
-            .register_parquet(table, path.to_str().unwrap(), ParquetReadOptions::default())
-            .await
-            .unwrap();
-    }
+    let lake = Lake::new().await;
 
     let mut failures = Vec::new();
     for (query, narrowed) in QUERIES {
-        let ours = query
-            .replace("{F}", "lake.main.facts")
-            .replace("{P}", "lake.main.picks");
-        let df = tributary
+        let ours = Lake::ours(query);
+        let df = lake
+            .tributary
             .sql(&ours)
             .await
             .unwrap_or_else(|e| panic!("{ours}: {e}"));
@@ -98,15 +76,7 @@ async fn subquery_groups_are_computed_for_the_outer_keys_only() {
         let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
         let got = pretty_format_batches(&got).unwrap().to_string();
 
-        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
-        let want = reference
-            .sql(&theirs)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let want = pretty_format_batches(&want).unwrap().to_string();
+        let want = lake.want(query).await;
         if got != want {
             failures.push(format!(
                 "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
