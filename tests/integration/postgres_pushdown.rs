@@ -481,6 +481,76 @@ async fn aggregates_that_hardly_reduce_their_input_run_in_datafusion() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// `big` (300,000 rows) points at `small` (20,000) through `k`, NULL every 97th row;
+/// every 13th note has quotes and unicode; amounts are decimals, times carry a zone.
+const HASHED_SIDES: &str = r#"
+CREATE TABLE small (id int PRIMARY KEY, name text);
+CREATE TABLE big (id int PRIMARY KEY, k int, note text, amount numeric(12, 2), at timestamptz);
+INSERT INTO small SELECT i, CASE WHEN i % 50 = 0 THEN NULL ELSE 'ü''' || (i % 700) END
+    FROM generate_series(1, 20000) i;
+INSERT INTO big SELECT i, CASE WHEN i % 97 = 0 THEN NULL ELSE (i * 7) % 25000 END,
+    CASE WHEN i % 13 = 0 THEN 'special ''東京'' requests' ELSE 'plain ünïcödé' END,
+    (i % 997) / 7.0, timestamptz '2024-01-01 00:00:00+02' + i * interval '1 minute'
+    FROM generate_series(1, 300000) i;
+ANALYZE small;
+ANALYZE big;
+"#;
+
+/// Planner costs under which PostgreSQL 15 plans these tables as it plans TPC-H q13 at
+/// SF1: a parallel outer join, which must hash its nullable (here the larger) side.
+const PARALLEL_COSTS: &str = "    settings:\n      parallel_setup_cost: 0\n      \
+    min_parallel_table_scan_size: 0\n      parallel_tuple_cost: 0.01\n      \
+    cpu_tuple_cost: 0.1\n      cpu_operator_cost: 0.05\n";
+
+#[tokio::test]
+async fn joins_postgres_would_run_by_hashing_the_larger_input_run_in_datafusion() {
+    let schema = Schema::create("hashed_sides").await;
+    schema.execute(HASHED_SIDES).await;
+    let pushed = pg_engine(&schema.name, true, PARALLEL_COSTS);
+    let local = pg_engine(&schema.name, false, PARALLEL_COSTS);
+    // (query, whether PostgreSQL runs the join)
+    let cases = [
+        (
+            "SELECT small.id, count(big.id) AS c, sum(big.amount) AS total, max(big.at) AS latest \
+             FROM small LEFT JOIN big ON small.id = big.k \
+             AND big.note NOT LIKE '%''東京''%' GROUP BY small.id ORDER BY small.id",
+            false,
+        ),
+        (
+            "SELECT c, count(*) AS customers FROM (SELECT small.name, count(big.id) AS c \
+             FROM small LEFT JOIN big ON small.id = big.k GROUP BY small.name) AS t \
+             GROUP BY c ORDER BY customers DESC, c DESC",
+            false,
+        ),
+        // The anti join drops the hashed rows: running it on the source saves moving them.
+        (
+            "SELECT count(*) AS lonely FROM small \
+             WHERE NOT EXISTS (SELECT 1 FROM big WHERE big.k = small.id)",
+            true,
+        ),
+        // An inner join: PostgreSQL hashes the smaller input itself.
+        (
+            "SELECT small.name, sum(big.amount) AS total, min(big.at) AS first FROM small \
+             JOIN big ON small.id = big.k GROUP BY small.name ORDER BY small.name",
+            true,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (sql, joined_there) in cases {
+        let answer = table(&pushed, sql).await;
+        let expected = table(&local, sql).await;
+        if answer != expected {
+            failures.push(format!("{sql}: pushed\n{answer}\nexpected\n{expected}"));
+        }
+        let sent = sent_sql(&pushed, sql, &schema.name).await;
+        let joined = sent.contains(" JOIN ") || sent.contains("EXISTS");
+        if joined != joined_there {
+            failures.push(format!("{sql}: joined by PostgreSQL: {joined}\n{sent}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 /// The SQL each source receives for a query, one statement per line, with the test's
 /// schema name replaced so snapshots are stable.
 async fn sent_sql(engine: &Engine, sql: &str, schema: &str) -> String {

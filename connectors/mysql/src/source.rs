@@ -12,7 +12,8 @@ use datafusion::sql::unparser::dialect::Dialect;
 use mysql_async::prelude::Queryable;
 use tributary_core::config::Partitions;
 use tributary_core::remote::{
-    Federation, PushdownRules, RemoteReader, RemoteSource, RemoteTable, RemoteTableInfo, TableKind,
+    Estimate, Federation, PushdownRules, RemoteReader, RemoteSource, RemoteTable, RemoteTableInfo,
+    TableKind,
 };
 use tributary_core::{Error, Health, Result, Source, SourceContext};
 
@@ -263,7 +264,7 @@ impl RemoteSource for MysqlRemote {
     /// the share its filter keeps (MariaDB shows that share only with `EXPLAIN EXTENDED`,
     /// which MySQL 8 no longer accepts). The server does not estimate groups, so for an
     /// aggregate this is the rows it reads, an upper bound.
-    async fn estimate_rows(&self, sql: &str) -> Option<usize> {
+    async fn estimate(&self, sql: &str) -> Option<Estimate> {
         let mut conn = self.shared.connector.get().await.ok()?;
         let explain = match self.shared.connector.flavor() {
             Some(Flavor::Mariadb) => "EXPLAIN EXTENDED",
@@ -284,7 +285,7 @@ impl RemoteSource for MysqlRemote {
                 .unwrap_or(100.0);
             estimate = Some(estimate.unwrap_or(1.0) * rows as f64 * filtered / 100.0);
         }
-        Some(estimate?.round() as usize)
+        Some(Estimate::rows(estimate?.round() as usize))
     }
 
     fn reader(&self, _parts: usize) -> Arc<dyn RemoteReader> {

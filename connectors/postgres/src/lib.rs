@@ -6,6 +6,7 @@ mod config;
 mod connect;
 mod copy;
 mod discovery;
+mod explain;
 mod reader;
 mod source;
 mod types;

@@ -8,8 +8,10 @@ use datafusion::catalog::TableProvider;
 use datafusion::error::Result as DfResult;
 use datafusion::sql::sqlparser::ast::{self, BinaryOperator, CastKind, Ident, ObjectName, Value};
 use datafusion::sql::unparser::dialect::{Dialect, PostgreSqlDialect};
+use tokio_postgres::SimpleQueryMessage;
 use tributary_core::remote::{
-    Federation, PushdownRules, RemoteReader, RemoteSource, RemoteTable, RemoteTableInfo, TableKind,
+    Estimate, Federation, PushdownRules, RemoteReader, RemoteSource, RemoteTable, RemoteTableInfo,
+    TableKind,
 };
 use tributary_core::{Error, Health, Result, Source, SourceContext};
 
@@ -18,6 +20,7 @@ use tributary_core::config::Partitions;
 use crate::config::PostgresConfig;
 use crate::connect::{Connector, describe_error};
 use crate::discovery;
+use crate::explain;
 use crate::reader::{PgReader, Shared};
 
 /// What PostgreSQL evaluates exactly as DataFusion does; the tests in
@@ -215,16 +218,17 @@ impl RemoteSource for PgRemote {
             .collect())
     }
 
-    async fn estimate_rows(&self, sql: &str) -> Option<usize> {
+    async fn estimate(&self, sql: &str) -> Option<Estimate> {
         let conn = self.shared.connector.get().await.ok()?;
-        // One row per line of the plan; the first is the top node's, the query's estimate.
-        let lines = conn.query(&format!("EXPLAIN {sql}"), &[]).await.ok()?;
-        let top: String = lines.first()?.get(0);
-        let rows = top.split("rows=").nth(1)?;
-        rows.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
+        // The simple protocol returns the plan as text, which the JSON is.
+        let messages = conn
+            .simple_query(&format!("EXPLAIN (FORMAT JSON) {sql}"))
+            .await
+            .ok()?;
+        messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(explain::estimate),
+            _ => None,
+        })
     }
 
     /// PostgreSQL's planner estimates the groups of an aggregate from its column

@@ -67,10 +67,10 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
         max_parts: usize,
     ) -> Result<Vec<Option<ast::Expr>>>;
 
-    /// The source's estimate of the rows `sql` returns, if it can tell cheaply.
-    async fn estimate_rows(&self, sql: &str) -> Option<usize>;
+    /// What the source's planner expects of `sql`, if it can tell cheaply.
+    async fn estimate(&self, sql: &str) -> Option<Estimate>;
 
-    /// Whether [`estimate_rows`](Self::estimate_rows) counts the groups of a `GROUP BY`
+    /// Whether [`estimate`](Self::estimate) counts the groups of a `GROUP BY`
     /// (rather than the rows the aggregate reads), so aggregates can be placed by it.
     fn estimates_groups(&self) -> bool {
         false
@@ -78,6 +78,27 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
 
     /// A reader for the `parts` queries of one scan (they may share a snapshot).
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader>;
+}
+
+/// A source planner's expectations of one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// The rows the query returns.
+    pub rows: usize,
+    /// Whether the source would run a join by hashing the larger of its inputs, as
+    /// PostgreSQL before 16 must for a parallel outer or anti join: then DataFusion, which
+    /// hashes the smaller one, runs that join better over the two inputs read apart.
+    pub hashes_larger_input: bool,
+}
+
+impl Estimate {
+    /// An estimate of `rows` rows and nothing more.
+    pub fn rows(rows: usize) -> Self {
+        Estimate {
+            rows,
+            hashes_larger_input: false,
+        }
+    }
 }
 
 /// Runs the queries of one scan.

@@ -192,8 +192,8 @@ impl TableProvider for RemoteTable {
         let mut statistics = table_statistics(&self.info, &projected);
         if !filters.is_empty() {
             let whole = scan_sql(dialect, &self.info.remote, &self.info.schema, &spec, None)?;
-            if let Some(rows) = self.source.estimate_rows(&whole.to_string()).await {
-                statistics.num_rows = Precision::Inexact(rows);
+            if let Some(estimate) = self.source.estimate(&whole.to_string()).await {
+                statistics.num_rows = Precision::Inexact(estimate.rows);
             }
         }
         if let Some(limit) = limit {
