@@ -232,6 +232,33 @@ async fn partitioned_scans_read_every_row_once() {
     );
 }
 
+/// `count(*)` over a scan DataFusion runs reads no column: the server is sent `SELECT 1`
+/// and only the rows count, in partitions, in batches, and none at all.
+#[tokio::test]
+async fn a_scan_of_no_columns_counts_its_rows() {
+    let db = Database::create("no_columns").await;
+    db.execute(
+        "CREATE TABLE t (id bigint unsigned PRIMARY KEY, v varchar(10));
+         INSERT INTO t SELECT seq, CONCAT('ü''', seq) FROM seq_1_to_10007;",
+    )
+    .await;
+    let engine = my_engine(&db.name, false, "    partitions: 3\n    batch_size: 1000\n");
+    let counts = table(
+        &engine,
+        "SELECT (SELECT count(*) FROM t) AS all_rows, \
+         (SELECT count(*) FROM t WHERE id > 20000) AS none",
+    )
+    .await;
+    assert_eq!(
+        counts,
+        "+----------+------+\n\
+         | all_rows | none |\n\
+         +----------+------+\n\
+         | 10007    | 0    |\n\
+         +----------+------+"
+    );
+}
+
 #[tokio::test]
 async fn a_scan_stopped_early_stops_its_query() {
     let db = Database::create("cancel").await;

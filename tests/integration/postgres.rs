@@ -423,6 +423,39 @@ fn pg_engine_at(schema: &str, connection: &str) -> Engine {
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// `count(*)` over a scan DataFusion runs reads no column (`SELECT FROM t`): only its
+/// rows count, in partitions, in batches, and none at all.
+#[tokio::test]
+async fn a_scan_of_no_columns_counts_its_rows() {
+    let schema = Schema::create("no_columns").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+             INSERT INTO t SELECT i, 'ü''' || i FROM generate_series(1, 10007) i;
+             ANALYZE t;",
+        )
+        .await;
+    let engine = pg_engine(
+        &schema.name,
+        false,
+        "    partitions: 3\n    partition_rows: 1000\n    batch_size: 1000\n",
+    );
+    let counts = table(
+        &engine,
+        "SELECT (SELECT count(*) FROM t) AS all_rows, \
+         (SELECT count(*) FROM t WHERE id > 20000) AS none",
+    )
+    .await;
+    assert_eq!(
+        counts,
+        "+----------+------+\n\
+         | all_rows | none |\n\
+         +----------+------+\n\
+         | 10007    | 0    |\n\
+         +----------+------+"
+    );
+}
+
 #[tokio::test]
 async fn a_scan_stopped_early_cancels_its_query() {
     let schema = Schema::create("cancel").await;

@@ -9,8 +9,8 @@ use chrono::{NaiveDate, NaiveTime};
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
     DurationMicrosecondBuilder, Float32Builder, Float64Builder, Int8Builder, Int16Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringArray, TimestampMicrosecondBuilder,
-    UInt8Builder, UInt16Builder, UInt32Builder, UInt64Builder,
+    Int32Builder, Int64Builder, RecordBatch, RecordBatchOptions, StringArray,
+    TimestampMicrosecondBuilder, UInt8Builder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::compute::kernels::cast_utils::{Parser, parse_decimal};
 use datafusion::arrow::datatypes::{
@@ -106,7 +106,8 @@ impl BatchDecoder {
 
     /// The rows appended so far, as a batch.
     pub fn flush(&mut self) -> Result<RecordBatch> {
-        self.rows = 0;
+        // A scan of no columns (`count(*)` read apart) still has its rows.
+        let rows = std::mem::take(&mut self.rows);
         let arrays = self
             .columns
             .iter_mut()
@@ -117,7 +118,8 @@ impl BatchDecoder {
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        RecordBatch::try_new(Arc::clone(&self.schema), arrays)
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)
             .map_err(|e| DecodeError(e.to_string()))
     }
 

@@ -110,7 +110,14 @@ fn stream<P: Protocol + Send + 'static>(
     id: u32,
 ) -> Result<std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>> {
     let result = result.map_err(|e| shared.fail("the query failed", &e))?;
-    let columns = result.columns_ref();
+    // A scan of no columns is written `SELECT 1 FROM …` (MySQL has no `SELECT FROM`):
+    // only its rows are counted.
+    let placeholder = schema.fields().is_empty() && result.columns_ref().len() == 1;
+    let columns: &[mysql_async::Column] = if placeholder {
+        &[]
+    } else {
+        result.columns_ref()
+    };
     if columns.len() != schema.fields().len() {
         return Err(shared.decode_failed(format!(
             "the query returned {} columns where {} were expected",

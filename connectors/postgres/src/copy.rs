@@ -12,8 +12,8 @@ use datafusion::arrow::array::builder::NullBufferBuilder;
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
     Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder,
-    IntervalMonthDayNanoBuilder, ListArray, RecordBatch, StringBuilder, Time64MicrosecondBuilder,
-    TimestampMicrosecondBuilder,
+    IntervalMonthDayNanoBuilder, ListArray, RecordBatch, RecordBatchOptions, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -227,7 +227,8 @@ impl BatchDecoder {
     }
 
     fn flush(&mut self) -> Result<RecordBatch> {
-        self.rows = 0;
+        // A scan of no columns (`count(*)` read apart) still has its rows.
+        let rows = std::mem::take(&mut self.rows);
         let arrays = self
             .columns
             .iter_mut()
@@ -244,7 +245,8 @@ impl BatchDecoder {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new(Arc::clone(&self.schema), arrays)
+        let options = RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(Arc::clone(&self.schema), arrays, &options)
             .map_err(|e| DecodeError(format!("cannot assemble a batch: {e}")))
     }
 }
