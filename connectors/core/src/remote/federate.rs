@@ -204,21 +204,28 @@ impl Planner {
             input_rows,
             "the aggregate hardly reduces its input; DataFusion computes it"
         );
-        let input = self.read_apart(aggregate.input.as_ref().clone())?;
-        replace_aggregate_input(plan, input).map(Some)
+        match self.read_apart(aggregate.input.as_ref().clone())? {
+            Some(input) => replace_aggregate_input(plan, input).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `plan` with its topmost join computed by DataFusion over the source's answers to the
     /// join's two inputs, for a plan whose join the source runs by hashing the larger
     /// input (see [`Estimate`](super::Estimate)). TPC-H q13 on PostgreSQL 15: 0.45 s pushed
-    /// whole, 0.39 s read apart. An input's own sub-plan goes through this planner again,
-    /// so a join below the topmost one that the source runs badly is split in turn.
+    /// whole, 0.39–0.41 s read apart. An input's own sub-plan goes through this planner
+    /// again, so a join below the topmost one that the source runs badly is split in turn.
+    /// `None` where an input cannot be written as SQL on its own: the source runs it all.
     fn join_apart(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
         let inputs = match plan {
-            LogicalPlan::Join(join) => vec![
-                self.read_apart(join.left.as_ref().clone())?,
-                self.read_apart(join.right.as_ref().clone())?,
-            ],
+            LogicalPlan::Join(join) => {
+                let left = self.read_apart(join.left.as_ref().clone())?;
+                let right = self.read_apart(join.right.as_ref().clone())?;
+                match (left, right) {
+                    (Some(left), Some(right)) => vec![left, right],
+                    _ => return Ok(None),
+                }
+            }
             _ => match plan.inputs()[..] {
                 [input] => match self.join_apart(input)? {
                     Some(input) => vec![input],
@@ -227,27 +234,40 @@ impl Planner {
                 _ => return Ok(None),
             },
         };
-        plan.with_new_exprs(plan.expressions(), inputs).map(Some)
+        let apart = plan.with_new_exprs(plan.expressions(), inputs)?;
+        // The subqueries of the nodes DataFusion now runs are pushed on their own, as
+        // the federation rule pushes those of any node it leaves to DataFusion.
+        let rule = SubPlanRule {
+            source: Arc::clone(&self.source),
+        };
+        apart
+            .transform_down(|node| rule.push_subqueries(node))
+            .map(|t| Some(t.data))
     }
 
     /// `input`, a part of this planner's sub-plan, as a read of its own: a federated
-    /// sub-plan if it does more than scan one table, else the plain scan, read in
-    /// parallel parts.
-    fn read_apart(&self, input: LogicalPlan) -> Result<LogicalPlan> {
+    /// sub-plan if it does more than scan one table (with filters, projections or a
+    /// limit DataFusion applies to the scan), else the plan as it is, its scans read in
+    /// parallel parts. `None` if its sub-plan cannot be written as SQL.
+    fn read_apart(&self, input: LogicalPlan) -> Result<Option<LogicalPlan>> {
         let rule = SubPlanRule {
             source: Arc::clone(&self.source),
         };
         let analysis = rule.analyze(&input);
         if !analysis.worthwhile || analysis.blocked.is_some() {
-            return Ok(input);
+            return Ok(Some(input));
+        }
+        let wrapped = project_aggregates(input)?;
+        if remote_sql(self.source.as_ref(), &wrapped).is_err() {
+            return Ok(None);
         }
         let planner = Arc::new(Planner {
             source: Arc::clone(&self.source),
             traits: analysis.traits,
         });
-        Ok(LogicalPlan::Extension(Extension {
-            node: Arc::new(FederatedPlanNode::new(project_aggregates(input)?, planner)),
-        }))
+        Ok(Some(LogicalPlan::Extension(Extension {
+            node: Arc::new(FederatedPlanNode::new(wrapped, planner)),
+        })))
     }
 }
 
@@ -295,10 +315,15 @@ impl FederationPlanner for Planner {
         };
         if let Some(plan) = apart {
             // Planned without optimizing again, which would push it back whole.
-            return session
+            match session
                 .query_planner()
                 .create_physical_plan(&plan, session)
-                .await;
+                .await
+            {
+                Ok(physical) => return Ok(physical),
+                Err(e) => tracing::debug!(source = self.source.name(), error = %e,
+                    "a sub-plan read apart could not be planned; the source runs it whole"),
+            }
         }
         let schema: SchemaRef = Arc::new(node.plan().schema().as_arrow().clone());
         let mut statistics = Statistics::new_unknown(&schema);
@@ -434,20 +459,22 @@ impl SubPlanRule {
         } else {
             Transformed::no(plan)
         };
-        // The subqueries of a node DataFusion runs read this source too: their plans are
-        // pushed on their own.
-        plan.transform_data(|plan| {
-            plan.map_subqueries(|subquery| {
-                let LogicalPlan::Subquery(mut subquery) = subquery else {
-                    return Ok(Transformed::no(subquery));
-                };
-                let pushed = self.push(subquery.subquery.as_ref().clone())?;
-                if !pushed.transformed {
-                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
-                }
-                subquery.subquery = Arc::new(pushed.data);
-                Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
-            })
+        plan.transform_data(|plan| self.push_subqueries(plan))
+    }
+
+    /// `plan`, a node DataFusion runs, with the plans of its subqueries pushed on their
+    /// own (they read this source too).
+    fn push_subqueries(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        plan.map_subqueries(|subquery| {
+            let LogicalPlan::Subquery(mut subquery) = subquery else {
+                return Ok(Transformed::no(subquery));
+            };
+            let pushed = self.push(subquery.subquery.as_ref().clone())?;
+            if !pushed.transformed {
+                return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
+            }
+            subquery.subquery = Arc::new(pushed.data);
+            Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
         })
     }
 

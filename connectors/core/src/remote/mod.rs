@@ -86,7 +86,7 @@ pub struct Estimate {
     /// The rows the query returns.
     pub rows: usize,
     /// Whether the source would run a join by hashing the larger of its inputs, as
-    /// PostgreSQL before 16 must for a parallel outer or anti join: then DataFusion, which
+    /// PostgreSQL before 16 must for a parallel outer join or any anti join: then DataFusion, which
     /// hashes the smaller one, runs that join better over the two inputs read apart.
     pub hashes_larger_input: bool,
 }
