@@ -268,6 +268,21 @@ async fn the_smallest_filtered_dimension_starts_the_joins() {
         first_scan.is_some_and(|scan| scan.contains("customers")),
         "the joins start from customers:\n{plan}"
     );
+
+    // The same inside a subquery DataFusion keeps as an expression (TPC-H q11's total).
+    let with_total = "SELECT o.id, sum(o.amount) FROM V v, O o, C c \
+         WHERE v.cust = o.id AND o.cust = c.id AND c.region = 'north' GROUP BY o.id \
+         HAVING sum(o.amount) > (SELECT sum(o.amount) / 20 FROM V v, O o, C c \
+         WHERE v.cust = o.id AND o.cust = c.id AND c.region = 'north') ORDER BY 1";
+    let failures = fixture.failures(&[(with_total, false)]).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let plan = fixture.optimized(with_total).await;
+    let mut in_subquery = plan.lines().skip_while(|line| !line.contains("Subquery:"));
+    let first_scan = in_subquery.find(|line| line.contains("TableScan"));
+    assert!(
+        first_scan.is_some_and(|scan| scan.contains("customers")),
+        "the subquery's joins start from customers:\n{plan}"
+    );
 }
 
 /// Both tables have an `id`, so the join's output has two columns of that name. A

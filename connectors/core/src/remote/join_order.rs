@@ -66,8 +66,32 @@ impl OptimizerRule for SameSourceJoinsFirst {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        regroup(plan)
+        regroup_with_subqueries(plan)
     }
+}
+
+/// `plan` regrouped, and the plans of the uncorrelated subqueries DataFusion keeps as
+/// expressions (TPC-H q11's total in `HAVING`) regrouped as well.
+fn regroup_with_subqueries(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    regroup(plan)?.transform_data(|plan| {
+        plan.transform_down(|node| {
+            node.map_subqueries(|expr| {
+                let LogicalPlan::Subquery(mut subquery) = expr else {
+                    return Ok(Transformed::no(expr));
+                };
+                // A correlated one's columns of the outer query are left as they stand.
+                if !subquery.outer_ref_columns.is_empty() {
+                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
+                }
+                let inner = regroup_with_subqueries(subquery.subquery.as_ref().clone())?;
+                if !inner.transformed {
+                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
+                }
+                subquery.subquery = Arc::new(inner.data);
+                Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
+            })
+        })
+    })
 }
 
 fn regroup(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
