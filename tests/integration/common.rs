@@ -33,6 +33,25 @@ pub async fn table(engine: &Engine, sql: &str) -> String {
     pretty_format_batches(&batches).unwrap().to_string()
 }
 
+/// Checks `count(*)` over table `t` of 10,007 rows, read by a scan of no columns (the
+/// source must not compute it): all of them, and none.
+pub async fn assert_counts_without_columns(engine: &Engine) {
+    let counts = table(
+        engine,
+        "SELECT (SELECT count(*) FROM t) AS all_rows, \
+         (SELECT count(*) FROM t WHERE id > 20000) AS none",
+    )
+    .await;
+    assert_eq!(
+        counts,
+        "+----------+------+\n\
+         | all_rows | none |\n\
+         +----------+------+\n\
+         | 10007    | 0    |\n\
+         +----------+------+"
+    );
+}
+
 /// Runs one statement and returns its error message.
 pub async fn error(engine: &Engine, sql: &str) -> String {
     match run(engine, sql).await {

@@ -463,21 +463,10 @@ async fn aggregates_that_hardly_reduce_their_input_run_in_datafusion() {
             true,
         ),
     ];
-    let mut failures = Vec::new();
-    for (sql, grouped_there) in cases {
-        let answer = table(&pushed, sql).await;
-        let expected = table(&local, sql).await;
-        if answer != expected {
-            failures.push(format!("{sql}: pushed\n{answer}\nexpected\n{expected}"));
-        }
-        let sent = sent_sql(&pushed, sql, &schema.name).await;
-        if sent.contains("GROUP BY") != grouped_there {
-            failures.push(format!(
-                "{sql}: grouped by PostgreSQL: {}\n{sent}",
-                !grouped_there
-            ));
-        }
-    }
+    let failures = placement_failures(&pushed, &local, &schema.name, &cases, "grouped", |sent| {
+        sent.contains("GROUP BY")
+    })
+    .await;
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -556,23 +545,49 @@ async fn joins_postgres_would_run_by_hashing_the_larger_input_run_in_datafusion(
             true,
         ),
     ];
+    let mut failures =
+        placement_failures(&pushed, &local, &schema.name, &cases, "joined", |sent| {
+            sent.contains(" JOIN ") || sent.contains("EXISTS")
+        })
+        .await;
+    let (with_subquery, _) = cases
+        .iter()
+        .find(|(sql, _)| sql.contains("(SELECT count(*)"))
+        .unwrap();
+    let sent = sent_sql(&pushed, with_subquery, &schema.name).await;
+    if !sent.contains("count(1)") {
+        failures.push(format!(
+            "{with_subquery}: the subquery was not sent\n{sent}"
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// What went wrong running each of `cases` (a query, and whether PostgreSQL must do what
+/// `done_there` sees in the SQL it is sent): answers that differ between `pushed` and
+/// `local`, and work done in the wrong place (`what` names it).
+async fn placement_failures(
+    pushed: &Engine,
+    local: &Engine,
+    schema: &str,
+    cases: &[(&str, bool)],
+    what: &str,
+    done_there: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for (sql, joined_there) in cases {
-        let answer = table(&pushed, sql).await;
-        let expected = table(&local, sql).await;
+    for &(sql, expected_there) in cases {
+        let answer = table(pushed, sql).await;
+        let expected = table(local, sql).await;
         if answer != expected {
             failures.push(format!("{sql}: pushed\n{answer}\nexpected\n{expected}"));
         }
-        let sent = sent_sql(&pushed, sql, &schema.name).await;
-        let joined = sent.contains(" JOIN ") || sent.contains("EXISTS");
-        if joined != joined_there {
-            failures.push(format!("{sql}: joined by PostgreSQL: {joined}\n{sent}"));
-        }
-        if sql.contains("(SELECT count(*)") && !sent.contains("count(1)") {
-            failures.push(format!("{sql}: the subquery was not sent\n{sent}"));
+        let sent = sent_sql(pushed, sql, schema).await;
+        let there = done_there(&sent);
+        if there != expected_there {
+            failures.push(format!("{sql}: {what} by PostgreSQL: {there}\n{sent}"));
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    failures
 }
 
 /// The SQL each source receives for a query, one statement per line, with the test's
