@@ -232,6 +232,22 @@ async fn partitioned_scans_read_every_row_once() {
     );
 }
 
+/// Queries reuse the pool's connections: a view returning the connection's id, read
+/// eight times one after another, shows a few ids, not one per query (before, every
+/// connection was closed after its query, and each query opened two).
+#[tokio::test]
+async fn queries_reuse_pooled_connections() {
+    let db = Database::create("pooled").await;
+    db.execute("CREATE VIEW whoami AS SELECT CONNECTION_ID() AS id;")
+        .await;
+    let engine = my_engine(&db.name, true, "");
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        ids.insert(table(&engine, "SELECT id FROM whoami").await);
+    }
+    assert!(ids.len() <= 3, "connection ids of 8 queries: {ids:?}");
+}
+
 /// `count(*)` over a scan DataFusion runs reads no column: the server is sent `SELECT 1`
 /// and only the rows count, in partitions, in batches, and none at all.
 #[tokio::test]

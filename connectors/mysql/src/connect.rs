@@ -50,6 +50,9 @@ impl fmt::Debug for Connector {
 const SESSION: &str = "SET NAMES utf8mb4, time_zone = '+00:00', \
     sql_mode = CONCAT_WS(',', @@sql_mode, 'NO_BACKSLASH_ESCAPES', 'PIPES_AS_CONCAT')";
 
+/// How long an idle pooled connection stays open (the pool checks every 30 seconds).
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
 impl Connector {
     /// Builds the pool from the config (`key` is the source's config path). Nothing is
     /// connected until a connection is asked for.
@@ -84,6 +87,9 @@ impl Connector {
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(constraints)
+                    // With no idle time to live, the pool keeps no more idle connections
+                    // than its minimum (0): every connection was closed after one query.
+                    .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
                     // Sessions are never changed after setup; resetting would undo it.
                     .with_reset_connection(false),
             )
