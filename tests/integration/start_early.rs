@@ -20,7 +20,7 @@ use datafusion::physical_plan::buffer::BufferExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use tributary::Engine;
 use tributary_core::start_early::EarlyStartExec;
 
@@ -216,11 +216,18 @@ impl Lake {
         }
     }
 
-    /// `query` (`{F}` the facts, `{P}` the picks) as Tributary names the tables.
-    pub(crate) fn ours(query: &str) -> String {
-        query
+    /// `query` (`{F}` the facts, `{P}` the picks) as Tributary names the tables, and
+    /// Tributary's plan of it.
+    pub(crate) async fn plan(&self, query: &str) -> (String, DataFrame) {
+        let ours = query
             .replace("{F}", "lake.main.facts")
-            .replace("{P}", "lake.main.picks")
+            .replace("{P}", "lake.main.picks");
+        let df = self
+            .tributary
+            .sql(&ours)
+            .await
+            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        (ours, df)
     }
 
     /// Plain DataFusion's answer to `query`, as a text table.
@@ -260,12 +267,7 @@ async fn aggregates_that_would_wait_start_with_the_query() {
 
     let mut failures = Vec::new();
     for (query, early) in QUERIES {
-        let ours = Lake::ours(query);
-        let df = lake
-            .tributary
-            .sql(&ours)
-            .await
-            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let (ours, df) = lake.plan(query).await;
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.unwrap();
         let got = collect(Arc::clone(&plan), task)
@@ -275,7 +277,7 @@ async fn aggregates_that_would_wait_start_with_the_query() {
         // The plan run again after DataFusion resets its state (as a recursive query does)
         // starts its work anew.
         let reset = reset_plan_states(Arc::clone(&plan)).unwrap();
-        let again = Arc::new(lake.tributary.sql(&ours).await.unwrap().task_ctx());
+        let again = Arc::new(lake.plan(query).await.1.task_ctx());
         let rerun = collect(reset, again)
             .await
             .unwrap_or_else(|e| panic!("{ours}, run again: {e}"));

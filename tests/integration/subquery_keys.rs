@@ -61,12 +61,7 @@ async fn subquery_groups_are_computed_for_the_outer_keys_only() {
 
     let mut failures = Vec::new();
     for (query, narrowed) in QUERIES {
-        let ours = Lake::ours(query);
-        let df = lake
-            .tributary
-            .sql(&ours)
-            .await
-            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let (ours, df) = lake.plan(query).await;
         let plan = df
             .clone()
             .into_optimized_plan()

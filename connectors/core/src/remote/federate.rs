@@ -39,7 +39,7 @@ use super::pushdown::{
 };
 use super::shared::SubPlanCore;
 use super::sub_plan_sql::{remote_sql, single_table};
-use super::{RemoteScanExec, RemoteSource, RemoteTable};
+use super::{RemoteScanExec, RemoteSource, RemoteTable, map_subquery_plans};
 
 /// Everything sub-plan pushdown needs for one source; shared by its tables.
 #[derive(Clone)]
@@ -465,16 +465,8 @@ impl SubPlanRule {
     /// `plan`, a node DataFusion runs, with the plans of its subqueries pushed on their
     /// own (they read this source too).
     fn push_subqueries(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
-        plan.map_subqueries(|subquery| {
-            let LogicalPlan::Subquery(mut subquery) = subquery else {
-                return Ok(Transformed::no(subquery));
-            };
-            let pushed = self.push(subquery.subquery.as_ref().clone())?;
-            if !pushed.transformed {
-                return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
-            }
-            subquery.subquery = Arc::new(pushed.data);
-            Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
+        map_subquery_plans(plan, |subquery| {
+            self.push(subquery.subquery.as_ref().clone())
         })
     }
 

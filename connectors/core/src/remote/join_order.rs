@@ -35,6 +35,7 @@ use datafusion::logical_expr::{EmptyRelation, Expr, Join, LogicalPlan, LogicalPl
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::federate::remote_table;
+use super::map_subquery_plans;
 
 /// For a source that joins by nested loops, the most rows each table of a group but its
 /// largest may have for the group to join there: dimension tables (TPC-H's `nation`,
@@ -75,20 +76,14 @@ impl OptimizerRule for SameSourceJoinsFirst {
 fn regroup_with_subqueries(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     regroup(plan)?.transform_data(|plan| {
         plan.transform_down(|node| {
-            node.map_subqueries(|expr| {
-                let LogicalPlan::Subquery(mut subquery) = expr else {
-                    return Ok(Transformed::no(expr));
-                };
+            map_subquery_plans(node, |subquery| {
+                let inner = subquery.subquery.as_ref().clone();
                 // A correlated one's columns of the outer query are left as they stand.
-                if !subquery.outer_ref_columns.is_empty() {
-                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
+                if subquery.outer_ref_columns.is_empty() {
+                    regroup_with_subqueries(inner)
+                } else {
+                    Ok(Transformed::no(inner))
                 }
-                let inner = regroup_with_subqueries(subquery.subquery.as_ref().clone())?;
-                if !inner.transformed {
-                    return Ok(Transformed::no(LogicalPlan::Subquery(subquery)));
-                }
-                subquery.subquery = Arc::new(inner.data);
-                Ok(Transformed::yes(LogicalPlan::Subquery(subquery)))
             })
         })
     })

@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
+use datafusion::common::tree_node::Transformed;
 use datafusion::error::Result;
+use datafusion::logical_expr::{LogicalPlan, Subquery};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::sql::sqlparser::ast;
 use datafusion::sql::unparser::dialect::Dialect;
@@ -86,8 +88,9 @@ pub struct Estimate {
     /// The rows the query returns.
     pub rows: usize,
     /// Whether the source would run a join by hashing the larger of its inputs, as
-    /// PostgreSQL before 16 must for a parallel outer join or any anti join: then DataFusion, which
-    /// hashes the smaller one, runs that join better over the two inputs read apart.
+    /// PostgreSQL before 16 must for a parallel outer join or any anti join: then
+    /// DataFusion, which hashes the smaller one, runs that join better over the two inputs
+    /// read apart.
     pub hashes_larger_input: bool,
 }
 
@@ -99,6 +102,27 @@ impl Estimate {
             hashes_larger_input: false,
         }
     }
+}
+
+/// `plan` (one node) with the plans of its subquery expressions replaced by what `f` makes
+/// of each subquery.
+fn map_subquery_plans(
+    plan: LogicalPlan,
+    mut f: impl FnMut(&Subquery) -> Result<Transformed<LogicalPlan>>,
+) -> Result<Transformed<LogicalPlan>> {
+    plan.map_subqueries(|expr| {
+        let LogicalPlan::Subquery(mut subquery) = expr else {
+            return Ok(Transformed::no(expr));
+        };
+        let inner = f(&subquery)?;
+        if inner.transformed {
+            subquery.subquery = Arc::new(inner.data);
+        }
+        Ok(Transformed::new_transformed(
+            LogicalPlan::Subquery(subquery),
+            inner.transformed,
+        ))
+    })
 }
 
 /// Runs the queries of one scan.
