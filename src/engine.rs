@@ -162,6 +162,10 @@ impl Engine {
         // after inner joins are regrouped so that one source's tables join each other first.
         let mut physical_rules = ShareSubPlans::with_default_rules();
         tributary_core::start_early::add_to(&mut physical_rules);
+        tributary_files::split_row_groups::add_to(
+            &mut physical_rules,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)

@@ -21,6 +21,7 @@ mod postgres;
 mod postgres_pushdown;
 mod rest;
 mod soak;
+mod split_row_groups;
 mod start_early;
 mod subquery_keys;
 mod tpch;

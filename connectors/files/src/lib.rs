@@ -11,6 +11,7 @@ mod config;
 mod format;
 mod location;
 mod source;
+pub mod split_row_groups;
 
 pub use config::{ColumnConfig, FileFormatKind, FileTableConfig, FilesConfig};
 pub use location::{ensure_store, resolve_root};
