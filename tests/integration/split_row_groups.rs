@@ -18,6 +18,7 @@ use arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tributary::Engine;
@@ -135,16 +136,30 @@ fn tributary(dir: &Path, lake: &Path, partitions: usize, row_filters: bool) -> E
 async fn row_groups_are_read_in_pieces_with_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
-    // One file of one 300,000-row group; a folder of a 200,000-row file and a small one.
+    // One file of one 300,000-row group; a folder of a 200,000-row file and a small one;
+    // a file of a 250,000-row group and three small ones.
     write_parquet(&lake.join("big.parquet"), &rows(0, 300_000));
     write_parquet(&lake.join("parts/a.parquet"), &rows(0, 200_000));
     write_parquet(&lake.join("parts/b.parquet"), &rows(200_000, 1_000));
+    write_row_groups(
+        &lake.join("groups.parquet"),
+        &rows(0, 300_000),
+        &[250_000, 20_000, 20_000, 10_000],
+    );
 
     let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     reference
         .register_parquet(
             "big",
             lake.join("big.parquet").to_str().unwrap(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    reference
+        .register_parquet(
+            "groups",
+            lake.join("groups.parquet").to_str().unwrap(),
             ParquetReadOptions::default(),
         )
         .await
@@ -161,12 +176,21 @@ async fn row_groups_are_read_in_pieces_with_the_same_answers() {
     // Pieces per scan: 300,000 rows in 3 partitions are 3 pieces, in 2 partitions 2.
     // 201,000 rows in 3 partitions make pieces of about 67,000 rows: 3 of the 200,000-row
     // group, and the small file whole as a piece of its own; in 2 partitions, 2 and 1.
+    // The file of four row groups: the large one in 3 (or 2) pieces, and the three small
+    // ones, all in the last byte range of the file, together as one more.
     let mut failures = Vec::new();
-    for (partitions, row_filters, big_pieces, parts_pieces) in
-        [(3, false, 3, 4), (2, false, 2, 3), (3, true, 3, 4)]
-    {
+    for (partitions, row_filters, big_pieces, parts_pieces, groups_pieces) in [
+        (3, false, 3, 4, 4),
+        (2, false, 2, 3, 3),
+        (3, true, 3, 4, 4),
+        (2, true, 2, 3, 3),
+    ] {
         let tributary = tributary(dir.path(), &lake, partitions, row_filters);
-        for (table, want_pieces) in [("big", big_pieces), ("parts", parts_pieces)] {
+        for (table, want_pieces) in [
+            ("big", big_pieces),
+            ("parts", parts_pieces),
+            ("groups", groups_pieces),
+        ] {
             for query in QUERIES {
                 let ours = query.replace("{T}", &format!("lake.main.{table}"));
                 let theirs = query.replace("{T}", table);
@@ -183,8 +207,15 @@ async fn row_groups_are_read_in_pieces_with_the_same_answers() {
                 .await;
             }
         }
-        // Both tables: a join reads one after the other, so each splits; a union reads
-        // them side by side, so they split only when that leaves cores idle.
+        // Two tables: a join reads one after the other, so each splits; a union reads
+        // them side by side, so they split only when that leaves cores idle. A scalar
+        // subquery is computed before its query. Two subqueries run side by side, and here
+        // with the query's grouping too (it starts early): three scans, never split.
+        let side_by_side = if partitions > 2 {
+            big_pieces + parts_pieces
+        } else {
+            0
+        };
         let both = [
             (
                 "SELECT a.id, a.name, b.amount, b.at FROM {A} a JOIN {B} b ON a.id = b.id \
@@ -194,11 +225,19 @@ async fn row_groups_are_read_in_pieces_with_the_same_answers() {
             (
                 "SELECT count(*) AS n, sum(amount) AS total, count(DISTINCT name) AS names \
                  FROM (SELECT amount, name FROM {A} UNION ALL SELECT amount, name FROM {B})",
-                if partitions > 2 {
-                    big_pieces + parts_pieces
-                } else {
-                    0
-                },
+                side_by_side,
+            ),
+            (
+                "SELECT count(*) AS n, min(at) AS first FROM {A} \
+                 WHERE amount > (SELECT avg(amount) FROM {B})",
+                big_pieces + parts_pieces,
+            ),
+            (
+                "SELECT k, count(*) AS n FROM {A} WHERE k < 3 GROUP BY k \
+                 HAVING count(*) > (SELECT count(*) / 1000 FROM {B} WHERE name LIKE 'o''b%') \
+                    AND count(*) < (SELECT count(*) FROM {B} WHERE name LIKE 'plain%') \
+                 ORDER BY k",
+                0,
             ),
         ];
         for (query, want_pieces) in both {
@@ -220,6 +259,19 @@ async fn row_groups_are_read_in_pieces_with_the_same_answers() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Writes `batch` as a Parquet file at `path`, in row groups of `sizes` rows.
+fn write_row_groups(path: &Path, batch: &RecordBatch, sizes: &[usize]) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    let mut offset = 0;
+    for &size in sizes {
+        writer.write(&batch.slice(offset, size)).unwrap();
+        writer.flush().unwrap();
+        offset += size;
+    }
+    writer.close().unwrap();
 }
 
 /// Runs `ours` on Tributary and `theirs` on plain DataFusion, and notes in `failures` a

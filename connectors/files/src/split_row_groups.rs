@@ -98,22 +98,27 @@ impl SplitRowGroups {
         {
             return None;
         }
-        let mut units = Vec::new();
+        let mut entries = Vec::new();
         for file in scan.file_groups.iter().flat_map(FileGroup::iter) {
             if !file.extensions.is_empty() {
                 return None;
             }
             let metadata = self.metadata(file)?;
-            units.extend(owned_row_groups(file, &metadata));
+            entries.push(Entry::new(file, &metadata));
         }
-        let total: usize = units.iter().map(|u| u.rows).sum();
+        let row_groups = || {
+            entries
+                .iter()
+                .flat_map(|e| e.owned.iter().map(|&(_, rows)| rows))
+        };
+        let total: usize = row_groups().sum();
         let piece_rows = MIN_PIECE_ROWS.max(total.div_ceil(partitions));
-        if units.iter().all(|u| piece_count(u.rows, piece_rows) < 2) {
+        if row_groups().all(|rows| piece_count(rows, piece_rows) < 2) {
             return None;
         }
-        let pieces: Vec<Piece> = units
+        let pieces: Vec<Piece> = entries
             .iter()
-            .flat_map(|unit| unit.pieces(piece_rows))
+            .flat_map(|entry| entry.pieces(piece_rows))
             .collect();
         Some(deal(pieces, partitions, total))
     }
@@ -134,18 +139,23 @@ impl SplitRowGroups {
             splits.insert(key, groups);
             return vec![vec![key]];
         }
+        let children = plan.children();
         // A scalar subquery node whose independent work starts early runs its inputs side
         // by side.
-        let inputs: Vec<&Arc<dyn ExecutionPlan>> = match plan.downcast_ref::<StartsEarlyExec>() {
-            Some(_) => plan
-                .children()
-                .into_iter()
-                .flat_map(|c| c.children())
-                .collect(),
-            None => plan.children(),
-        };
-        let inputs = inputs.into_iter().map(|c| self.phases(c, splits));
-        if plan.downcast_ref::<StartsEarlyExec>().is_none() && runs_inputs_in_turn(plan) {
+        if plan.downcast_ref::<StartsEarlyExec>().is_some() {
+            let inputs = children.into_iter().flat_map(|c| c.children());
+            return side_by_side(inputs.map(|c| self.phases(c, splits)));
+        }
+        // A scalar subquery node computes its subqueries (side by side), then its input.
+        if plan.downcast_ref::<ScalarSubqueryExec>().is_some()
+            && let Some((input, subqueries)) = children.split_first()
+        {
+            let mut phases = side_by_side(subqueries.iter().map(|c| self.phases(c, splits)));
+            phases.extend(self.phases(input, splits));
+            return phases;
+        }
+        let inputs = children.into_iter().map(|c| self.phases(c, splits));
+        if reads_inputs_in_turn(plan) {
             inputs.flatten().collect()
         } else {
             side_by_side(inputs)
@@ -163,16 +173,14 @@ fn scan_key(plan: &Arc<dyn ExecutionPlan>) -> ScanKey {
     Arc::as_ptr(plan).cast::<()>()
 }
 
-/// Whether `plan` reads one input to the end before it starts the next: a join's build
-/// side comes before its probe side (unless the probe side was started early, under a
-/// [`BufferExec`]), and a scalar subquery's values before its query's input.
-fn runs_inputs_in_turn(plan: &Arc<dyn ExecutionPlan>) -> bool {
+/// Whether `plan` is a join that reads its build side to the end before it starts its
+/// probe side (unless the probe side was started early, under a [`BufferExec`]).
+fn reads_inputs_in_turn(plan: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
         return join.right().downcast_ref::<BufferExec>().is_none();
     }
     plan.downcast_ref::<CrossJoinExec>().is_some()
         || plan.downcast_ref::<NestedLoopJoinExec>().is_some()
-        || plan.downcast_ref::<ScalarSubqueryExec>().is_some()
 }
 
 /// The phases of inputs that run side by side: their first phases at the same time, then
@@ -255,80 +263,91 @@ pub fn add_to(
     rules.insert(at, Arc::new(SplitRowGroups::new(metadata)));
 }
 
-/// One row group of a file entry of the scan.
-struct Unit<'a> {
+/// A file entry of the scan and the row groups it reads.
+struct Entry<'a> {
     file: &'a PartitionedFile,
+    /// The file's number of row groups.
     row_groups: usize,
-    index: usize,
-    rows: usize,
+    /// The row groups the entry reads (index and rows): all of them, or, when DataFusion
+    /// gave it a byte range of its file, those whose first page lies in the range (as the
+    /// Parquet reader decides).
+    owned: Vec<(usize, usize)>,
 }
 
-/// The row groups the entry `file` reads: all of them, or, when DataFusion gave it a byte
-/// range of its file, those whose first page lies in the range (as the Parquet reader
-/// decides).
-fn owned_row_groups<'a>(
-    file: &'a PartitionedFile,
-    metadata: &ParquetMetaData,
-) -> impl Iterator<Item = Unit<'a>> {
-    let row_groups = metadata.num_row_groups();
-    metadata
-        .row_groups()
-        .iter()
-        .enumerate()
-        .filter(move |(_, group)| {
-            file.range.as_ref().is_none_or(|range| {
-                let column = group.column(0);
-                range.contains(
-                    column
-                        .dictionary_page_offset()
-                        .unwrap_or_else(|| column.data_page_offset()),
-                )
+impl<'a> Entry<'a> {
+    fn new(file: &'a PartitionedFile, metadata: &ParquetMetaData) -> Self {
+        let owned = metadata
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, group)| {
+                file.range.as_ref().is_none_or(|range| {
+                    let column = group.column(0);
+                    range.contains(
+                        column
+                            .dictionary_page_offset()
+                            .unwrap_or_else(|| column.data_page_offset()),
+                    )
+                })
             })
-        })
-        .map(move |(index, group)| Unit {
+            .map(|(index, group)| (index, usize::try_from(group.num_rows()).unwrap_or(0)))
+            .collect();
+        Entry {
             file,
-            row_groups,
-            index,
-            rows: usize::try_from(group.num_rows()).unwrap_or(0),
-        })
+            row_groups: metadata.num_row_groups(),
+            owned,
+        }
+    }
+
+    /// The entry as pieces: each large row group in [`piece_count`] equal row ranges, and
+    /// the rest of its row groups together as one piece.
+    fn pieces(&self, piece_rows: usize) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        let mut whole = ParquetAccessPlan::new_none(self.row_groups);
+        let mut whole_rows = None;
+        for &(index, rows) in &self.owned {
+            let count = piece_count(rows, piece_rows);
+            if count == 1 {
+                whole.scan(index);
+                *whole_rows.get_or_insert(0) += rows;
+                continue;
+            }
+            for i in 0..count {
+                let start = rows * i / count;
+                let end = rows * (i + 1) / count;
+                let mut plan = ParquetAccessPlan::new_none(self.row_groups);
+                plan.set(
+                    index,
+                    RowGroupAccess::Selection(range_selection(start, end, rows)),
+                );
+                pieces.push(self.piece(plan, end - start));
+            }
+        }
+        if let Some(rows) = whole_rows {
+            pieces.push(self.piece(whole, rows));
+        }
+        pieces
+    }
+
+    /// The entry's file reading what `plan` selects, `rows` rows.
+    fn piece(&self, plan: ParquetAccessPlan, rows: usize) -> Piece {
+        let mut file = self.file.clone();
+        file.range = None;
+        file.statistics = file
+            .statistics
+            .as_ref()
+            .map(|s| Arc::new(piece_statistics(s, rows)));
+        Piece {
+            file: file.with_extension(plan),
+            rows,
+        }
+    }
 }
 
 /// A piece of a scan: a file entry reading only its access plan's rows.
 struct Piece {
     file: PartitionedFile,
     rows: usize,
-}
-
-impl Unit<'_> {
-    /// The row group in [`piece_count`] equal row ranges.
-    fn pieces(&self, piece_rows: usize) -> Vec<Piece> {
-        let count = piece_count(self.rows, piece_rows);
-        (0..count)
-            .map(|i| {
-                let start = self.rows * i / count;
-                let end = self.rows * (i + 1) / count;
-                let mut plan = ParquetAccessPlan::new_none(self.row_groups);
-                if count == 1 {
-                    plan.set(self.index, RowGroupAccess::Scan);
-                } else {
-                    plan.set(
-                        self.index,
-                        RowGroupAccess::Selection(range_selection(start, end, self.rows)),
-                    );
-                }
-                let mut file = self.file.clone();
-                file.range = None;
-                file.statistics = file
-                    .statistics
-                    .as_ref()
-                    .map(|s| Arc::new(piece_statistics(s, end - start)));
-                Piece {
-                    file: file.with_extension(plan),
-                    rows: end - start,
-                }
-            })
-            .collect()
-    }
 }
 
 /// How many pieces of about `piece_rows` rows a row group of `rows` rows makes: the
