@@ -148,30 +148,20 @@ async fn row_groups_are_read_in_pieces_with_the_same_answers() {
     );
 
     let reference = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    reference
-        .register_parquet(
-            "big",
-            lake.join("big.parquet").to_str().unwrap(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap();
-    reference
-        .register_parquet(
-            "groups",
-            lake.join("groups.parquet").to_str().unwrap(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap();
-    reference
-        .register_parquet(
-            "parts",
-            lake.join("parts").to_str().unwrap(),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .unwrap();
+    for (table, path) in [
+        ("big", "big.parquet"),
+        ("groups", "groups.parquet"),
+        ("parts", "parts"),
+    ] {
+        reference
+            .register_parquet(
+                table,
+                lake.join(path).to_str().unwrap(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
 
     // Pieces per scan: 300,000 rows in 3 partitions are 3 pieces, in 2 partitions 2.
     // 201,000 rows in 3 partitions make pieces of about 67,000 rows: 3 of the 200,000-row

@@ -122,21 +122,22 @@ impl SplitRowGroups {
             .collect();
         Some(deal(pieces, partitions, total))
     }
-}
 
-impl SplitRowGroups {
     /// The scans of `plan` that could be split, grouped by when they run: scans in one
-    /// phase run at the same time. The pieces of each are kept in `splits`.
+    /// phase run at the same time. Each scan's split form is kept in `splits`.
     fn phases(&self, plan: &Arc<dyn ExecutionPlan>, splits: &mut Splits) -> Vec<Vec<ScanKey>> {
         if let Some(exec) = plan.downcast_ref::<DataSourceExec>() {
-            let Some(groups) = exec
+            let Some((scan, groups)) = exec
                 .downcast_to_file_source::<ParquetSource>()
-                .and_then(|(scan, _)| self.split(scan))
+                .and_then(|(scan, _)| Some((scan, self.split(scan)?)))
             else {
                 return Vec::new();
             };
             let key = scan_key(plan);
-            splits.insert(key, groups);
+            let scan = FileScanConfigBuilder::from(scan.clone())
+                .with_file_groups(groups)
+                .build();
+            splits.insert(key, DataSourceExec::from_data_source(scan));
             return vec![vec![key]];
         }
         let children = plan.children();
@@ -166,8 +167,8 @@ impl SplitRowGroups {
 /// A scan node, by address: the rule finds the scans it chose in the same plan.
 type ScanKey = *const ();
 
-/// The pieces of the scans that could be split.
-type Splits = HashMap<ScanKey, Vec<FileGroup>>;
+/// The scans that could be split, as they read split.
+type Splits = HashMap<ScanKey, Arc<dyn ExecutionPlan>>;
 
 fn scan_key(plan: &Arc<dyn ExecutionPlan>) -> ScanKey {
     Arc::as_ptr(plan).cast::<()>()
@@ -212,28 +213,17 @@ impl PhysicalOptimizerRule for SplitRowGroups {
             .filter(|phase| phase.len() < cores)
             .flatten()
             .collect();
-        if chosen.is_empty() {
+        splits.retain(|key, _| chosen.contains(key));
+        if splits.is_empty() {
             return Ok(plan);
         }
         // The chosen scans are leaves of `plan`, visited before anything above them is
         // rebuilt, so their addresses still name them.
         plan.transform_up(|node| {
-            let key = scan_key(&node);
-            let (Some(groups), Some(exec)) = (
-                chosen.contains(&key).then(|| splits.remove(&key)).flatten(),
-                node.downcast_ref::<DataSourceExec>(),
-            ) else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() else {
-                return Ok(Transformed::no(node));
-            };
-            let scan = FileScanConfigBuilder::from(scan.clone())
-                .with_file_groups(groups)
-                .build();
-            Ok(Transformed::yes(
-                DataSourceExec::from_data_source(scan) as Arc<dyn ExecutionPlan>
-            ))
+            Ok(match splits.remove(&scan_key(&node)) {
+                Some(split) => Transformed::yes(split),
+                None => Transformed::no(node),
+            })
         })
         .map(|t| t.data)
     }
