@@ -6,7 +6,8 @@
 //! into 117,000 groups, of which the outer query, whose `part` filter keeps 747 keys, can
 //! meet 460. [`NarrowGroupedSubqueries`] semi-joins the aggregate's input with the keys of
 //! the filtered table the outer query takes its key from (DuckDB's "delim join" does the
-//! same with the outer query's own keys).
+//! same with the outer query's own keys), at the scan that reads the grouping key, so that
+//! the subquery's own joins meet only those rows.
 //!
 //! That is always sound: the outer key's values are among the table's (after its filters),
 //! so a group whose key is not there can meet no outer row, and a group is computed from the
@@ -185,19 +186,7 @@ fn narrowed(
             let Some(Expr::Column(source)) = group_expr.get(index) else {
                 return Ok(None);
             };
-            if already_narrowed(input) {
-                return Ok(None);
-            }
-            let key = Column::new(Some(KEYS_ALIAS), keys.schema().field(0).name());
-            let semi = LogicalPlanBuilder::from(input.as_ref().clone())
-                .join(
-                    keys.clone(),
-                    JoinType::LeftSemi,
-                    (vec![source.clone()], vec![key]),
-                    None,
-                )?
-                .build()?;
-            Some(semi)
+            semi_joined(input, source, keys)?
         }
         _ => None,
     };
@@ -209,9 +198,79 @@ fn narrowed(
     }
 }
 
-/// Whether `input` is already semi-joined with outer keys.
-fn already_narrowed(input: &LogicalPlan) -> bool {
-    matches!(input, LogicalPlan::Join(j)
-        if j.join_type == JoinType::LeftSemi
-            && matches!(j.right.as_ref(), LogicalPlan::SubqueryAlias(a) if a.alias.table() == KEYS_ALIAS))
+/// `plan` semi-joined with `keys` on its `column`, the semi-join placed as deep as the
+/// column passes through unchanged: under filters, projections, aliases and the side of a
+/// join that keeps its rows, down to the scan that reads it. Deeper is cheaper: the join
+/// then drops rows before the subquery's other joins meet them, and the keys reach that
+/// scan as a dynamic filter (q02's `partsupp` rows are cut to the outer `part` keys before
+/// they meet `supplier`). None if the semi-join is already on the way down, since
+/// optimizer rules run more than once.
+fn semi_joined(
+    plan: &LogicalPlan,
+    column: &Column,
+    keys: &LogicalPlan,
+) -> Result<Option<LogicalPlan>> {
+    let below = match plan {
+        LogicalPlan::Join(join) if is_keys_join(join) => return Ok(None),
+        LogicalPlan::Filter(filter) if !filter.predicate.is_volatile() => {
+            Some((0, column.clone()))
+        }
+        LogicalPlan::Projection(Projection { expr, .. }) => plan
+            .schema()
+            .index_of_column(column)
+            .ok()
+            .and_then(|i| match expr.get(i).map(|e| e.clone().unalias()) {
+                Some(Expr::Column(source)) => Some((0, source)),
+                _ => None,
+            }),
+        LogicalPlan::SubqueryAlias(alias) => plan
+            .schema()
+            .index_of_column(column)
+            .ok()
+            .map(|i| (0, Column::from(alias.input.schema().qualified_field(i)))),
+        LogicalPlan::Join(join) => {
+            let left = join.left.schema().has_column(column);
+            let right = join.right.schema().has_column(column);
+            // The side the column comes from, if that side's rows reach the output as they
+            // are (not null-extended), each row's column unchanged.
+            match (join.join_type, left, right) {
+                (
+                    JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti,
+                    true,
+                    false,
+                ) => Some((0, column.clone())),
+                (
+                    JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti,
+                    false,
+                    true,
+                ) => Some((1, column.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let Some((input, column_below)) = below else {
+        let key = Column::new(Some(KEYS_ALIAS), keys.schema().field(0).name());
+        let semi = LogicalPlanBuilder::from(plan.clone())
+            .join(
+                keys.clone(),
+                JoinType::LeftSemi,
+                (vec![column.clone()], vec![key]),
+                None,
+            )?
+            .build()?;
+        return Ok(Some(semi));
+    };
+    let mut inputs: Vec<LogicalPlan> = plan.inputs().into_iter().cloned().collect();
+    let Some(joined) = semi_joined(&inputs[input], &column_below, keys)? else {
+        return Ok(None);
+    };
+    inputs[input] = joined;
+    plan.with_new_exprs(plan.expressions(), inputs).map(Some)
+}
+
+/// Whether `join` is a semi-join with outer keys this rule added.
+fn is_keys_join(join: &Join) -> bool {
+    join.join_type == JoinType::LeftSemi
+        && matches!(join.right.as_ref(), LogicalPlan::SubqueryAlias(a) if a.alias.table() == KEYS_ALIAS)
 }
