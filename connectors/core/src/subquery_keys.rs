@@ -145,9 +145,21 @@ fn scanned(plan: &LogicalPlan, name: &str) -> Option<(TableScan, String)> {
 }
 
 fn keys_of(scan: TableScan, column: &Column) -> Result<LogicalPlan> {
-    let filter = conjunction(scan.filters.clone());
-    let mut keys = LogicalPlanBuilder::from(LogicalPlan::TableScan(scan));
-    if let Some(filter) = filter {
+    // A new scan of the key and of every column the filters name, under the filters: the
+    // scan's own projection may lack a column of a filter its source applies exactly.
+    // Filter pushdown hands the filters to the new scan in the next pass.
+    let schema = scan.source.schema();
+    let mut projection = vec![schema.index_of(&column.name)?];
+    for filter in &scan.filters {
+        for used in filter.column_refs() {
+            let index = schema.index_of(&used.name)?;
+            if !projection.contains(&index) {
+                projection.push(index);
+            }
+        }
+    }
+    let mut keys = LogicalPlanBuilder::scan(scan.table_name, scan.source, Some(projection))?;
+    if let Some(filter) = conjunction(scan.filters) {
         keys = keys.filter(filter)?;
     }
     keys.project(vec![Expr::Column(column.clone())])?
@@ -186,7 +198,13 @@ fn narrowed(
             let Some(Expr::Column(source)) = group_expr.get(index) else {
                 return Ok(None);
             };
-            semi_joined(input, source, keys)?
+            // Optimizer rules run more than once, and may move the semi-join added before.
+            if input
+                .exists(|node| Ok(matches!(node, LogicalPlan::Join(join) if is_keys_join(join))))?
+            {
+                return Ok(None);
+            }
+            Some(semi_joined(input, source, keys)?)
         }
         _ => None,
     };
@@ -203,26 +221,18 @@ fn narrowed(
 /// join that keeps its rows, down to the scan that reads it. Deeper is cheaper: the join
 /// then drops rows before the subquery's other joins meet them, and the keys reach that
 /// scan as a dynamic filter (q02's `partsupp` rows are cut to the outer `part` keys before
-/// they meet `supplier`). None if the semi-join is already on the way down, since
-/// optimizer rules run more than once.
-fn semi_joined(
-    plan: &LogicalPlan,
-    column: &Column,
-    keys: &LogicalPlan,
-) -> Result<Option<LogicalPlan>> {
+/// they meet `supplier`).
+fn semi_joined(plan: &LogicalPlan, column: &Column, keys: &LogicalPlan) -> Result<LogicalPlan> {
     let below = match plan {
-        LogicalPlan::Join(join) if is_keys_join(join) => return Ok(None),
-        LogicalPlan::Filter(filter) if !filter.predicate.is_volatile() => {
-            Some((0, column.clone()))
+        LogicalPlan::Filter(filter) if !filter.predicate.is_volatile() => Some((0, column.clone())),
+        LogicalPlan::Projection(Projection { expr, .. }) => {
+            plan.schema().index_of_column(column).ok().and_then(|i| {
+                match expr.get(i).map(|e| e.clone().unalias()) {
+                    Some(Expr::Column(source)) => Some((0, source)),
+                    _ => None,
+                }
+            })
         }
-        LogicalPlan::Projection(Projection { expr, .. }) => plan
-            .schema()
-            .index_of_column(column)
-            .ok()
-            .and_then(|i| match expr.get(i).map(|e| e.clone().unalias()) {
-                Some(Expr::Column(source)) => Some((0, source)),
-                _ => None,
-            }),
         LogicalPlan::SubqueryAlias(alias) => plan
             .schema()
             .index_of_column(column)
@@ -259,18 +269,50 @@ fn semi_joined(
                 None,
             )?
             .build()?;
-        return Ok(Some(semi));
+        return Ok(semi);
     };
     let mut inputs: Vec<LogicalPlan> = plan.inputs().into_iter().cloned().collect();
-    let Some(joined) = semi_joined(&inputs[input], &column_below, keys)? else {
-        return Ok(None);
-    };
-    inputs[input] = joined;
-    plan.with_new_exprs(plan.expressions(), inputs).map(Some)
+    inputs[input] = semi_joined(&inputs[input], &column_below, keys)?;
+    plan.with_new_exprs(plan.expressions(), inputs)
 }
 
 /// Whether `join` is a semi-join with outer keys this rule added.
 fn is_keys_join(join: &Join) -> bool {
     join.join_type == JoinType::LeftSemi
         && matches!(join.right.as_ref(), LogicalPlan::SubqueryAlias(a) if a.alias.table() == KEYS_ALIAS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::{col, lit, table_scan};
+
+    /// A source that applies `size = 15` itself keeps it in the scan without reading
+    /// `size` (MariaDB's q02 `part` scan): the keys still filter on it.
+    #[test]
+    fn keys_read_the_columns_of_filters_the_scan_does_not_project() {
+        let schema = Schema::new(vec![
+            Field::new("key", DataType::Int64, false),
+            Field::new("kind", DataType::Utf8, true),
+            Field::new("size", DataType::Int32, true),
+        ]);
+        let plan = table_scan(Some("part"), &schema, Some(vec![0, 1]))
+            .unwrap()
+            .build()
+            .unwrap();
+        let LogicalPlan::TableScan(mut scan) = plan else {
+            unreachable!("a scan")
+        };
+        scan.filters = vec![col("part.size").eq(lit(15))];
+
+        let keys = keys_of(scan, &Column::new(Some("part"), "key")).unwrap();
+        assert_eq!(
+            keys.display_indent().to_string(),
+            "SubqueryAlias: __tributary_outer_keys\
+             \n  Projection: part.key\
+             \n    Filter: part.size = Int32(15)\
+             \n      TableScan: part projection=[key, size]"
+        );
+    }
 }
