@@ -302,3 +302,69 @@ async fn aggregates_that_would_wait_start_with_the_query() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// How many hash joins read their build side under a [`BufferExec`].
+fn buffered_build_sides(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let mut found = 0;
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(join) = node.downcast_ref::<HashJoinExec>()
+            && join.left().downcast_ref::<BufferExec>().is_some()
+        {
+            found += 1;
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    found
+}
+
+/// A join inside another join's probe side starts its build side with the query, unless
+/// that build side waits for a dynamic filter from outside it; answers do not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_sides_that_would_start_late_start_with_the_query() {
+    let lake = Lake::new().await;
+    let queries = [
+        // Three tables: the join of the facts with the picks runs in the probe side of the
+        // join with the other picks, so its build side would wait for theirs.
+        (
+            "SELECT f.id, p.k, q.k AS qk FROM {F} f JOIN {P} p ON f.k = p.k \
+             JOIN {P} q ON q.top = f.amount ORDER BY f.id, qk",
+            1,
+        ),
+        // The late build side keeps nothing.
+        (
+            "SELECT f.id, q.k AS qk FROM {F} f JOIN {P} p ON f.k = p.k \
+             JOIN {P} q ON q.top = f.amount WHERE p.top < 0 ORDER BY f.id",
+            1,
+        ),
+        // Two tables: the build side starts with the query anyway.
+        (
+            "SELECT f.id FROM {P} p JOIN {F} f ON f.k = p.k WHERE p.top > 1 ORDER BY f.id",
+            0,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (query, buffered) in queries {
+        let (ours, df) = lake.plan(query).await;
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.unwrap();
+        let got = collect(Arc::clone(&plan), task)
+            .await
+            .unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let got = pretty_format_batches(&got).unwrap().to_string();
+        let want = lake.want(query).await;
+        if got != want {
+            failures.push(format!(
+                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
+            ));
+        }
+        let found = buffered_build_sides(&plan);
+        if found != buffered {
+            failures.push(format!(
+                "{ours}: {found} build sides started early, expected {buffered}\n{}",
+                displayable(plan.as_ref()).indent(true)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

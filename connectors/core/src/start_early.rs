@@ -12,6 +12,8 @@
 //!   buffer counted against the query's memory. (DataFusion's own rule for this,
 //!   `hash_join_buffering_capacity`, buffers every probe side, before dynamic filters are
 //!   placed, and so starts scans before their filters are known.)
+//! - a hash join's build side that would start late, because the join sits in another
+//!   join's probe side, goes under a [`BufferExec`] too.
 //! - in a scalar subquery's main input, the topmost aggregates and sorts that do not read a
 //!   subquery's value go under an [`EarlyStartExec`], and the subquery node under a
 //!   [`StartsEarlyExec`] that starts them (buffered the same way) before it waits for the
@@ -34,7 +36,7 @@ use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::buffer::BufferExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{
     ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
@@ -58,16 +60,18 @@ impl PhysicalOptimizerRule for StartEarly {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            if let Some(join) = node.downcast_ref::<HashJoinExec>() {
-                return buffer_probe_side(&node, join);
-            }
-            if node.downcast_ref::<ScalarSubqueryExec>().is_some() {
-                return start_independent_work(node);
-            }
-            Ok(Transformed::no(node))
-        })
-        .map(|t| t.data)
+        let plan = plan
+            .transform_up(|node| {
+                if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+                    return buffer_probe_side(&node, join);
+                }
+                if node.downcast_ref::<ScalarSubqueryExec>().is_some() {
+                    return start_independent_work(node);
+                }
+                Ok(Transformed::no(node))
+            })?
+            .data;
+        buffer_late_build_sides(plan, false).map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -108,6 +112,58 @@ fn buffer_probe_side(
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
         )
         .map(Transformed::yes)
+}
+
+/// `plan` with the build sides of hash joins that start late under a [`BufferExec`], if they
+/// wait for no dynamic filter from outside them. A join starts late inside another join's
+/// probe side (`late`), which runs only once that join's build side is read; its own build
+/// side would then wait too, though nothing it reads depends on that (q02's subquery reads
+/// the outer `part` keys only after the `supplier` rows it joins first). A build side is
+/// read to the end in any case, so starting it early does no work the query would not do.
+fn buffer_late_build_sides(
+    plan: Arc<dyn ExecutionPlan>,
+    late: bool,
+) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
+    if children.is_empty() {
+        return Ok(Transformed::no(plan));
+    }
+    let join = plan.downcast_ref::<HashJoinExec>();
+    let collects_left = join.is_some_and(|j| j.mode == PartitionMode::CollectLeft);
+    let mut changed = false;
+    let mut inputs = Vec::with_capacity(children.len());
+    for (i, child) in children.into_iter().enumerate() {
+        let input = if i == 0
+            && collects_left
+            && late
+            && child.downcast_ref::<BufferExec>().is_none()
+            && !waits_for_filters(&child)?
+        {
+            let started = buffer_late_build_sides(child, false)?.data;
+            changed = true;
+            Arc::new(BufferExec::new(started, BUFFER_BYTES)) as Arc<dyn ExecutionPlan>
+        } else {
+            // A buffered input starts with the query; a join's probe side waits for its
+            // build side.
+            let child_late = if child.downcast_ref::<BufferExec>().is_some() {
+                false
+            } else {
+                late || (join.is_some() && i == 1)
+            };
+            let input = buffer_late_build_sides(child, child_late)?;
+            changed |= input.transformed;
+            input.data
+        };
+        inputs.push(input);
+    }
+    if !changed {
+        return Ok(Transformed::no(plan));
+    }
+    plan.replace_children(
+        inputs,
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+    )
+    .map(Transformed::yes)
 }
 
 /// Whether `plan` does all its work before its first row (an aggregate, a sort), so
