@@ -119,7 +119,8 @@ fn buffer_probe_side(
 /// probe side (`late`), which runs only once that join's build side is read; its own build
 /// side would then wait too, though nothing it reads depends on that (q02's subquery reads
 /// the outer `part` keys only after the `supplier` rows it joins first). A build side is
-/// read to the end in any case, so starting it early does no work the query would not do.
+/// read to the end whenever its join runs; only when the outer join skips its probe side
+/// (an empty build side) is the early work wasted, at most a buffer's worth.
 fn buffer_late_build_sides(
     plan: Arc<dyn ExecutionPlan>,
     late: bool,
