@@ -267,13 +267,7 @@ async fn aggregates_that_would_wait_start_with_the_query() {
 
     let mut failures = Vec::new();
     for (query, early) in QUERIES {
-        let (ours, df) = lake.plan(query).await;
-        let task = Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await.unwrap();
-        let got = collect(Arc::clone(&plan), task)
-            .await
-            .unwrap_or_else(|e| panic!("{ours}: {e}"));
-        let got = pretty_format_batches(&got).unwrap().to_string();
+        let (ours, plan, got) = run(&lake, query).await;
         // The plan run again after DataFusion resets its state (as a recursive query does)
         // starts its work anew.
         let reset = reset_plan_states(Arc::clone(&plan)).unwrap();
@@ -301,6 +295,18 @@ async fn aggregates_that_would_wait_start_with_the_query() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `query` run by Tributary: its text as run, its physical plan and its answer.
+async fn run(lake: &Lake, query: &str) -> (String, Arc<dyn ExecutionPlan>, String) {
+    let (ours, df) = lake.plan(query).await;
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await.unwrap();
+    let got = collect(Arc::clone(&plan), task)
+        .await
+        .unwrap_or_else(|e| panic!("{ours}: {e}"));
+    let got = pretty_format_batches(&got).unwrap().to_string();
+    (ours, plan, got)
 }
 
 /// How many hash joins read their build side under a [`BufferExec`].
@@ -345,13 +351,7 @@ async fn build_sides_that_would_start_late_start_with_the_query() {
     ];
     let mut failures = Vec::new();
     for (query, buffered) in queries {
-        let (ours, df) = lake.plan(query).await;
-        let task = Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await.unwrap();
-        let got = collect(Arc::clone(&plan), task)
-            .await
-            .unwrap_or_else(|e| panic!("{ours}: {e}"));
-        let got = pretty_format_batches(&got).unwrap().to_string();
+        let (ours, plan, got) = run(&lake, query).await;
         let want = lake.want(query).await;
         if got != want {
             failures.push(format!(
