@@ -11,6 +11,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::optimizer::{Optimizer, OptimizerRule};
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
@@ -19,6 +20,7 @@ use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
 use object_store::memory::InMemory;
 use tributary_core::remote::{RemoteScanExec, SameSourceJoinsFirst, ShareSubPlans};
 use tributary_core::subquery_keys::NarrowGroupedSubqueries;
+use tributary_core::subquery_window::AggregateSubqueriesAsWindows;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
@@ -166,10 +168,15 @@ impl Engine {
             &mut physical_rules,
             runtime.cache_manager.get_file_metadata_cache(),
         );
+        // Subqueries become windows before DataFusion decorrelates them into joins.
+        let mut logical_rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> =
+            vec![Arc::new(AggregateSubqueriesAsWindows)];
+        logical_rules.extend(Optimizer::new().rules);
         let state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_optimizer_rules(logical_rules)
             .with_optimizer_rule(Arc::new(NarrowGroupedSubqueries))
             .with_optimizer_rule(Arc::new(SameSourceJoinsFirst))
             .with_optimizer_rule(Arc::new(FederationOptimizerRule::new()))

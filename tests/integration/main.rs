@@ -24,4 +24,5 @@ mod soak;
 mod split_row_groups;
 mod start_early;
 mod subquery_keys;
+mod subquery_window;
 mod tpch;

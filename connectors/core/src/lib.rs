@@ -17,6 +17,7 @@ pub mod short_lists;
 mod source;
 pub mod start_early;
 pub mod subquery_keys;
+pub mod subquery_window;
 pub mod types;
 
 pub use catalog::{CatalogOptions, SourceCatalog};

@@ -1,0 +1,157 @@
+//! A correlated subquery that aggregates the outer query's own rows is computed as a window
+//! over them. Each query's answer must equal DataFusion's own, run without any of
+//! Tributary's rules, and the rule must apply exactly where it may.
+//!
+//! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
+//! decimals and times are timestamps with time zones (the data of `start_early`).
+
+use crate::start_early::Lake;
+
+/// Queries (`{F}` the facts, `{P}` the picks) and whether the subquery becomes a window.
+const QUERIES: &[(&str, bool)] = &[
+    // q02's shape: the subquery reads a table of the outer query, correlated on the other.
+    (
+        "SELECT p.k, f.id, f.amount FROM {P} p, {F} f \
+         WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        true,
+    ),
+    // Two reads of one table in each: only one assignment of the subquery's reads to the
+    // outer query's gives its conditions (a quote in the pattern).
+    (
+        "SELECT p.k, f.id, h.name FROM {P} p, {F} f, {F} h \
+         WHERE f.k = p.k AND h.id = f.id + 1 AND h.name NOT LIKE 'o''brien%' AND p.top > 1 \
+         AND f.amount = (SELECT max(g.amount) FROM {F} g, {F} i \
+         WHERE i.id = g.id + 1 AND g.k = p.k AND i.name NOT LIKE 'o''brien%') ORDER BY f.id",
+        true,
+    ),
+    // `JOIN … ON`, an average of decimals in an expression, and a condition on the other
+    // table alone.
+    (
+        "SELECT p.k, f.id, f.amount FROM {P} p JOIN {F} f ON p.k = f.k \
+         WHERE p.at IS NOT NULL \
+         AND f.amount < (SELECT avg(g.amount) - 0.01 FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        true,
+    ),
+    // Timestamps with a time zone, unicode and a quote in the pattern, and the same filter
+    // on both sides.
+    (
+        "SELECT f.name, f.at FROM {P} p, {F} f \
+         WHERE f.k = p.k AND f.name LIKE '東京 \"q\"%' AND p.k > 0 \
+         AND f.at = (SELECT max(g.at) FROM {F} g WHERE g.k = p.k AND g.name LIKE '東京 \"q\"%') \
+         ORDER BY 1, 2",
+        true,
+    ),
+    // Outer conditions the subquery lacks (on its table, and across both) are applied after
+    // the window: the minimum is still over all of the key's rows.
+    (
+        "SELECT p.k, f.id, f.amount FROM {P} p, {F} f \
+         WHERE f.k = p.k AND f.name LIKE 'o''brien%' AND f.id > p.k AND p.top > 1 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        true,
+    ),
+    // Many outer rows per key: the subquery's rows repeat in the window, the average does
+    // not change.
+    (
+        "SELECT a.id, f.id AS fid FROM {F} a, {F} f \
+         WHERE a.k = f.k AND a.id < 400 \
+         AND f.amount > (SELECT avg(g.amount) FROM {F} g WHERE g.k = a.k) ORDER BY 1, 2",
+        true,
+    ),
+    // Nothing matches.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 100000 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k)",
+        true,
+    ),
+    // Sums and counts grow with repetition.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount * 20 > (SELECT sum(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.id % 20 = (SELECT count(*) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    // A float sum may round differently when repeated.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 AND CAST(f.amount AS DOUBLE) > \
+         (SELECT avg(CAST(g.amount AS DOUBLE)) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    // The subquery has a condition the outer query lacks.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k AND g.id > 1000) \
+         ORDER BY f.id",
+        false,
+    ),
+    // Not correlated: the window would hold every row.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount = (SELECT max(g.amount) FROM {F} g) ORDER BY f.id",
+        false,
+    ),
+    // Correlated with the table the subquery reads itself.
+    (
+        "SELECT f.id FROM {F} f WHERE f.name LIKE 'o''brien-1%' \
+         AND f.amount = (SELECT max(g.amount) FROM {F} g WHERE g.name = f.name) ORDER BY f.id",
+        false,
+    ),
+    // The outer query does not filter the table of the key: the window would hold about
+    // as many rows as the subquery reads.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    // A volatile condition, and an outer join.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 AND random() < 2 \
+         AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    (
+        "SELECT p.k, f.id FROM {P} p LEFT JOIN {F} f ON f.k = p.k \
+         WHERE p.top > 1 AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subqueries_over_the_outer_rows_are_windows() {
+    let lake = Lake::new().await;
+
+    let mut failures = Vec::new();
+    for (query, windowed) in QUERIES {
+        let (ours, df) = lake.plan(query).await;
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let got = arrow::util::pretty::pretty_format_batches(&got)
+            .unwrap()
+            .to_string();
+
+        let want = lake.want(query).await;
+        if got != want {
+            failures.push(format!(
+                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
+            ));
+        }
+        if plan.contains("WindowAggr:") != *windowed {
+            failures.push(format!(
+                "{ours}: the subquery should be a window: {windowed}\n{plan}"
+            ));
+        }
+        if *windowed && got.lines().count() < 5 && !query.contains("100000") {
+            failures.push(format!("{ours}: expected rows, got\n{got}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
