@@ -21,6 +21,7 @@ use object_store::memory::InMemory;
 use tributary_core::remote::{RemoteScanExec, SameSourceJoinsFirst, ShareSubPlans};
 use tributary_core::subquery_keys::NarrowGroupedSubqueries;
 use tributary_core::subquery_window::AggregateSubqueriesAsWindows;
+use tributary_core::window_memory::CountWindowInputs;
 use tributary_core::{CatalogOptions, HealthReport, Source, SourceCatalog, SourceContext};
 use tributary_files::FilesSource;
 use tributary_mysql::MysqlSource;
@@ -168,6 +169,7 @@ impl Engine {
             &mut physical_rules,
             runtime.cache_manager.get_file_metadata_cache(),
         );
+        physical_rules.push(Arc::new(CountWindowInputs));
         // Subqueries become windows before DataFusion decorrelates them into joins.
         let mut logical_rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> =
             vec![Arc::new(AggregateSubqueriesAsWindows)];

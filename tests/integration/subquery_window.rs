@@ -1,6 +1,7 @@
-//! A correlated subquery that aggregates the outer query's own rows is computed as a window
-//! over them. Each query's answer must equal DataFusion's own, run without any of
-//! Tributary's rules, and the rule must apply exactly where it may.
+//! A scalar subquery that aggregates the outer query's own rows is computed as a window over
+//! them: a correlated one in `WHERE` per key, an uncorrelated one in `HAVING` over the
+//! groups. Each query's answer must equal DataFusion's own, run without any of Tributary's
+//! rules, and the rule must apply exactly where it may.
 //!
 //! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
 //! decimals and times are timestamps with time zones (the data of `start_early`).
@@ -107,6 +108,65 @@ const QUERIES: &[(&str, bool)] = &[
          AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
         false,
     ),
+    // Minimums and maximums of floats: DataFusion's grouped and plain ones differ on NaN.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND CAST(f.amount AS DOUBLE) = (SELECT min(CAST(g.amount AS DOUBLE)) FROM {F} g \
+         WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    // Calls of one table function with other arguments are other tables.
+    (
+        "SELECT a.value, b.value FROM generate_series(1, 5) a, generate_series(1, 5) b \
+         WHERE b.value = a.value AND a.value > 1 AND b.value = \
+         (SELECT max(c.value) FROM generate_series(10, 20) c WHERE c.value = a.value)",
+        false,
+    ),
+    // `HAVING` over a share of the total of the same rows (q11's shape), with NULL groups.
+    (
+        "SELECT f.name, sum(f.amount) AS total FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING sum(f.amount) > (SELECT sum(g.amount) * 0.007 FROM {F} g WHERE g.id > 10) \
+         ORDER BY 1",
+        true,
+    ),
+    // A join, counts, and an aggregate the groups do not compute yet.
+    (
+        "SELECT f.k, count(*) AS n FROM {F} f JOIN {P} p ON p.k = f.k GROUP BY f.k \
+         HAVING count(*) * 4 > (SELECT count(*) FROM {F} g, {P} q WHERE q.k = g.k) \
+         AND max(f.amount) > (SELECT min(g.amount) FROM {F} g, {P} q WHERE g.k = q.k) \
+         ORDER BY 1",
+        true,
+    ),
+    // Timestamps with a time zone, and unicode and a quote in the pattern.
+    (
+        "SELECT f.k, max(f.at) AS last FROM {F} f WHERE f.name LIKE '東京 \"q\"%' GROUP BY f.k \
+         HAVING max(f.at) = (SELECT max(g.at) FROM {F} g WHERE g.name LIKE '東京 \"q\"%') \
+         ORDER BY 1",
+        true,
+    ),
+    // No rows, so no groups.
+    (
+        "SELECT f.name, sum(f.amount) FROM {F} f WHERE f.id < 0 GROUP BY f.name \
+         HAVING sum(f.amount) > (SELECT sum(g.amount) * 0.01 FROM {F} g WHERE g.id < 0)",
+        true,
+    ),
+    // Other rows than the groups', an average, a float sum.
+    (
+        "SELECT f.name, sum(f.amount) FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING sum(f.amount) > (SELECT sum(g.amount) * 0.007 FROM {F} g) ORDER BY 1",
+        false,
+    ),
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING avg(f.amount) > (SELECT avg(g.amount) FROM {F} g WHERE g.id > 10) ORDER BY 1",
+        false,
+    ),
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING sum(CAST(f.amount AS DOUBLE)) > \
+         (SELECT sum(CAST(g.amount AS DOUBLE)) * 0.007 FROM {F} g WHERE g.id > 10) ORDER BY 1",
+        false,
+    ),
     // A volatile condition, and an outer join.
     (
         "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 AND random() < 2 \
@@ -149,7 +209,11 @@ async fn subqueries_over_the_outer_rows_are_windows() {
                 "{ours}: the subquery should be a window: {windowed}\n{plan}"
             ));
         }
-        if *windowed && got.lines().count() < 5 && !query.contains("100000") {
+        if *windowed
+            && got.lines().count() < 5
+            && !query.contains("100000")
+            && !query.contains("id < 0")
+        {
             failures.push(format!("{ours}: expected rows, got\n{got}"));
         }
     }

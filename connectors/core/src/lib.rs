@@ -19,6 +19,7 @@ pub mod start_early;
 pub mod subquery_keys;
 pub mod subquery_window;
 pub mod types;
+pub mod window_memory;
 
 pub use catalog::{CatalogOptions, SourceCatalog};
 pub use config::SourceContext;

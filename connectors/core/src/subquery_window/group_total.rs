@@ -1,0 +1,213 @@
+//! An uncorrelated subquery in `HAVING` that aggregates exactly the rows the query groups
+//! becomes the groups' own aggregates combined over a window of all groups.
+//!
+//! TPC-H q11 keeps the parts whose stock value exceeds a share of the whole stock value, over
+//! the same rows:
+//!
+//! ```sql
+//! SELECT ps_partkey, sum(ps_supplycost * ps_availqty) AS value
+//! FROM partsupp, supplier, nation WHERE <joins and filters J> GROUP BY ps_partkey
+//! HAVING sum(ps_supplycost * ps_availqty) >
+//!   (SELECT sum(ps_supplycost * ps_availqty) * 0.0001 FROM partsupp, supplier, nation WHERE <J>)
+//! ```
+//!
+//! The total is the sum of the groups' sums: `sum(sum(…)) OVER ()` over the grouped rows.
+//! DataFusion would read and join `partsupp`, `supplier` and `nation` a second time.
+//!
+//! Why the answer is the same. The subquery reads the same tables (each matched to one of
+//! the query's, all of them) under the same conditions, so it aggregates the rows the query
+//! groups, and the groups divide those rows. So the total `sum` is the sum of the groups'
+//! sums (NULL exactly when each is, i.e. when every value is NULL), `count` the sum of their
+//! counts, `min` the least of their minimums, `max` the greatest of their maximums. Sums of
+//! integers and decimals are exact (and their wrapping, where it happens, does not depend on
+//! the order either); float sums may round differently, and DataFusion's grouped and plain
+//! `min`/`max` disagree on NaN and -0.0, so floats are left alone. The combined value is
+//! cast back to the subquery's aggregate type. With no rows there are no groups, and the
+//! `HAVING` keeps nothing either way.
+//!
+//! The window holds every group at once; the aggregate below it held them all already.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, Result};
+use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, LogicalPlanBuilder, Subquery, Window,
+    WindowFunctionDefinition, cast,
+};
+
+use super::{
+    aggregated, assign, filtered_joins, names_of, renamed, same_condition, table_read, with_value,
+};
+
+/// `filter` (a `HAVING` over `groups`) with `subquery` computed from the groups, if it may
+/// be.
+pub(super) fn windowed(
+    filter: &Filter,
+    groups: &Aggregate,
+    subquery: &Subquery,
+) -> Result<Option<LogicalPlan>> {
+    if groups.group_expr.is_empty()
+        || groups
+            .group_expr
+            .iter()
+            .any(|g| matches!(g, Expr::GroupingSet(_)))
+        || !subquery.outer_ref_columns.is_empty()
+    {
+        return Ok(None);
+    }
+    let Some(inner) = aggregated(&subquery.subquery, splits_over_groups) else {
+        return Ok(None);
+    };
+    let Some(outer) = filtered_joins(&groups.input) else {
+        return Ok(None);
+    };
+    let Some(outer_tables) = outer
+        .leaves
+        .iter()
+        .map(|leaf| table_read(leaf).map(Some))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    if outer_tables.len() != inner.tables.len() {
+        return Ok(None);
+    }
+
+    // The same conditions both ways, the subquery's named as the query's.
+    let mut names = None;
+    assign(&inner.tables, &outer_tables, &mut |assigned| {
+        let candidate = names_of(&inner.tables, &outer_tables, assigned);
+        let mut outer_columns = Vec::new();
+        let Some(conditions) = inner
+            .joined
+            .conditions
+            .iter()
+            .map(|c| renamed(c, &candidate, &mut outer_columns))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
+        };
+        let same = outer_columns.is_empty()
+            && conditions
+                .iter()
+                .all(|c| outer.conditions.iter().any(|o| same_condition(o, c)))
+            && outer
+                .conditions
+                .iter()
+                .all(|o| conditions.iter().any(|c| same_condition(o, c)));
+        if same {
+            names = Some(candidate);
+        }
+        same
+    });
+    let Some(names) = names else {
+        return Ok(None);
+    };
+
+    // The subquery's aggregates among the groups' (added where missing), each combined over
+    // all groups.
+    let mut aggr_expr = groups.aggr_expr.clone();
+    let mut parts = Vec::new();
+    for aggregate in &inner.aggregate.aggr_expr {
+        let Expr::AggregateFunction(AggregateFunction { func, .. }) = aggregate else {
+            return Ok(None);
+        };
+        let Some(per_group) = renamed(aggregate, &names, &mut Vec::new()) else {
+            return Ok(None);
+        };
+        let index = match aggr_expr.iter().position(|a| *a == per_group) {
+            Some(index) => index,
+            None => {
+                aggr_expr.push(per_group);
+                aggr_expr.len() - 1
+            }
+        };
+        let combine = match func.name() {
+            "sum" | "count" => sum_udaf(),
+            "min" => min_udaf(),
+            "max" => max_udaf(),
+            _ => return Ok(None),
+        };
+        parts.push((index, combine));
+    }
+    let groups = Aggregate::try_new(
+        Arc::clone(&groups.input),
+        groups.group_expr.clone(),
+        aggr_expr,
+    )?;
+    let first_aggregate = groups.group_expr_len()?;
+    let windows: Vec<Expr> = parts
+        .iter()
+        .map(|(index, combine)| {
+            let per_group = Column::from(groups.schema.qualified_field(first_aggregate + index));
+            Expr::from(WindowFunction::new(
+                WindowFunctionDefinition::AggregateUDF(Arc::clone(combine)),
+                vec![Expr::Column(per_group)],
+            ))
+        })
+        .collect();
+    let window = Window::try_new(windows.clone(), Arc::new(LogicalPlan::Aggregate(groups)))?;
+
+    let mut values = Vec::new();
+    for (i, total) in windows.iter().enumerate() {
+        let (qualifier, field) = inner.aggregate.schema.qualified_field(i);
+        let total = Expr::Column(Column::from_name(total.schema_name().to_string()));
+        let total_type = total.get_type(&window.schema)?;
+        let total = if total_type == *field.data_type() {
+            total
+        } else {
+            cast(total, field.data_type().clone())
+        };
+        values.push((Column::new(qualifier.cloned(), field.name()), total));
+    }
+    let value = inner
+        .output
+        .clone()
+        .unalias()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => match values.iter().find(|(output, _)| *output == c) {
+                    Some((_, total)) => Transformed::yes(total.clone()),
+                    None => Transformed::no(Expr::Column(c)),
+                },
+                e => Transformed::no(e),
+            })
+        })?
+        .data;
+    let having = split_conjunction(&filter.predicate)
+        .into_iter()
+        .map(|c| with_value(c, subquery, &value))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(having) = conjunction(having) else {
+        return Ok(None);
+    };
+    LogicalPlanBuilder::from(LogicalPlan::Window(window))
+        .filter(having)?
+        .project(
+            filter
+                .input
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column),
+        )?
+        .build()
+        .map(Some)
+}
+
+/// Whether an aggregate over rows divided into groups can be computed from its values over
+/// each group, exactly as DataFusion computes it (see the module documentation).
+fn splits_over_groups(name: &str, data_type: &DataType) -> bool {
+    match name {
+        "count" => true,
+        "sum" => data_type.is_integer() || data_type.is_decimal(),
+        "min" | "max" => !data_type.is_floating(),
+        _ => false,
+    }
+}

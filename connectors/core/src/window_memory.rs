@@ -1,0 +1,239 @@
+//! A window that holds its whole input in memory counts it against the memory limit.
+//!
+//! DataFusion's `WindowAggExec` (a window whose frame reaches past the current row to the
+//! end of its partition, as `min(x) OVER (PARTITION BY k)` does) keeps every input batch
+//! until its input ends, without counting them in the memory pool. A query over a large
+//! window could exhaust the process's memory whatever `server.memory_limit` says.
+//! [`CountWindowInputs`] puts a [`CountedInputExec`] under each such window: it counts every
+//! batch the window takes until the window's stream is dropped, so that the query fails with
+//! DataFusion's "resources exhausted" error, naming the window, instead.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::windows::WindowAggExec;
+use datafusion::physical_plan::{
+    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+};
+use futures::StreamExt;
+
+/// Counts the input of every `WindowAggExec` against the memory pool (see the module
+/// documentation).
+#[derive(Debug, Default)]
+pub struct CountWindowInputs;
+
+impl PhysicalOptimizerRule for CountWindowInputs {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(window) = node.downcast_ref::<WindowAggExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let input = window.input();
+            if input.downcast_ref::<CountedInputExec>().is_some() {
+                return Ok(Transformed::no(node));
+            }
+            let counted = Arc::new(CountedInputExec::new(Arc::clone(input), "WindowAggExec"));
+            // The counted input has its input's properties: the window's stay as they are.
+            node.replace_children(
+                vec![counted],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+            )
+            .map(Transformed::yes)
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "tributary_count_window_inputs"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Passes its input's batches on unchanged, counting each in the memory pool, as held by
+/// `reader`, until the stream is dropped.
+#[derive(Debug)]
+pub struct CountedInputExec {
+    input: Arc<dyn ExecutionPlan>,
+    reader: &'static str,
+}
+
+impl CountedInputExec {
+    /// `input`, counted as held by `reader` (the operator that keeps what it reads).
+    pub fn new(input: Arc<dyn ExecutionPlan>, reader: &'static str) -> Self {
+        CountedInputExec { input, reader }
+    }
+}
+
+impl DisplayAs for CountedInputExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CountedInputExec: held by {}", self.reader)
+    }
+}
+
+impl ExecutionPlan for CountedInputExec {
+    fn name(&self) -> &str {
+        "CountedInputExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("CountedInputExec takes one child, got {}", children.len());
+        }
+        Ok(Arc::new(CountedInputExec::new(
+            children.swap_remove(0),
+            self.reader,
+        )))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let schema = input.schema();
+        let reservation = MemoryConsumer::new(format!("{}[{partition}]", self.reader))
+            .register(context.memory_pool());
+        let counted = input.map(move |batch| {
+            let batch = batch?;
+            reservation.try_grow(batch.get_array_memory_size())?;
+            Ok(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        match input_stats.first() {
+            Some(stats) => Ok(Arc::clone(stats)),
+            None => internal_err!("CountedInputExec has no input statistics"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    fn context(memory_limit: usize) -> SessionContext {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_limit, 1.0)
+            .build_arc()
+            .unwrap();
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(2))
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(CountWindowInputs))
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// A window over 4 million rows (32 MB of values) held whole.
+    const QUERY: &str = "SELECT count(*) FROM (SELECT value, max(value) OVER () AS top \
+                         FROM generate_series(1, 4000000)) WHERE value = top";
+
+    #[tokio::test]
+    async fn a_window_over_more_than_the_memory_limit_fails_naming_the_window() {
+        let error = context(8 << 20)
+            .sql(QUERY)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .expect_err("over the limit");
+        let message = error.to_string();
+        assert!(
+            message.contains("Resources exhausted") && message.contains("WindowAggExec"),
+            "{message}"
+        );
+
+        let plan = context(8 << 20)
+            .sql(QUERY)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(
+            shown.contains("CountedInputExec: held by WindowAggExec"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test]
+    async fn within_the_limit_the_window_answers() {
+        let batches = context(256 << 20)
+            .sql(QUERY)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains("| 1        |"), "{shown}");
+    }
+}
