@@ -167,6 +167,20 @@ const QUERIES: &[(&str, bool)] = &[
          (SELECT sum(CAST(g.amount AS DOUBLE)) * 0.007 FROM {F} g WHERE g.id > 10) ORDER BY 1",
         false,
     ),
+    // The groups have another aggregate of the same name (`sum(f.k)`, with other casts).
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING sum(CAST(f.k AS SMALLINT)) > (SELECT sum(g.k) / 200 FROM {F} g WHERE g.id > 10) \
+         ORDER BY 1",
+        false,
+    ),
+    // A volatile `HAVING` condition would be applied below the window.
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING random() < 2 AND sum(f.amount) > \
+         (SELECT sum(g.amount) * 0.007 FROM {F} g WHERE g.id > 10) ORDER BY 1",
+        false,
+    ),
     // A volatile condition, and an outer join.
     (
         "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 AND random() < 2 \

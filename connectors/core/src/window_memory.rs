@@ -5,14 +5,17 @@
 //! until its input ends, without counting them in the memory pool. A query over a large
 //! window could exhaust the process's memory whatever `server.memory_limit` says.
 //! [`CountWindowInputs`] puts a [`CountedInputExec`] under each such window: it counts every
-//! batch the window takes until the window's stream is dropped, so that the query fails with
-//! DataFusion's "resources exhausted" error, naming the window, instead.
+//! batch the window takes as the window gathers them, until the window lets go of its input,
+//! so that a window too large for the limit fails the query with DataFusion's "resources
+//! exhausted" error, naming the window, instead. (The window's copy of all batches joined
+//! into one, made after its input ends, is not counted.)
 
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::utils::memory::RecordBatchMemoryCounter;
 use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
@@ -142,9 +145,12 @@ impl ExecutionPlan for CountedInputExec {
         let schema = input.schema();
         let reservation = MemoryConsumer::new(format!("{}[{partition}]", self.reader))
             .register(context.memory_pool());
+        // Batches often share buffers (an aggregate hands out slices of one batch of all its
+        // groups): each buffer is counted once, whole, as the batches keep it whole.
+        let mut counter = RecordBatchMemoryCounter::new();
         let counted = input.map(move |batch| {
             let batch = batch?;
-            reservation.try_grow(batch.get_array_memory_size())?;
+            reservation.try_grow(counter.count_batch(&batch))?;
             Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
@@ -220,6 +226,26 @@ mod tests {
             shown.contains("CountedInputExec: held by WindowAggExec"),
             "{shown}"
         );
+    }
+
+    /// An aggregate hands out its groups as slices of one batch: each is counted once.
+    /// (Counted per slice, the window would count 39 MB here.)
+    #[tokio::test]
+    async fn slices_of_one_batch_are_counted_once() {
+        let query = "SELECT count(*) FROM (SELECT g, n, sum(n) OVER () AS total FROM \
+                     (SELECT value % 300000 AS g, count(*) AS n \
+                      FROM generate_series(1, 600000) GROUP BY g)) WHERE n * 300000 = total";
+        let batches = context(48 << 20)
+            .sql(query)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains("| 300000   |"), "{shown}");
     }
 
     #[tokio::test]

@@ -25,7 +25,9 @@
 //! cast back to the subquery's aggregate type. With no rows there are no groups, and the
 //! `HAVING` keeps nothing either way.
 //!
-//! The window holds every group at once; the aggregate below it held them all already.
+//! The window holds every group at once (counted in the memory pool, by
+//! [`crate::window_memory`], but never spilled), where DataFusion's plan compared each group
+//! with the total as it came.
 
 use std::sync::Arc;
 
@@ -58,6 +60,11 @@ pub(super) fn windowed(
             .iter()
             .any(|g| matches!(g, Expr::GroupingSet(_)))
         || !subquery.outer_ref_columns.is_empty()
+        // DataFusion pushes a HAVING condition that reads no column (`random() < 0.5`)
+        // below a window over all rows, which would then total only the rows it keeps.
+        || split_conjunction(&filter.predicate)
+            .iter()
+            .any(|c| c.is_volatile())
     {
         return Ok(None);
     }
@@ -121,8 +128,17 @@ pub(super) fn windowed(
         let Some(per_group) = renamed(aggregate, &names, &mut Vec::new()) else {
             return Ok(None);
         };
+        let name = per_group.schema_name().to_string();
         let index = match aggr_expr.iter().position(|a| *a == per_group) {
             Some(index) => index,
+            // Another aggregate of the same name (`sum(CAST(x AS INT))` and `sum(x)` are
+            // both `sum(x)`): the groups cannot have both.
+            None if aggr_expr
+                .iter()
+                .any(|a| a.schema_name().to_string() == name) =>
+            {
+                return Ok(None);
+            }
             None => {
                 aggr_expr.push(per_group);
                 aggr_expr.len() - 1
