@@ -7,6 +7,7 @@ mod guard;
 mod handles;
 mod metadata;
 mod metrics;
+mod planned;
 mod running;
 mod service;
 mod status;

@@ -42,6 +42,7 @@ use super::compact::compact_views;
 use super::handles::StatementHandle;
 use super::metadata;
 use super::metrics::Metrics;
+use super::planned::PlannedStatements;
 use super::running::{Query, Running};
 use super::status::{read_only, status};
 use crate::engine::Engine;
@@ -53,7 +54,8 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
-/// Tributary's Flight SQL service. Stateless: handles and tickets carry the statement.
+/// Tributary's Flight SQL service. Handles and tickets carry the statement; a plan made for
+/// `GetFlightInfo` is kept briefly for its `DoGet`, which plans again without it.
 #[derive(Clone)]
 pub struct TributaryFlightSql {
     engine: Engine,
@@ -62,6 +64,7 @@ pub struct TributaryFlightSql {
     running: Arc<Running>,
     auth: Option<Arc<Authenticator>>,
     metrics: Arc<Metrics>,
+    planned: Arc<PlannedStatements>,
 }
 
 impl TributaryFlightSql {
@@ -75,6 +78,7 @@ impl TributaryFlightSql {
             running: Arc::new(Running::new(Arc::clone(&metrics))),
             auth,
             metrics,
+            planned: Arc::default(),
         }
     }
 
@@ -157,9 +161,13 @@ impl TributaryFlightSql {
         }
     }
 
-    /// The schema the statement's results will have on the wire.
+    /// The schema the statement's results will have on the wire. The plan is kept for the
+    /// `DoGet` that runs it.
     async fn dataset_schema(&self, handle: &StatementHandle) -> Result<SchemaRef, Status> {
-        Ok(result_schema(&self.plan(handle).await?))
+        let plan = self.plan(handle).await?;
+        let schema = result_schema(&plan);
+        self.planned.keep(handle.encode(), plan);
+        Ok(schema)
     }
 
     /// Runs the statement, streaming its batches as they come, until it ends, the client
@@ -171,7 +179,15 @@ impl TributaryFlightSql {
     ) -> Result<Response<DoGetStream>, Status> {
         let user = request.extensions().get::<Principal>().map(|p| p.0.clone());
         let ticket = request.into_inner().ticket;
-        let df = self.plan(handle).await?;
+        let kept = self.planned.take(&handle.encode());
+        tracing::debug!(
+            planned_for_flight_info = kept.is_some(),
+            "DoGet runs a statement"
+        );
+        let df = match kept {
+            Some(df) => df,
+            None => self.plan(handle).await?,
+        };
         let schema = result_schema(&df);
         let task = Arc::new(df.task_ctx());
         // Kept for the sources' row and byte counts when the query ends.
