@@ -1,7 +1,8 @@
 //! Plans made for `GetFlightInfo`, kept for the `DoGet` that usually follows, so that a
-//! statement is planned once rather than twice: turning SQL into a plan takes about 2.5 ms
-//! of TPC-H q02, a tenth of the query. A ticket stays self-contained: a `DoGet` on another
-//! node, a second `DoGet` of one ticket, or one after the plan was dropped plans again.
+//! statement is planned once rather than twice (which shows on queries of a few tens of
+//! milliseconds, such as TPC-H q02 and q11). A ticket stays self-contained: a `DoGet` on
+//! another node, a second `DoGet` of one ticket, or one after the plan was dropped plans
+//! again.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

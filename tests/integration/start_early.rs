@@ -230,6 +230,25 @@ impl Lake {
         (ours, df)
     }
 
+    /// `query` run by Tributary: its text as Tributary names the tables, its optimized
+    /// logical plan (indented), its answer (a text table), and a failure unless that is
+    /// plain DataFusion's answer.
+    pub(crate) async fn checked(&self, query: &str) -> (String, String, String, Option<String>) {
+        let (ours, df) = self.plan(query).await;
+        let plan = df
+            .clone()
+            .into_optimized_plan()
+            .unwrap()
+            .display_indent()
+            .to_string();
+        let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
+        let got = pretty_format_batches(&got).unwrap().to_string();
+        let want = self.want(query).await;
+        let mismatch =
+            (got != want).then(|| format!("{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"));
+        (ours, plan, got, mismatch)
+    }
+
     /// Plain DataFusion's answer to `query`, as a text table.
     pub(crate) async fn want(&self, query: &str) -> String {
         let theirs = query.replace("{F}", "facts").replace("{P}", "picks");

@@ -5,8 +5,6 @@
 //! Keys have NULLs and values with no match; names have quotes and unicode; amounts are
 //! decimals and times are timestamps with time zones (the data of `start_early`).
 
-use arrow::util::pretty::pretty_format_batches;
-
 use crate::start_early::Lake;
 
 /// Where the subquery's aggregate input is semi-joined with the outer table's keys.
@@ -89,22 +87,8 @@ async fn subquery_groups_are_computed_for_the_outer_keys_only() {
 
     let mut failures = Vec::new();
     for (query, narrowed) in QUERIES {
-        let (ours, df) = lake.plan(query).await;
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string();
-        let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
-        let got = pretty_format_batches(&got).unwrap().to_string();
-
-        let want = lake.want(query).await;
-        if got != want {
-            failures.push(format!(
-                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
-            ));
-        }
+        let (ours, plan, _, mismatch) = lake.checked(query).await;
+        failures.extend(mismatch);
         let found = narrowed_in(&plan);
         if found != *narrowed {
             failures.push(format!(

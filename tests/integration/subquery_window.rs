@@ -200,24 +200,8 @@ async fn subqueries_over_the_outer_rows_are_windows() {
 
     let mut failures = Vec::new();
     for (query, windowed) in QUERIES {
-        let (ours, df) = lake.plan(query).await;
-        let plan = df
-            .clone()
-            .into_optimized_plan()
-            .unwrap()
-            .display_indent()
-            .to_string();
-        let got = df.collect().await.unwrap_or_else(|e| panic!("{ours}: {e}"));
-        let got = arrow::util::pretty::pretty_format_batches(&got)
-            .unwrap()
-            .to_string();
-
-        let want = lake.want(query).await;
-        if got != want {
-            failures.push(format!(
-                "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
-            ));
-        }
+        let (ours, plan, got, mismatch) = lake.checked(query).await;
+        failures.extend(mismatch);
         if plan.contains("WindowAggr:") != *windowed {
             failures.push(format!(
                 "{ours}: the subquery should be a window: {windowed}\n{plan}"

@@ -530,7 +530,11 @@ impl ExecutionPlan for EarlyStartExec {
     }
 }
 
-fn pass_statistics(input_stats: &[Arc<Statistics>], node: &str) -> Result<Arc<Statistics>> {
+/// The statistics of a node that passes its one input's rows on unchanged.
+pub(crate) fn pass_statistics(
+    input_stats: &[Arc<Statistics>],
+    node: &str,
+) -> Result<Arc<Statistics>> {
     match input_stats.first() {
         Some(stats) => Ok(Arc::clone(stats)),
         None => internal_err!("{node} has no input statistics"),

@@ -28,6 +28,8 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use crate::start_early::pass_statistics;
+
 /// Counts the input of every `WindowAggExec` against the memory pool (see the module
 /// documentation).
 #[derive(Debug, Default)]
@@ -165,10 +167,7 @@ impl ExecutionPlan for CountedInputExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        match input_stats.first() {
-            Some(stats) => Ok(Arc::clone(stats)),
-            None => internal_err!("CountedInputExec has no input statistics"),
-        }
+        pass_statistics(input_stats, "CountedInputExec")
     }
 }
 
@@ -193,20 +192,22 @@ mod tests {
         SessionContext::new_with_state(state)
     }
 
+    /// `sql`'s answer (as a text table) under a memory limit of `memory_limit` bytes.
+    async fn answer(memory_limit: usize, sql: &str) -> Result<String> {
+        let batches = context(memory_limit).sql(sql).await?.collect().await?;
+        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    }
+
     /// A window over 4 million rows (32 MB of values) held whole.
     const QUERY: &str = "SELECT count(*) FROM (SELECT value, max(value) OVER () AS top \
                          FROM generate_series(1, 4000000)) WHERE value = top";
 
     #[tokio::test]
     async fn a_window_over_more_than_the_memory_limit_fails_naming_the_window() {
-        let error = context(8 << 20)
-            .sql(QUERY)
+        let message = answer(8 << 20, QUERY)
             .await
-            .unwrap()
-            .collect()
-            .await
-            .expect_err("over the limit");
-        let message = error.to_string();
+            .expect_err("over the limit")
+            .to_string();
         assert!(
             message.contains("Resources exhausted") && message.contains("WindowAggExec"),
             "{message}"
@@ -235,31 +236,13 @@ mod tests {
         let query = "SELECT count(*) FROM (SELECT g, n, sum(n) OVER () AS total FROM \
                      (SELECT value % 300000 AS g, count(*) AS n \
                       FROM generate_series(1, 600000) GROUP BY g)) WHERE n * 300000 = total";
-        let batches = context(48 << 20)
-            .sql(query)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let shown = answer(48 << 20, query).await.unwrap();
         assert!(shown.contains("| 300000   |"), "{shown}");
     }
 
     #[tokio::test]
     async fn within_the_limit_the_window_answers() {
-        let batches = context(256 << 20)
-            .sql(QUERY)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let shown = answer(256 << 20, QUERY).await.unwrap();
         assert!(shown.contains("| 1        |"), "{shown}");
     }
 }

@@ -29,22 +29,23 @@
 //! [`crate::window_memory`], but never spilled), where DataFusion's plan compared each group
 //! with the total as it came.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
 use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
-use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, LogicalPlanBuilder, Subquery, Window,
+    Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, Subquery, Window,
     WindowFunctionDefinition, cast,
 };
 
 use super::{
-    aggregated, assign, filtered_joins, names_of, renamed, same_condition, table_read, with_value,
+    aggregated, assign, filtered_joins, filtered_over, names_of, renamed, same_condition,
+    table_read, value_over_windows,
 };
 
 /// `filter` (a `HAVING` over `groups`) with `subquery` computed from the groups, if it may
@@ -170,7 +171,7 @@ pub(super) fn windowed(
         .collect();
     let window = Window::try_new(windows.clone(), Arc::new(LogicalPlan::Aggregate(groups)))?;
 
-    let mut values = Vec::new();
+    let mut values = HashMap::new();
     for (i, total) in windows.iter().enumerate() {
         let (qualifier, field) = inner.aggregate.schema.qualified_field(i);
         let total = Expr::Column(Column::from_name(total.schema_name().to_string()));
@@ -180,41 +181,18 @@ pub(super) fn windowed(
         } else {
             cast(total, field.data_type().clone())
         };
-        values.push((Column::new(qualifier.cloned(), field.name()), total));
+        values.insert(Column::new(qualifier.cloned(), field.name()), total);
     }
-    let value = inner
-        .output
-        .clone()
-        .unalias()
-        .transform(|e| {
-            Ok(match e {
-                Expr::Column(c) => match values.iter().find(|(output, _)| *output == c) {
-                    Some((_, total)) => Transformed::yes(total.clone()),
-                    None => Transformed::no(Expr::Column(c)),
-                },
-                e => Transformed::no(e),
-            })
-        })?
-        .data;
-    let having = split_conjunction(&filter.predicate)
-        .into_iter()
-        .map(|c| with_value(c, subquery, &value))
-        .collect::<Result<Vec<_>>>()?;
-    let Some(having) = conjunction(having) else {
-        return Ok(None);
-    };
-    LogicalPlanBuilder::from(LogicalPlan::Window(window))
-        .filter(having)?
-        .project(
-            filter
-                .input
-                .schema()
-                .columns()
-                .into_iter()
-                .map(Expr::Column),
-        )?
-        .build()
-        .map(Some)
+    // Uncorrelated: the value reads no outer column.
+    let (value, _) = value_over_windows(inner.output, &values)?;
+    let having = split_conjunction(&filter.predicate);
+    filtered_over(
+        LogicalPlan::Window(window),
+        &having,
+        filter,
+        subquery,
+        &value,
+    )
 }
 
 /// Whether an aggregate over rows divided into groups can be computed from its values over

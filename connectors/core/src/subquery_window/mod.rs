@@ -28,9 +28,10 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, JoinType, NullEquality, Result, TableReference};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
-use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    Aggregate, BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, Subquery, TableScan,
+    Aggregate, BinaryExpr, Expr, ExprSchemable, Filter, LogicalPlan, LogicalPlanBuilder, Operator,
+    Subquery, TableScan,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
@@ -165,7 +166,7 @@ fn aggregated<'a>(
         || !aggregate
             .aggr_expr
             .iter()
-            .all(|a| plain_call(a, aggregate, &admits).is_some())
+            .all(|a| plain_call(a, aggregate, &admits))
     {
         return None;
     }
@@ -183,38 +184,32 @@ fn aggregated<'a>(
     })
 }
 
-/// `aggregate` (an aggregate of `of`) as a call with one argument, no `DISTINCT`, `FILTER`,
-/// `ORDER BY` or volatile or outer or subquery argument, of a function that `admits` its
-/// name and argument type.
-fn plain_call<'a>(
-    aggregate: &'a Expr,
-    of: &Aggregate,
-    admits: &impl Fn(&str, &DataType) -> bool,
-) -> Option<&'a AggregateFunction> {
-    let Expr::AggregateFunction(
-        call @ AggregateFunction {
-            func,
-            params:
-                AggregateFunctionParams {
-                    args,
-                    distinct: false,
-                    filter: None,
-                    order_by,
-                    null_treatment: None,
-                },
-        },
-    ) = aggregate
+/// Whether `aggregate` (an aggregate of `of`) is a call with one argument, no `DISTINCT`,
+/// `FILTER`, `ORDER BY` or volatile or outer or subquery argument, of a function that
+/// `admits` its name and argument type.
+fn plain_call(aggregate: &Expr, of: &Aggregate, admits: &impl Fn(&str, &DataType) -> bool) -> bool {
+    let Expr::AggregateFunction(AggregateFunction {
+        func,
+        params:
+            AggregateFunctionParams {
+                args,
+                distinct: false,
+                filter: None,
+                order_by,
+                null_treatment: None,
+            },
+    }) = aggregate
     else {
-        return None;
+        return false;
     };
     let [arg] = args.as_slice() else {
-        return None;
+        return false;
     };
     if !order_by.is_empty() || arg.is_volatile() || arg.contains_outer() || has_subquery(arg) {
-        return None;
+        return false;
     }
-    let data_type = arg.get_type(of.input.schema()).ok()?;
-    admits(func.name(), &data_type).then_some(call)
+    arg.get_type(of.input.schema())
+        .is_ok_and(|data_type| admits(func.name(), &data_type))
 }
 
 /// A leaf of a join tree that reads a whole table: the scan, and the name its columns carry.
@@ -376,6 +371,63 @@ fn has_subquery(expr: &Expr) -> bool {
         ))
     })
     .unwrap_or(true)
+}
+
+/// The subquery's value as an expression over the window: `output` with each aggregate's
+/// output column replaced by its window expression in `windows` and outer columns made plain
+/// columns, and those outer columns.
+fn value_over_windows(
+    output: &Expr,
+    windows: &HashMap<Column, Expr>,
+) -> Result<(Expr, Vec<Column>)> {
+    let mut outer_columns = Vec::new();
+    let value = output
+        .clone()
+        .unalias()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => match windows.get(&c) {
+                    Some(window) => Transformed::yes(window.clone()),
+                    None => Transformed::no(Expr::Column(c)),
+                },
+                Expr::OuterReferenceColumn(_, c) => {
+                    outer_columns.push(c.clone());
+                    Transformed::yes(Expr::Column(c))
+                }
+                e => Transformed::no(e),
+            })
+        })?
+        .data;
+    Ok((value, outer_columns))
+}
+
+/// `windowed` under the conditions of `filter` that remain to be applied over it, with
+/// `subquery` replaced by `value`, and only `filter`'s columns: the filter, rebuilt.
+fn filtered_over(
+    windowed: LogicalPlan,
+    conditions: &[&Expr],
+    filter: &Filter,
+    subquery: &Subquery,
+    value: &Expr,
+) -> Result<Option<LogicalPlan>> {
+    let conditions = conditions
+        .iter()
+        .map(|c| with_value(c, subquery, value))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(condition) = conjunction(conditions) else {
+        return Ok(None);
+    };
+    let columns = filter
+        .input
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column);
+    LogicalPlanBuilder::from(windowed)
+        .filter(condition)?
+        .project(columns)?
+        .build()
+        .map(Some)
 }
 
 /// `condition` with `subquery` replaced by `value`.

@@ -45,18 +45,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result, TableReference};
 use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction, WindowFunctionParams};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    Expr, Filter, LogicalPlan, LogicalPlanBuilder, Subquery, Window, WindowFrame,
-    WindowFunctionDefinition,
+    Expr, Filter, LogicalPlan, Subquery, Window, WindowFrame, WindowFunctionDefinition,
 };
 
 use super::{
-    Aggregated, Joined, aggregated, assign, has_subquery, joined, names_of, renamed,
-    same_condition, table_read, with_value,
+    Aggregated, Joined, aggregated, assign, filtered_over, has_subquery, joined, names_of, renamed,
+    same_condition, table_read, value_over_windows,
 };
 
 /// `filter` with `subquery` computed as a window over the filter's input, if it may be.
@@ -242,25 +240,7 @@ fn window_plan(
         );
         windows.push(window);
     }
-    let mut outer_columns = Vec::new();
-    let value = inner
-        .output
-        .clone()
-        .unalias()
-        .transform(|e| {
-            Ok(match e {
-                Expr::Column(c) => match values.get(&c) {
-                    Some(window) => Transformed::yes(window.clone()),
-                    None => Transformed::no(Expr::Column(c)),
-                },
-                Expr::OuterReferenceColumn(_, c) => {
-                    outer_columns.push(c.clone());
-                    Transformed::yes(Expr::Column(c))
-                }
-                e => Transformed::no(e),
-            })
-        })?
-        .data;
+    let (value, outer_columns) = value_over_windows(inner.output, &values)?;
     if !outer_columns
         .iter()
         .all(|c| filter.input.schema().has_column(c))
@@ -276,23 +256,5 @@ fn window_plan(
         plan = LogicalPlan::Filter(Filter::try_new(below, Arc::new(plan))?);
     }
     plan = LogicalPlan::Window(Window::try_new(windows, Arc::new(plan))?);
-    let above = above
-        .into_iter()
-        .map(|c| with_value(c, subquery, &value))
-        .collect::<Result<Vec<_>>>()?;
-    let Some(above) = conjunction(above) else {
-        return Ok(None);
-    };
-    LogicalPlanBuilder::from(plan)
-        .filter(above)?
-        .project(
-            filter
-                .input
-                .schema()
-                .columns()
-                .into_iter()
-                .map(Expr::Column),
-        )?
-        .build()
-        .map(Some)
+    filtered_over(plan, &above, filter, subquery, &value)
 }
