@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod compact;
+mod get_schema;
 mod guard;
 mod handles;
 mod metadata;
@@ -28,6 +29,7 @@ pub use service::TributaryFlightSql;
 
 use crate::config::{ServerConfig, TlsConfig};
 use crate::engine::Engine;
+use get_schema::WithGetSchema;
 use guard::GuardLayer;
 
 /// Largest gRPC message accepted or sent (bound parameters, metadata answers).
@@ -155,9 +157,12 @@ pub async fn serve(
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    type Flight = FlightServiceServer<TributaryFlightSql>;
-    let flight_sql =
-        TributaryFlightSql::new(engine, options.auth.clone(), Arc::clone(&options.metrics));
+    type Flight = FlightServiceServer<WithGetSchema>;
+    let flight_sql = WithGetSchema(TributaryFlightSql::new(
+        engine,
+        options.auth.clone(),
+        Arc::clone(&options.metrics),
+    ));
     let service = Flight::new(flight_sql)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -9,23 +9,25 @@ use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{ActionCancelQueryRequest, ActionCancelQueryResult};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
-    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
-    CommandStatementQuery, CommandStatementSubstraitPlan, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementResult, Any, Command, CommandGetCatalogs,
+    CommandGetCrossReference, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandGetXdbcTypeInfo, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementSubstraitPlan,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action, ActionType, BasicAuth, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    SchemaAsIpc, SchemaResult, Ticket,
 };
 use bytes::Bytes;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -204,6 +206,41 @@ impl TributaryFlightSql {
             .running
             .track(query, batches, |batches| encode(schema, batches));
         Ok(Response::new(Box::pin(data)))
+    }
+
+    /// Answers `GetSchema`: the schema a command's results will have, without running
+    /// it. A statement or prepared statement is planned (its plan is not kept: no `DoGet`
+    /// follows a `GetSchema`); any other command answers with its `FlightInfo`'s schema.
+    pub async fn schema_of(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        if request.get_ref().r#type != DescriptorType::Cmd as i32 {
+            return Err(Status::invalid_argument(
+                "GetSchema takes a command descriptor (a statement or a metadata command); \
+                 this server names no datasets by path",
+            ));
+        }
+        let message = Any::decode(&*request.get_ref().cmd)
+            .map_err(|e| Status::invalid_argument(format!("unreadable command: {e}")))?;
+        let command = Command::try_from(message)
+            .map_err(|e| Status::invalid_argument(format!("unreadable command: {e}")))?;
+        let handle = match command {
+            Command::CommandStatementQuery(query) => StatementHandle::new(query.query),
+            Command::CommandPreparedStatementQuery(cmd) => {
+                StatementHandle::decode(&cmd.prepared_statement_handle)?
+            }
+            _ => {
+                let info = FlightService::get_flight_info(self, request).await?;
+                return Ok(Response::new(SchemaResult {
+                    schema: info.into_inner().schema,
+                }));
+            }
+        };
+        let schema = result_schema(&self.plan(&handle).await?);
+        Ok(Response::new(SchemaResult {
+            schema: schema_bytes(&schema)?,
+        }))
     }
 
     /// Stops the queries behind `info`'s tickets.

@@ -61,6 +61,10 @@ def main(uri, user=None, password=None, ca=None):
         table = cur.fetch_arrow_table()
         check("empty result", table.num_rows == 0 and table.schema.names == ["n_name"], table.schema)
 
+        # The columns of a statement, without running it (Flight's GetSchema).
+        schema = cur.adbc_execute_schema("SELECT n_nationkey, n_name FROM nation")
+        check("execute_schema", schema.names == ["n_nationkey", "n_name"], schema)
+
         objects = conn.adbc_get_objects(depth="all", catalog_filter="demo", table_name_filter="nat%").read_all().to_pylist()
         schemas = {s["db_schema_name"]: s for c in objects for s in c["catalog_db_schemas"]}
         tables = {t["table_name"]: t for t in schemas["tpch"]["db_schema_tables"]}

@@ -11,10 +11,13 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
-    CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo, SqlInfo,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo,
 };
-use arrow_flight::{FlightInfo, IpcMessage, Ticket};
+use arrow_flight::{Action, FlightDescriptor, FlightInfo, IpcMessage, Ticket};
 use futures::TryStreamExt;
+use prost::Message;
 use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -285,6 +288,92 @@ async fn prepared_statements_bind_parameters() {
 }
 
 #[tokio::test]
+async fn get_schema_answers_without_running() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    let sql = "SELECT n_nationkey, n_name, n_nationkey * 1.5 AS x FROM nation";
+    let announced = client
+        .execute(sql.into(), None)
+        .await
+        .unwrap()
+        .try_decode_schema()
+        .unwrap();
+    let statement = CommandStatementQuery {
+        query: sql.into(),
+        transaction_id: None,
+    };
+    assert_eq!(
+        get_schema(&mut client, statement.as_any()).await.unwrap(),
+        announced
+    );
+
+    // A prepared statement's, before its parameters are bound.
+    let request = ActionCreatePreparedStatementRequest {
+        query: "SELECT n_name, n_regionkey FROM nation WHERE n_nationkey = ?".into(),
+        transaction_id: None,
+    };
+    let action = Action::new("CreatePreparedStatement", request.as_any().encode_to_vec());
+    let results: Vec<_> = client
+        .do_action(action)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let created: ActionCreatePreparedStatementResult = Any::decode(results[0].body.clone())
+        .unwrap()
+        .unpack()
+        .unwrap()
+        .unwrap();
+    let prepared = CommandPreparedStatementQuery {
+        prepared_statement_handle: created.prepared_statement_handle,
+    };
+    let schema = get_schema(&mut client, prepared.as_any()).await.unwrap();
+    let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["n_name", "n_regionkey"]);
+
+    // A metadata command's, as its FlightInfo announces it.
+    let tables = CommandGetTables {
+        include_schema: true,
+        ..Default::default()
+    };
+    let announced = client
+        .get_tables(tables.clone())
+        .await
+        .unwrap()
+        .try_decode_schema()
+        .unwrap();
+    assert_eq!(
+        get_schema(&mut client, tables.as_any()).await.unwrap(),
+        announced
+    );
+
+    // Bad SQL and a path are the client's mistakes.
+    let bad = CommandStatementQuery {
+        query: "SELECT nope FROM nation".into(),
+        transaction_id: None,
+    };
+    let (code, message) = get_schema(&mut client, bad.as_any()).await.unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("nope"), "{message}");
+    let path = client
+        .inner_mut()
+        .get_schema(FlightDescriptor::new_path(vec!["nation".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(path.code(), Code::InvalidArgument, "{path}");
+}
+
+/// The schema `GetSchema` answers for `command`, or the status's code and message.
+async fn get_schema(client: &mut Client, command: Any) -> Result<Schema, (Code, String)> {
+    let descriptor = FlightDescriptor::new_cmd(command.encode_to_vec());
+    match client.inner_mut().get_schema(descriptor).await {
+        Ok(answer) => Ok(Schema::try_from(answer.into_inner()).unwrap()),
+        Err(status) => Err((status.code(), status.message().to_string())),
+    }
+}
+
+#[tokio::test]
 async fn metadata_lists_catalogs_schemas_tables_types_and_keys() {
     let db = Database::create("flight").await;
     db.execute(
@@ -452,7 +541,7 @@ async fn the_adbc_driver_queries_binds_and_lists() {
     let uri = format!("grpc://{}", server.addr);
     let stdout = run_adbc_client(&[uri]).await;
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 13, "{stdout}");
+    assert_eq!(passed, 14, "{stdout}");
 }
 
 /// Runs `tests/clients/adbc_flight_sql.py` with `args`; its output if it succeeded.

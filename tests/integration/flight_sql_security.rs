@@ -630,5 +630,5 @@ async fn the_adbc_driver_logs_in_over_tls() {
     .await;
     assert!(stdout.contains("ok wrong password refused"), "{stdout}");
     let passed = stdout.lines().filter(|l| l.starts_with("ok ")).count();
-    assert_eq!(passed, 14, "{stdout}");
+    assert_eq!(passed, 15, "{stdout}");
 }
