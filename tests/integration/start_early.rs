@@ -251,16 +251,14 @@ impl Lake {
 
     /// Plain DataFusion's answer to `query`, as a text table.
     pub(crate) async fn want(&self, query: &str) -> String {
-        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
-        let want = self
-            .reference
-            .sql(&theirs)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let want = self.plain(query).await.unwrap();
         pretty_format_batches(&want).unwrap().to_string()
+    }
+
+    /// Plain DataFusion's batches for `query`, or its error.
+    pub(crate) async fn plain(&self, query: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+        let theirs = query.replace("{F}", "facts").replace("{P}", "picks");
+        self.reference.sql(&theirs).await?.collect().await
     }
 }
 

@@ -51,6 +51,25 @@ const QUERIES: &[(&str, bool)] = &[
          AND f.amount = (SELECT min(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
         true,
     ),
+    // A per-key value divided by a constant; one that divides by an aggregate could fail for
+    // a key the outer rows lack, as DataFusion computes it for every key.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount > (SELECT max(g.amount) / 2 FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        true,
+    ),
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount > (SELECT 1000 / max(g.amount) FROM {F} g WHERE g.k = p.k) ORDER BY f.id",
+        false,
+    ),
+    // A volatile value is computed once per key, not per row.
+    (
+        "SELECT p.k, f.id FROM {P} p, {F} f WHERE f.k = p.k AND p.top > 1 \
+         AND f.amount >= (SELECT min(g.amount) * (random() + 1) FROM {F} g WHERE g.k = p.k) \
+         AND f.amount < 0",
+        false,
+    ),
     // Many outer rows per key: the subquery's rows repeat in the window, the average does
     // not change.
     (
@@ -150,6 +169,19 @@ const QUERIES: &[(&str, bool)] = &[
          HAVING sum(f.amount) > (SELECT sum(g.amount) * 0.01 FROM {F} g WHERE g.id < 0)",
         true,
     ),
+    // A share by division: a constant divisor cannot fail.
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING sum(f.amount) > (SELECT sum(g.amount) / 150 FROM {F} g WHERE g.id > 10) \
+         ORDER BY 1",
+        true,
+    ),
+    // A value that could fail on no rows (`1000 / 0`) is left to DataFusion, even with rows.
+    (
+        "SELECT f.name FROM {F} f WHERE f.id > 10 GROUP BY f.name \
+         HAVING count(*) > (SELECT 1000 / count(*) FROM {F} g WHERE g.id > 10) ORDER BY 1",
+        false,
+    ),
     // Other rows than the groups', an average, a float sum.
     (
         "SELECT f.name, sum(f.amount) FROM {F} f WHERE f.id > 10 GROUP BY f.name \
@@ -216,4 +248,19 @@ async fn subqueries_over_the_outer_rows_are_windows() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_that_fails_on_no_rows_still_fails() {
+    let lake = Lake::new().await;
+    // No row is grouped, yet DataFusion computes the subquery's value: 10 / 0.
+    let query = "SELECT f.name FROM {F} f WHERE f.id < 0 GROUP BY f.name \
+                 HAVING count(*) > (SELECT 10 / count(*) FROM {F} g WHERE g.id < 0)";
+    let theirs = lake.plain(query).await.unwrap_err().to_string();
+    let (ours, df) = lake.plan(query).await;
+    let got = df.collect().await.unwrap_err().to_string();
+    assert!(
+        theirs.contains("Divide by zero") && got.contains("Divide by zero"),
+        "{ours}: {got}\nDataFusion alone: {theirs}"
+    );
 }

@@ -23,7 +23,10 @@
 //! the order either); float sums may round differently, and DataFusion's grouped and plain
 //! `min`/`max` disagree on NaN and -0.0, so floats are left alone. The combined value is
 //! cast back to the subquery's aggregate type. With no rows there are no groups, and the
-//! `HAVING` keeps nothing either way.
+//! `HAVING` keeps nothing either way; but DataFusion still computes the subquery's value
+//! then, from aggregates of no rows (NULL, or 0 for `count`), and a value that fails on
+//! those (`1 / count(*)`) fails the query, where the groups would never compute it. So the
+//! value must compute over no rows (see [`computes_over_no_rows`]).
 //!
 //! The window holds every group at once (counted in the memory pool, by
 //! [`crate::window_memory`], but never spilled), where DataFusion's plan compared each group
@@ -32,20 +35,24 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
 use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::execution_props::ExecutionProps;
 use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, Subquery, Window,
     WindowFunctionDefinition, cast,
 };
+use datafusion::physical_expr::create_physical_expr;
 
 use super::{
-    aggregated, assign, filtered_joins, filtered_over, names_of, renamed, same_condition,
-    table_read, value_over_windows,
+    Aggregated, aggregated, assign, filtered_joins, filtered_over, names_of, renamed,
+    same_condition, table_read, value_over_windows,
 };
 
 /// `filter` (a `HAVING` over `groups`) with `subquery` computed from the groups, if it may
@@ -72,6 +79,9 @@ pub(super) fn windowed(
     let Some(inner) = aggregated(&subquery.subquery, splits_over_groups) else {
         return Ok(None);
     };
+    if !computes_over_no_rows(&inner) {
+        return Ok(None);
+    }
     let Some(outer) = filtered_joins(&groups.input) else {
         return Ok(None);
     };
@@ -193,6 +203,43 @@ pub(super) fn windowed(
         subquery,
         &value,
     )
+}
+
+/// Whether DataFusion computes the subquery's value over no rows without failing, as it
+/// does when no row is grouped: each aggregate is then NULL (`count` 0), and the value is
+/// computed from those.
+fn computes_over_no_rows(inner: &Aggregated) -> bool {
+    let schema = &inner.aggregate.schema;
+    let values = inner
+        .aggregate
+        .aggr_expr
+        .iter()
+        .zip(schema.fields())
+        .map(|(aggregate, field)| {
+            let counts =
+                matches!(aggregate, Expr::AggregateFunction(f) if f.func.name() == "count");
+            let value = if counts {
+                ScalarValue::new_zero(field.data_type())
+            } else {
+                ScalarValue::try_from(field.data_type())
+            };
+            value.and_then(|v| v.to_array())
+        })
+        .collect::<Result<Vec<_>>>();
+    let Ok(values) = values else {
+        return false;
+    };
+    let Ok(batch) = RecordBatch::try_new(Arc::new(schema.as_arrow().clone()), values) else {
+        return false;
+    };
+    create_physical_expr(
+        inner.output,
+        schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+    .and_then(|value| value.evaluate(&batch))
+    .is_ok()
 }
 
 /// Whether an aggregate over rows divided into groups can be computed from its values over

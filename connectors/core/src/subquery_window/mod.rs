@@ -159,6 +159,11 @@ fn aggregated<'a>(
     let [output] = projection.expr.as_slice() else {
         return None;
     };
+    // The value is computed once (or once per key); over the window it would be computed
+    // for every row.
+    if output.is_volatile() || has_subquery(output) {
+        return None;
+    }
     let LogicalPlan::Aggregate(aggregate) = projection.input.as_ref() else {
         return None;
     };
