@@ -10,12 +10,14 @@ Usage: duckdb_tpch.py SPEC, where SPEC is JSON:
    "postgres": {"dsn": "host=... port=... user=... dbname=...", "schema": "..."},
    "mysql": {"dsn": "host=... port=... user=... database=...", "database": "..."},
    "parquet": "/folder/with/<table>.parquet",
-   "queries": [{"name": "q01", "path": "/…/q01.sql"}, ...],
    "runs": 1, "threads": 2, "timeout": seconds or null, "out": "/folder/for/answers" or null}
 
-Prints one JSON line per query, {"name", "seconds": [one per run], "error"}, and
-writes each answer to `<out>/<name>.arrow` (Arrow IPC file) when `out` is set. A query
-still running after `timeout` seconds is interrupted and reported as an error.
+then one query per line on standard input, {"name": "q01", "path": "/…/q01.sql"}, for
+as long as it stays open: a caller can time each query right beside its other
+contenders, over one connection. For each query it prints one JSON line,
+{"name", "seconds": [one per run], "error"}, and writes the answer to
+`<out>/<name>.arrow` (Arrow IPC file) when `out` is set. A query still running after
+`timeout` seconds is interrupted and reported as an error.
 """
 
 import glob
@@ -62,38 +64,44 @@ def connect(spec):
     return con
 
 
+def run(con, spec, query):
+    """Runs `query` `runs` times; its JSON line's fields."""
+    with open(query["path"]) as f:
+        sql = f.read()
+    result = {"name": query["name"], "seconds": [], "error": None}
+    timeout = spec.get("timeout")
+    out = spec.get("out")
+    try:
+        for _ in range(int(spec.get("runs", 1))):
+            timer = threading.Timer(timeout, con.interrupt) if timeout else None
+            started = time.perf_counter()
+            if timer:
+                timer.start()
+            try:
+                answer = con.execute(sql).to_arrow_table()
+            finally:
+                if timer:
+                    timer.cancel()
+            elapsed = time.perf_counter() - started
+            if timeout and elapsed >= timeout:
+                raise TimeoutError(f"timed out after {timeout} s")
+            result["seconds"].append(elapsed)
+        if out:
+            path = os.path.join(out, f"{query['name']}.arrow")
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, answer.schema) as writer:
+                writer.write_table(answer)
+    except (duckdb.Error, TimeoutError) as e:
+        result["error"] = str(e)
+        result["seconds"] = []
+    return result
+
+
 def main():
     spec = json.loads(sys.argv[1])
     con = connect(spec)
-    out = spec.get("out")
-    for query in spec["queries"]:
-        with open(query["path"]) as f:
-            sql = f.read()
-        result = {"name": query["name"], "seconds": [], "error": None}
-        timeout = spec.get("timeout")
-        try:
-            for _ in range(int(spec.get("runs", 1))):
-                timer = threading.Timer(timeout, con.interrupt) if timeout else None
-                started = time.perf_counter()
-                if timer:
-                    timer.start()
-                try:
-                    answer = con.execute(sql).to_arrow_table()
-                finally:
-                    if timer:
-                        timer.cancel()
-                elapsed = time.perf_counter() - started
-                if timeout and elapsed >= timeout:
-                    raise TimeoutError(f"timed out after {timeout} s")
-                result["seconds"].append(elapsed)
-            if out:
-                path = os.path.join(out, f"{query['name']}.arrow")
-                with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, answer.schema) as writer:
-                    writer.write_table(answer)
-        except (duckdb.Error, TimeoutError) as e:
-            result["error"] = str(e)
-            result["seconds"] = []
-        print(json.dumps(result), flush=True)
+    for line in sys.stdin:
+        if line.strip():
+            print(json.dumps(run(con, spec, json.loads(line))), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@
 //! - DataFusion over local Parquet files of every table (the ceiling),
 //! - and, for single-database placements, the database running the whole query itself,
 //!
-//! with every Tributary answer compared to DuckDB's (a mismatch or an error other than a
-//! timeout fails the run). Writes a
+//! each query through all of them before the next starts (so that they meet the machine in
+//! the same state), each `--runs` times, reporting each contender's median; with every
+//! Tributary answer compared to DuckDB's (a mismatch or an error other than a timeout fails
+//! the run). Writes a
 //! Markdown table and an SVG chart to `$CARGO_TARGET_DIR/bench/`.
 //!
 //! The data is generated once per scale factor and kept: schema/database
@@ -33,6 +35,7 @@ use tributary::{Config, Engine};
 use tributary_testkit::tpch::{Dataset, DuckDb, Placement, Query, compare, queries};
 use tributary_tpch::TpchTable;
 
+use data::WholeQuery;
 use report::{Contender, Outcome, PlacementReport};
 
 struct Args {
@@ -220,14 +223,16 @@ async fn bench_placement(
     warm_up(&engine, flight.as_ref(), data, placement).await;
     let mut alone = data::whole_query_runner(data, placement).await;
 
-    eprintln!("[{}] DuckDB …", placement.name);
-    let duck = duckdb.run(data, placement, queries, args.runs, true, |run| {
-        eprintln!("  duckdb {}: {:?}", run.name, run.seconds);
-    });
+    // DuckDB runs each query right after Tributary does, over one connection, so that
+    // both meet the machine in the same state.
+    let mut duck_session = duckdb.session(data, placement, args.runs, true);
 
     let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
-    for (query, duck) in queries.iter().zip(duck) {
+    for query in queries {
         let sql = data.qualify(placement, &query.sql);
+        let mut outcomes = Vec::new();
+
+        let duck = duck_session.run(query);
         let expected = &duck.answer;
         let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
             let verdict = match (answer, expected) {
@@ -242,8 +247,6 @@ async fn bench_placement(
                 })
                 .is_ok()
         };
-        let mut outcomes = Vec::new();
-
         let ours = timed(args.runs, args.timeout, || in_process(&engine, &sql)).await;
         outcomes.push((
             Contender::Tributary,
@@ -281,20 +284,30 @@ async fn bench_placement(
             outcome(parquet, &mut check, "DataFusion over Parquet"),
         ));
         if let Some(alone) = alone.as_mut() {
-            let started = Instant::now();
-            let result = alone.run(&query.sql, args.timeout).await;
             outcomes.push((
                 Contender::Alone,
-                match result {
-                    Ok(()) => Outcome::Time(started.elapsed(), true),
-                    Err(e) => Outcome::Failed(e),
-                },
+                whole_query(alone, &query.sql, args.runs, args.timeout).await,
             ));
         }
         eprintln!("  {} {}", query.name, report::line(&outcomes));
         report.add(query, outcomes);
     }
     report
+}
+
+/// The database running the whole query itself: the median of `runs` runs, or its
+/// failure (a query that fails or times out once is not run again).
+async fn whole_query(alone: &mut WholeQuery, sql: &str, runs: usize, timeout: Duration) -> Outcome {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        if let Err(e) = alone.run(sql, timeout).await {
+            return Outcome::Failed(e);
+        }
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Outcome::Time(times[times.len() / 2], true)
 }
 
 /// A contender's outcome; an answer is checked with `check`, which records a mismatch

@@ -1,9 +1,9 @@
 //! DuckDB's answers and times over a placement, from `benches/tpch/duckdb_tpch.py` run by
 //! a Python that has `duckdb` and its scanner extensions' wheels.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
@@ -61,12 +61,29 @@ impl DuckDb {
         answers: bool,
         mut progress: impl FnMut(&DuckDbRun),
     ) -> Vec<DuckDbRun> {
+        let mut session = self.session(data, placement, runs, answers);
+        queries
+            .iter()
+            .map(|query| {
+                let outcome = session.run(query);
+                progress(&outcome);
+                outcome
+            })
+            .collect()
+    }
+
+    /// A DuckDB connected to `placement` of `data`, ready to run queries one at a time
+    /// (each `runs` times, keeping the answers when `answers`), so that each can be timed
+    /// right beside its other contenders.
+    pub fn session(
+        &self,
+        data: &Dataset,
+        placement: &Placement,
+        runs: usize,
+        answers: bool,
+    ) -> DuckDbSession {
         let out = tempfile::tempdir().expect("a temporary folder");
         let mut spec = data.duckdb_spec(placement);
-        spec["queries"] = queries
-            .iter()
-            .map(|q| serde_json::json!({"name": q.name, "path": q.path}))
-            .collect();
         spec["runs"] = runs.into();
         spec["threads"] = self.threads.into();
         spec["timeout"] = self.timeout.map(|t| t.as_secs_f64()).into();
@@ -79,26 +96,70 @@ impl DuckDb {
         let mut child = Command::new(&self.python)
             .arg(&script)
             .arg(spec.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut outcomes = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("DuckDB runner output");
-            let mut outcome: DuckDbRun = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("DuckDB runner said {line:?}: {e}"));
-            if answers && outcome.error.is_none() {
-                outcome.answer = Some(read_ipc(
-                    &out.path().join(format!("{}.arrow", outcome.name)),
-                ));
-            }
-            progress(&outcome);
-            outcomes.push(outcome);
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        DuckDbSession {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            out,
+            answers,
         }
-        let status = child.wait().expect("the DuckDB runner ends");
-        assert!(status.success(), "the DuckDB runner failed: {status}");
-        outcomes
+    }
+}
+
+/// A running DuckDB runner (see [`DuckDb::session`]); it ends when dropped.
+pub struct DuckDbSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    out: tempfile::TempDir,
+    answers: bool,
+}
+
+impl DuckDbSession {
+    /// Runs `query` and waits for its outcome.
+    pub fn run(&mut self, query: &Query) -> DuckDbRun {
+        let request = serde_json::json!({"name": query.name, "path": query.path});
+        let stdin = self.stdin.as_mut().expect("the runner's input is open");
+        writeln!(stdin, "{request}")
+            .and_then(|()| stdin.flush())
+            .expect("the DuckDB runner reads its queries");
+        let mut line = String::new();
+        let read = self
+            .stdout
+            .read_line(&mut line)
+            .expect("DuckDB runner output");
+        assert!(
+            read > 0,
+            "the DuckDB runner ended before answering {}",
+            query.name
+        );
+        let mut outcome: DuckDbRun = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("DuckDB runner said {line:?}: {e}"));
+        if self.answers && outcome.error.is_none() {
+            outcome.answer = Some(read_ipc(
+                &self.out.path().join(format!("{}.arrow", outcome.name)),
+            ));
+        }
+        outcome
+    }
+}
+
+impl Drop for DuckDbSession {
+    fn drop(&mut self) {
+        // Closing its input ends the runner.
+        drop(self.stdin.take());
+        match self.child.wait() {
+            Ok(status) if !status.success() && !std::thread::panicking() => {
+                panic!("the DuckDB runner failed: {status}")
+            }
+            _ => {}
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use tributary_tpch::TpchTable;
 
 pub use compare::compare;
-pub use duckdb::{DuckDb, DuckDbRun};
+pub use duckdb::{DuckDb, DuckDbRun, DuckDbSession};
 pub use placement::{Placement, Store};
 
 /// One of the 22 queries in `sql/tpch/`.
