@@ -24,12 +24,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use auth::Authenticator;
+pub use get_schema::WithGetSchema;
 pub use metrics::{Metrics, serve_metrics};
 pub use service::TributaryFlightSql;
 
 use crate::config::{ServerConfig, TlsConfig};
 use crate::engine::Engine;
-use get_schema::WithGetSchema;
 use guard::GuardLayer;
 
 /// Largest gRPC message accepted or sent (bound parameters, metadata answers).

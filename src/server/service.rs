@@ -57,7 +57,9 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
 /// Tributary's Flight SQL service. Handles and tickets carry the statement; a plan made for
-/// `GetFlightInfo` is kept briefly for its `DoGet`, which plans again without it.
+/// `GetFlightInfo` is kept briefly for its `DoGet`, which plans again without it. Served
+/// inside [`WithGetSchema`](super::WithGetSchema), which answers `GetSchema` with
+/// [`schema_of`](Self::schema_of).
 #[derive(Clone)]
 pub struct TributaryFlightSql {
     engine: Engine,
@@ -230,6 +232,9 @@ impl TributaryFlightSql {
             Command::CommandPreparedStatementQuery(cmd) => {
                 StatementHandle::decode(&cmd.prepared_statement_handle)?
             }
+            Command::CommandStatementUpdate(_)
+            | Command::CommandPreparedStatementUpdate(_)
+            | Command::CommandStatementIngest(_) => return Err(read_only()),
             _ => {
                 let info = FlightService::get_flight_info(self, request).await?;
                 return Ok(Response::new(SchemaResult {

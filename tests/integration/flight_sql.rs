@@ -13,7 +13,8 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
     CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, CommandStatementUpdate, ProstMessageExt,
+    SqlInfo,
 };
 use arrow_flight::{Action, FlightDescriptor, FlightInfo, IpcMessage, Ticket};
 use futures::TryStreamExt;
@@ -356,6 +357,13 @@ async fn get_schema_answers_without_running() {
     let (code, message) = get_schema(&mut client, bad.as_any()).await.unwrap_err();
     assert_eq!(code, Code::InvalidArgument);
     assert!(message.contains("nope"), "{message}");
+    let update = CommandStatementUpdate {
+        query: "DELETE FROM nation".into(),
+        transaction_id: None,
+    };
+    let (code, message) = get_schema(&mut client, update.as_any()).await.unwrap_err();
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("read-only"), "{message}");
     let path = client
         .inner_mut()
         .get_schema(FlightDescriptor::new_path(vec!["nation".into()]))

@@ -84,7 +84,7 @@ impl DuckDb {
     ) -> DuckDbSession {
         let out = tempfile::tempdir().expect("a temporary folder");
         let mut spec = data.duckdb_spec(placement);
-        spec["runs"] = runs.into();
+        spec["runs"] = runs.max(1).into();
         spec["threads"] = self.threads.into();
         spec["timeout"] = self.timeout.map(|t| t.as_secs_f64()).into();
         spec["out"] = if answers {
@@ -126,9 +126,14 @@ impl DuckDbSession {
     pub fn run(&mut self, query: &Query) -> DuckDbRun {
         let request = serde_json::json!({"name": query.name, "path": query.path});
         let stdin = self.stdin.as_mut().expect("the runner's input is open");
-        writeln!(stdin, "{request}")
-            .and_then(|()| stdin.flush())
-            .expect("the DuckDB runner reads its queries");
+        if let Err(e) = writeln!(stdin, "{request}").and_then(|()| stdin.flush()) {
+            // It ended (connecting failed, say): its status says more than the pipe.
+            let status = self.child.wait();
+            panic!(
+                "the DuckDB runner cannot take {}: {e}; it ended: {status:?}",
+                query.name
+            );
+        }
         let mut line = String::new();
         let read = self
             .stdout

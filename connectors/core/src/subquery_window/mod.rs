@@ -18,6 +18,7 @@
 //! over volatile arguments are left alone.
 
 mod group_total;
+mod infallible;
 mod per_key;
 
 use std::collections::HashMap;

@@ -45,19 +45,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Column, Result, ScalarValue, TableReference};
-use datafusion::logical_expr::expr::{
-    AggregateFunction, Alias, WindowFunction, WindowFunctionParams,
-};
+use datafusion::common::{Column, Result, TableReference};
+use datafusion::logical_expr::expr::{AggregateFunction, WindowFunction, WindowFunctionParams};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
-    BinaryExpr, Cast, Expr, Filter, LogicalPlan, Operator, Subquery, TryCast, Window, WindowFrame,
-    WindowFunctionDefinition,
+    Expr, Filter, LogicalPlan, Subquery, Window, WindowFrame, WindowFunctionDefinition,
 };
 
 use super::{
-    Aggregated, Joined, aggregated, assign, filtered_over, has_subquery, joined, names_of, renamed,
-    same_condition, table_read, value_over_windows,
+    Aggregated, Joined, aggregated, assign, filtered_over, has_subquery, infallible, joined,
+    names_of, renamed, same_condition, table_read, value_over_windows,
 };
 
 /// `filter` with `subquery` computed as a window over the filter's input, if it may be.
@@ -68,7 +65,9 @@ pub(super) fn windowed(filter: &Filter, subquery: &Subquery) -> Result<Option<Lo
     let Some(inner) = aggregated(&subquery.subquery, repetition_keeps) else {
         return Ok(None);
     };
-    if !fails_only_on_overflow(inner.output) {
+    // DataFusion computes the value for every key the subquery reads, the window only for
+    // the outer rows' keys: a value that can fail must fail for both.
+    if !infallible::cannot_fail(inner.output, &inner.aggregate.schema) {
         return Ok(None);
     }
     let outer_tables: Vec<_> = outer.leaves.iter().map(|leaf| table_read(leaf)).collect();
@@ -263,47 +262,4 @@ fn window_plan(
     }
     plan = LogicalPlan::Window(Window::try_new(windows, Arc::new(plan))?);
     filtered_over(plan, &above, filter, subquery, &value)
-}
-
-/// Whether computing `value`, the subquery's value over its aggregates, can fail only by a
-/// cast overflowing: it adds, subtracts, multiplies and negates (which wrap), divides by
-/// non-zero constants and casts. DataFusion computes the value for every key the subquery
-/// reads, where the window computes it only for the keys of the outer rows; a value that
-/// can fail otherwise (`1 / min(x)` with a key whose minimum is 0) could fail a query
-/// DataFusion's way and not the window's.
-fn fails_only_on_overflow(value: &Expr) -> bool {
-    match value {
-        Expr::Column(_) | Expr::Literal(..) => true,
-        Expr::Alias(Alias { expr, .. })
-        | Expr::Negative(expr)
-        | Expr::Cast(Cast { expr, .. })
-        | Expr::TryCast(TryCast { expr, .. }) => fails_only_on_overflow(expr),
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            fails_only_on_overflow(left)
-                && match op {
-                    Operator::Plus | Operator::Minus | Operator::Multiply => {
-                        fails_only_on_overflow(right)
-                    }
-                    Operator::Divide | Operator::Modulo => nonzero_constant(right),
-                    _ => false,
-                }
-        }
-        _ => false,
-    }
-}
-
-/// Whether `expr` is a constant other than NULL and zero (possibly cast, as type coercion
-/// casts a divisor).
-fn nonzero_constant(expr: &Expr) -> bool {
-    let value = match expr {
-        Expr::Literal(v, _) => Some(v.clone()),
-        Expr::Cast(Cast { expr, field }) => match expr.as_ref() {
-            Expr::Literal(v, _) => v.cast_to(field.data_type()).ok(),
-            _ => None,
-        },
-        _ => None,
-    };
-    value.is_some_and(|v| {
-        !v.is_null() && ScalarValue::new_zero(&v.data_type()).is_ok_and(|zero| zero != v)
-    })
 }
