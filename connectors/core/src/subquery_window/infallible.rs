@@ -119,8 +119,8 @@ fn casts(from: &DataType, to: &DataType, value: f64) -> bool {
     }
     let number = is_number(from);
     match to {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            number || from.is_temporal() || matches!(from, DataType::Boolean) || is_string(from)
+        t if t.is_string() => {
+            number || from.is_temporal() || matches!(from, DataType::Boolean) || from.is_string()
         }
         DataType::Float32 | DataType::Float64 => number,
         t if t.is_integer() => {
@@ -171,13 +171,6 @@ fn is_number(data_type: &DataType) -> bool {
     data_type.is_integer()
         || data_type.is_floating()
         || matches!(data_type, DataType::Decimal128(..))
-}
-
-fn is_string(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    )
 }
 
 #[cfg(test)]
