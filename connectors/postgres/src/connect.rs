@@ -17,6 +17,7 @@ use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_core::{Error, Result};
 
+use crate::coalesce::Coalesced;
 use crate::config::{PostgresConfig, SslMode};
 
 /// A pool of connections to one PostgreSQL database.
@@ -46,7 +47,7 @@ impl Connector {
         let tls = MakeRustlsConnect::new(tls);
         let manager = Manager::from_config(
             pg,
-            tls.clone(),
+            Coalesced(tls.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -2,6 +2,7 @@
 //! estimates, an explicit type mapping, pushdown through the shared remote scan, and fast
 //! reads with binary `COPY` decoded straight into Arrow, split into parallel partitions.
 
+mod coalesce;
 mod config;
 mod connect;
 mod copy;
