@@ -414,6 +414,111 @@ async fn tls_modes_follow_libpq() {
     );
 }
 
+/// Connections are opened here, not by tokio-postgres (so that plaintext reads are merged
+/// too): each host is tried in turn, Unix sockets work, `target_session_attrs` is checked,
+/// and rows of every size, up to many times the merging buffer, come back whole, with TLS
+/// and without.
+#[tokio::test]
+async fn connections_try_each_host_and_read_rows_of_any_size() {
+    let schema = Schema::create("hosts").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id int, wide text);
+             INSERT INTO t SELECT i, repeat('ü', (i * 7919) % 100000)
+                 FROM generate_series(1, 400) i;
+             INSERT INTO t SELECT i, 'x' FROM generate_series(401, 50000) i;
+             ANALYZE t;",
+        )
+        .await;
+    let expected = schema
+        .client()
+        .query_one(
+            "SELECT count(*)::text, sum(char_length(wide))::text, sum(id)::text,                     md5(string_agg(wide, ',' ORDER BY id)) FROM t",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected = format!(
+        "{} {} {} {}",
+        expected.get::<_, String>(0),
+        expected.get::<_, String>(1),
+        expected.get::<_, String>(2),
+        expected.get::<_, String>(3)
+    );
+    // Not pushed, so that DataFusion computes over the rows read.
+    let sql = "SELECT count(*) AS n, sum(character_length(wide)) AS chars, sum(id) AS ids,                md5(string_agg(wide, ',' ORDER BY id)) AS digest FROM t";
+    let read = |engine: Engine| async move {
+        let batches = run(&engine, sql).await.unwrap_or_else(|e| panic!("{e}"));
+        cells(&batches, 0)
+            .into_iter()
+            .map(|(_, _, value)| value)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for mode in ["disable", "require"] {
+        let engine = pg_engine_at(
+            &schema.name,
+            &format!(
+                "    host: 127.0.0.1
+    user: postgres
+    database: postgres
+    sslmode: {mode}
+    pushdown: false
+    partitions: 2
+    partition_rows: 10000
+"
+            ),
+        );
+        assert_eq!(read(engine).await, expected, "sslmode {mode}");
+    }
+    // The first host refuses; the second answers.
+    let engine = pg_engine_at(
+        &schema.name,
+        "    url: postgres://postgres@127.0.0.1:1/postgres?host=127.0.0.1&port=5432
+    pushdown: false
+",
+    );
+    assert_eq!(read(engine).await, expected);
+
+    // A Unix socket, as the operating system's user (the server's local connections use
+    // peer authentication).
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_string();
+    schema
+        .execute(&format!(
+            "DO $$ BEGIN CREATE ROLE \"{me}\" LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT USAGE ON SCHEMA {0} TO \"{me}\"; GRANT SELECT ON {0}.t TO \"{me}\";",
+            schema.name
+        ))
+        .await;
+    let engine = pg_engine_at(
+        &schema.name,
+        &format!(
+            "    host: /var/run/postgresql
+    user: {me}
+    database: postgres
+    pushdown: false
+"
+        ),
+    );
+    assert_eq!(read(engine).await, expected);
+
+    // A writable server is refused when a read-only one is asked for.
+    let engine = pg_engine_at(
+        &schema.name,
+        "    url: postgres://postgres@127.0.0.1:5432/postgres?target_session_attrs=read-only
+",
+    );
+    let e = error(&engine, "SELECT count(*) FROM t").await;
+    assert!(
+        e.contains("source `pg`") && e.contains("target_session_attrs asks for read-only"),
+        "{e}"
+    );
+}
+
 /// Like [`pg_engine`] with connection settings instead of the URL.
 fn pg_engine_at(schema: &str, connection: &str) -> Engine {
     let yaml = format!(

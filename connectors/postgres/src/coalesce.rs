@@ -16,10 +16,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use futures::TryFutureExt;
-use futures::future::MapOk;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use tokio_postgres::tls::{ChannelBinding, TlsStream};
 
 const COPY_DATA: u8 = b'd';
 /// A message's type byte and length.
@@ -37,6 +35,18 @@ pub struct CopyCoalescing<S> {
     /// Bytes of the current message still to pass through unchanged (0 at a boundary).
     pass: usize,
     eof: bool,
+    framing: Framing,
+}
+
+/// What the bytes read are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The one-byte answer to `SSLRequest`, then messages.
+    SslAnswer,
+    /// Protocol messages.
+    Messages,
+    /// TLS records: passed on untouched (merging happens above the decryption).
+    Opaque,
 }
 
 /// What the buffer allows at a message boundary.
@@ -59,6 +69,24 @@ impl<S> CopyCoalescing<S> {
             end: 0,
             pass: 0,
             eof: false,
+            framing: Framing::Messages,
+        }
+    }
+
+    /// Reads a fresh connection on which `SSLRequest` is sent first: the server's
+    /// one-byte answer passes, then messages follow (or TLS, see [`Self::into_opaque`]).
+    pub fn before_ssl_request(inner: S) -> Self {
+        CopyCoalescing {
+            framing: Framing::SslAnswer,
+            ..Self::new(inner)
+        }
+    }
+
+    /// Stops interpreting the bytes, which from here are TLS records.
+    pub fn into_opaque(self) -> Self {
+        CopyCoalescing {
+            framing: Framing::Opaque,
+            ..self
         }
     }
 
@@ -151,7 +179,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for CopyCoalescing<S> {
             return Poll::Ready(Ok(()));
         }
         loop {
+            if this.framing == Framing::Opaque && this.start == this.end && !this.eof {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
             if this.start < this.end {
+                if this.framing != Framing::Messages {
+                    let n = if this.framing == Framing::SslAnswer {
+                        1
+                    } else {
+                        usize::MAX
+                    };
+                    this.pass(n, out);
+                    if this.framing == Framing::SslAnswer {
+                        this.framing = Framing::Messages;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 if this.pass > 0 {
                     this.pass -= this.pass(this.pass, out);
                     return Poll::Ready(Ok(()));
@@ -205,38 +248,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CopyCoalescing<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Wraps the TLS connector so the decrypted stream is merged ([`CopyCoalescing`]).
-#[derive(Debug, Clone)]
-pub struct Coalesced<T>(pub T);
-
-impl<S, T> MakeTlsConnect<S> for Coalesced<T>
-where
-    T: MakeTlsConnect<S>,
-{
-    type Stream = CopyCoalescing<T::Stream>;
-    type TlsConnect = Coalesced<T::TlsConnect>;
-    type Error = T::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
-        self.0.make_tls_connect(domain).map(Coalesced)
-    }
-}
-
-impl<S, T> TlsConnect<S> for Coalesced<T>
-where
-    T: TlsConnect<S>,
-{
-    type Stream = CopyCoalescing<T::Stream>;
-    type Error = T::Error;
-    type Future = MapOk<T::Future, fn(T::Stream) -> CopyCoalescing<T::Stream>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        self.0
-            .connect(stream)
-            .map_ok(CopyCoalescing::new as fn(_) -> _)
     }
 }
 

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool::Runtime;
+use deadpool::managed::{Metrics, PoolError, RecycleError, RecycleResult};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -17,14 +18,37 @@ use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_core::{Error, Result};
 
-use crate::coalesce::Coalesced;
 use crate::config::{PostgresConfig, SslMode};
+use crate::socket::{ConnectError, Connection, Opener};
+
+/// A pooled connection.
+pub type Object = deadpool::managed::Object<Manager>;
+
+/// Opens and recycles the pool's connections.
+#[derive(Debug)]
+pub struct Manager(Opener);
+
+impl deadpool::managed::Manager for Manager {
+    type Type = Connection;
+    type Error = ConnectError;
+
+    async fn create(&self) -> std::result::Result<Connection, ConnectError> {
+        self.0.open().await
+    }
+
+    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<ConnectError> {
+        if conn.is_closed() {
+            return Err(RecycleError::message("the connection is closed"));
+        }
+        Ok(())
+    }
+}
 
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone)]
 pub struct Connector {
-    pool: Pool,
-    tls: MakeRustlsConnect,
+    pool: deadpool::managed::Pool<Manager>,
+    opener: Opener,
     /// `user@host:port/database`, for messages; never the password.
     target: String,
 }
@@ -44,29 +68,27 @@ impl Connector {
         let tls = tls_config(sslmode, rootcert.as_deref())
             .map_err(|m| Error::config(format!("{key}.sslrootcert"), m))?;
         let target = describe(&pg);
-        let tls = MakeRustlsConnect::new(tls);
-        let manager = Manager::from_config(
-            pg,
-            Coalesced(tls.clone()),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
+        let opener = Opener::new(pg, MakeRustlsConnect::new(tls))
+            .map_err(|m| Error::config(format!("{key}.url"), m))?;
+        let pool = deadpool::managed::Pool::builder(Manager(opener.clone()))
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
-        Ok(Connector { pool, tls, target })
+        Ok(Connector {
+            pool,
+            opener,
+            target,
+        })
     }
 
     /// A connection from the pool, opening one if needed.
     pub async fn get(&self) -> Result<Object> {
         self.pool.get().await.map_err(|e| {
             let reason = match e {
-                deadpool_postgres::PoolError::Backend(e) => describe_error(&e),
-                deadpool_postgres::PoolError::Timeout(_) => "connecting timed out".to_string(),
+                PoolError::Backend(e) => e.to_string(),
+                PoolError::Timeout(_) => "connecting timed out".to_string(),
                 other => other.to_string(),
             };
             Error::Unavailable(format!("cannot connect to {}: {reason}", self.target))
@@ -76,10 +98,10 @@ impl Connector {
     /// Asks the server to cancel what `token`'s connection is running. Best effort: the
     /// query may already have finished.
     pub fn cancel(&self, token: tokio_postgres::CancelToken) {
-        let tls = self.tls.clone();
+        let opener = self.opener.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = token.cancel_query(tls).await {
+                if let Err(e) = opener.cancel(&token).await {
                     tracing::debug!(error = %e, "cancelling a PostgreSQL query failed");
                 }
             });

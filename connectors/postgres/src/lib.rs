@@ -9,6 +9,7 @@ mod copy;
 mod discovery;
 mod explain;
 mod reader;
+mod socket;
 mod source;
 mod types;
 

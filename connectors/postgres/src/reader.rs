@@ -13,14 +13,13 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use deadpool_postgres::Object;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tokio_postgres::CopyOutStream;
 use tokio_postgres::types::Kind;
 use tributary_core::Error;
 use tributary_core::remote::RemoteReader;
 
-use crate::connect::{Connector, describe_error};
+use crate::connect::{Connector, Object, describe_error};
 use crate::copy::BatchDecoder;
 use crate::discovery::quote_ident;
 use crate::types::{Wire, map_type};
