@@ -480,8 +480,53 @@ async fn connections_try_each_host_and_read_rows_of_any_size() {
     );
     assert_eq!(read(engine).await, expected);
 
+    // A host that accepts and then says nothing is given up after the connect timeout,
+    // one that hangs up at once straight away, and the next host answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (silent_port, rude_port) = (
+        silent.local_addr().unwrap().port(),
+        rude.local_addr().unwrap().port(),
+    );
+    let listeners = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((socket, _)) = silent.accept() => held.push(socket),
+                Ok((socket, _)) = rude.accept() => drop(socket),
+            }
+        }
+    });
+    let engine = pg_engine_at(
+        &schema.name,
+        &format!(
+            "    url: postgres://postgres@127.0.0.1:{silent_port}/postgres?host=127.0.0.1,127.0.0.1&port={rude_port},5432
+    connect_timeout: 1s
+    pushdown: false
+"
+        ),
+    );
+    assert_eq!(read(engine).await, expected);
+    // When no host answers, the error says what each did.
+    let engine = pg_engine_at(
+        &schema.name,
+        &format!(
+            "    url: postgres://postgres@127.0.0.1:{silent_port}/postgres?host=127.0.0.1&port={rude_port}
+    connect_timeout: 1s
+"
+        ),
+    );
+    let e = error(&engine, "SELECT count(*) FROM t").await;
+    assert!(
+        e.contains(&format!(
+            "127.0.0.1:{silent_port}: no answer within the connect timeout (1s); 127.0.0.1:{rude_port}: "
+        )),
+        "{e}"
+    );
+    listeners.abort();
+
     // A Unix socket, as the operating system's user (the server's local connections use
-    // peer authentication).
+    // peer authentication); as in libpq, `sslmode` does not apply to it.
     let me = std::process::Command::new("id")
         .arg("-un")
         .output()
@@ -500,13 +545,22 @@ async fn connections_try_each_host_and_read_rows_of_any_size() {
             "    host: /var/run/postgresql
     user: {me}
     database: postgres
+    sslmode: require
     pushdown: false
 "
         ),
     );
     assert_eq!(read(engine).await, expected);
 
-    // A writable server is refused when a read-only one is asked for.
+    // A writable server is taken when one is asked for, and refused when a read-only
+    // one is.
+    let engine = pg_engine_at(
+        &schema.name,
+        "    url: postgres://postgres@127.0.0.1:5432/postgres?target_session_attrs=read-write
+    pushdown: false
+",
+    );
+    assert_eq!(read(engine).await, expected);
     let engine = pg_engine_at(
         &schema.name,
         "    url: postgres://postgres@127.0.0.1:5432/postgres?target_session_attrs=read-only

@@ -26,7 +26,6 @@ const HEADER: usize = 5;
 const READ_SIZE: usize = 64 * 1024;
 
 /// A connection whose `CopyData` runs are merged on the way in; writes go straight through.
-#[derive(Debug)]
 pub struct CopyCoalescing<S> {
     inner: S,
     buf: Vec<u8>,
@@ -36,6 +35,17 @@ pub struct CopyCoalescing<S> {
     pass: usize,
     eof: bool,
     framing: Framing,
+}
+
+impl<S> std::fmt::Debug for CopyCoalescing<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the buffered bytes: they are rows.
+        f.debug_struct("CopyCoalescing")
+            .field("framing", &self.framing)
+            .field("buffered", &(self.end - self.start))
+            .field("eof", &self.eof)
+            .finish()
+    }
 }
 
 /// What the bytes read are.
@@ -57,6 +67,8 @@ enum Step {
     Pass(usize),
     /// The next message is not whole yet.
     NeedMore,
+    /// The next length field is impossible: the bytes are not messages.
+    Garbled,
 }
 
 impl<S> CopyCoalescing<S> {
@@ -105,9 +117,14 @@ impl<S> CopyCoalescing<S> {
         if data.len() < HEADER {
             return Step::NeedMore;
         }
-        let size = |at: &[u8]| 1 + u32::from_be_bytes([at[1], at[2], at[3], at[4]]) as usize;
+        let size = |at: &[u8]| {
+            (u32::from_be_bytes([at[1], at[2], at[3], at[4]]) as usize).saturating_add(1)
+        };
         let first = size(data);
-        if data[0] != COPY_DATA || first < HEADER {
+        if first < HEADER {
+            return Step::Garbled;
+        }
+        if data[0] != COPY_DATA {
             return Step::Pass(first);
         }
         let mut run = 0;
@@ -180,6 +197,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for CopyCoalescing<S> {
         }
         loop {
             if this.framing == Framing::Opaque && this.start == this.end && !this.eof {
+                if this.buf.capacity() > 0 {
+                    // Never needed again: the layer above TLS merges.
+                    (this.buf, this.start, this.end) = (Vec::new(), 0, 0);
+                }
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             if this.start < this.end {
@@ -203,6 +224,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for CopyCoalescing<S> {
                     Step::Wrote => return Poll::Ready(Ok(())),
                     Step::Pass(n) => {
                         this.pass = n;
+                        continue;
+                    }
+                    Step::Garbled => {
+                        // Hand everything on as it comes, for tokio-postgres to report.
+                        this.framing = Framing::Opaque;
                         continue;
                     }
                     Step::NeedMore if this.eof => {
@@ -400,14 +426,61 @@ mod tests {
         }
     }
 
+    /// Reads `reader` to its end in reads of up to 4096 bytes.
+    async fn drain<S: AsyncRead + Unpin>(reader: &mut CopyCoalescing<S>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0; 4096];
+        loop {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
     #[tokio::test]
     async fn a_truncated_stream_is_handed_on_as_it_is() {
         let mut data = message(b'd', b"row one");
         data.extend(message(b'd', b"row two"));
         data.extend_from_slice(&[b'd', 0, 0, 0, 40, 1, 2]);
-        let out = read_all(data.clone(), 9, 100, 100).await;
+        let out = drain(&mut CopyCoalescing::new(&data[..])).await;
         assert_eq!(out.len(), data.len() - 5);
         assert_eq!(&out[..5], &[b'd', 0, 0, 0, 18]);
         assert_eq!(&out[out.len() - 7..], &[b'd', 0, 0, 0, 40, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn an_impossible_length_stops_the_merging() {
+        let mut data = message(b'd', b"row one");
+        data.extend_from_slice(&[b'd', 0, 0, 0, 2]);
+        data.extend(message(b'd', b"row two"));
+        data.extend(message(b'd', b"row three"));
+        let out = drain(&mut CopyCoalescing::new(&data[..])).await;
+        assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_ssl_request_passes_first() {
+        // Refused: messages follow in the clear, and are merged.
+        let mut data = vec![b'N'];
+        data.extend(message(b'd', b"one"));
+        data.extend(message(b'd', b"two"));
+        let out = drain(&mut CopyCoalescing::before_ssl_request(&data[..])).await;
+        let mut merged = vec![b'N'];
+        merged.extend(message(b'd', b"onetwo"));
+        assert_eq!(out, merged);
+
+        // Accepted: after the answer, the bytes (TLS records here, which may look like
+        // messages) pass untouched, including those already buffered.
+        let mut data = vec![b'S'];
+        data.extend(message(b'd', b"one"));
+        data.extend(message(b'd', b"two"));
+        let mut reader = CopyCoalescing::before_ssl_request(&data[..]);
+        let mut answer = [0; 16];
+        assert_eq!(reader.read(&mut answer).await.unwrap(), 1);
+        assert_eq!(answer[0], b'S');
+        let out = drain(&mut reader.into_opaque()).await;
+        assert_eq!(out, data[1..]);
     }
 }

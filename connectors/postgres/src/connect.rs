@@ -73,7 +73,6 @@ impl Connector {
         let pool = deadpool::managed::Pool::builder(Manager(opener.clone()))
             .max_size(config.pool_size.max(1))
             .runtime(Runtime::Tokio1)
-            .create_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
         Ok(Connector {
@@ -88,20 +87,21 @@ impl Connector {
         self.pool.get().await.map_err(|e| {
             let reason = match e {
                 PoolError::Backend(e) => e.to_string(),
-                PoolError::Timeout(_) => "connecting timed out".to_string(),
+                PoolError::Timeout(_) => "timed out waiting for a connection".to_string(),
                 other => other.to_string(),
             };
             Error::Unavailable(format!("cannot connect to {}: {reason}", self.target))
         })
     }
 
-    /// Asks the server to cancel what `token`'s connection is running. Best effort: the
+    /// Asks the server `conn` reached to cancel what it is running. Best effort: the
     /// query may already have finished.
-    pub fn cancel(&self, token: tokio_postgres::CancelToken) {
+    pub fn cancel(&self, conn: &Connection) {
         let opener = self.opener.clone();
+        let (token, place) = (conn.cancel_token(), conn.place().clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = opener.cancel(&token).await {
+                if let Err(e) = opener.cancel(&token, &place).await {
                     tracing::debug!(error = %e, "cancelling a PostgreSQL query failed");
                 }
             });
@@ -186,6 +186,12 @@ fn pg_config(
                 match decoded.as_ref().map(|(k, v)| (k.as_ref(), v)) {
                     Some(("sslmode", v)) => sslmode = Some(parse_sslmode(v, key)?),
                     Some(("sslrootcert", v)) => rootcert = Some(v.to_string()),
+                    // libpq reads a list of hosts here, tokio-postgres one host per
+                    // parameter.
+                    Some(("host", _)) => {
+                        let (_, hosts) = pair.split_once('=').unwrap_or_default();
+                        kept.extend(hosts.split(',').map(|host| format!("host={host}")));
+                    }
                     Some(_) => kept.push(pair.to_string()),
                     None => {}
                 }
@@ -448,5 +454,38 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_lists_hosts_and_ports_as_in_libpq() {
+        let config: PostgresConfig = serde_json::from_value(serde_json::json!({
+            "url": "postgres://u@a:1/db?host=b,%2Ftmp&port=2,3&sslmode=require&options=-c%20work_mem%3D1MB"
+        }))
+        .unwrap();
+        let (pg, sslmode, _) = pg_config(&config, "sources[0]").unwrap();
+        let hosts: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        assert_eq!(hosts, ["a", "b", "/tmp"]);
+        assert_eq!(pg.get_ports(), [1, 2, 3]);
+        assert_eq!(sslmode, SslMode::Require);
+        // Kept as written, the session settings reading depends on after it.
+        assert!(
+            pg.get_options()
+                .unwrap()
+                .starts_with("-c work_mem=1MB -c TimeZone=UTC"),
+            "{:?}",
+            pg.get_options()
+        );
     }
 }

@@ -225,9 +225,10 @@ impl Drop for Copying {
             return;
         }
         if let Some(conn) = self.conn.take() {
-            self.shared.connector.cancel(conn.cancel_token());
-            // Closed, not pooled: the server may still be sending this COPY.
-            drop(Object::take(conn));
+            self.shared.connector.cancel(&conn);
+            // Closed, not pooled, and without reading on: the server may still be
+            // sending this COPY.
+            Object::take(conn).abort();
         }
     }
 }

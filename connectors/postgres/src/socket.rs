@@ -87,23 +87,38 @@ impl AsyncWrite for Stream {
 /// Why a connection could not be opened.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// The settings name no place to connect to.
+    /// The settings name no place to connect to, or cannot be used.
     Settings(String),
-    /// No socket could be opened to any place; the last failure, naming where.
-    Socket(String, io::Error),
+    /// The socket could not be opened (or the name not resolved).
+    Socket(io::Error),
+    /// The place did not answer within the connect timeout.
+    TimedOut(Duration),
     /// The server refused, or the protocol failed.
     Postgres(tokio_postgres::Error),
+    /// The server is not what `target_session_attrs` asks for.
+    Session(String),
+    /// Every place tried failed: where, and why, in the order tried.
+    Failed(Vec<(String, ConnectError)>),
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Settings(m) => f.write_str(m),
-            ConnectError::Socket(at, e) if e.kind() == io::ErrorKind::TimedOut => {
-                write!(f, "connecting to {at} timed out")
+            ConnectError::Settings(m) | ConnectError::Session(m) => f.write_str(m),
+            ConnectError::Socket(e) => write!(f, "cannot open a connection: {e}"),
+            ConnectError::TimedOut(limit) => {
+                write!(f, "no answer within the connect timeout ({limit:?})")
             }
-            ConnectError::Socket(at, e) => write!(f, "cannot open a connection to {at}: {e}"),
             ConnectError::Postgres(e) => f.write_str(&crate::connect::describe_error(e)),
+            ConnectError::Failed(failures) => {
+                for (i, (at, e)) in failures.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{at}: {e}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -114,11 +129,28 @@ impl From<tokio_postgres::Error> for ConnectError {
     }
 }
 
-/// An open connection: the client, and the task that drives its socket (stopped when the
-/// client is dropped, so a connection taken out of the pool closes).
+/// An open connection: the client, the task that drives its socket, and where it
+/// leads (where a cancel for it goes).
+///
+/// Dropping it drops the client, upon which the driver says goodbye to the server
+/// (`Terminate`) and ends; [`Connection::abort`] stops the driver at once instead.
 pub struct Connection {
     client: Client,
     driver: JoinHandle<()>,
+    place: Target,
+}
+
+impl Connection {
+    /// Closes the connection without reading what the server is still sending (a `COPY`
+    /// no one wants any more), which an ordinary drop would read to its end first.
+    pub fn abort(self) {
+        self.driver.abort();
+    }
+
+    /// Where the connection leads.
+    pub fn place(&self) -> &Target {
+        &self.place
+    }
 }
 
 impl std::ops::Deref for Connection {
@@ -131,20 +163,14 @@ impl std::ops::Deref for Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Connection")
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.driver.abort();
+        write!(f, "Connection({})", self.place)
     }
 }
 
 /// One place to try: where to open the socket and the name TLS checks the certificate
 /// against.
 #[derive(Debug, Clone)]
-struct Target {
+pub struct Target {
     address: Address,
     port: u16,
     tls_name: Option<String>,
@@ -161,7 +187,15 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.address {
             Address::Name(name) => write!(f, "{name}:{}", self.port),
-            Address::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            Address::Ip(ip) => {
+                let at = std::net::SocketAddr::new(*ip, self.port);
+                match &self.tls_name {
+                    Some(name) if name.parse::<IpAddr>().ok() != Some(*ip) => {
+                        write!(f, "{name}:{} ({at})", self.port)
+                    }
+                    _ => write!(f, "{at}"),
+                }
+            }
             Address::Unix(path) => write!(f, "{}", path.display()),
         }
     }
@@ -189,40 +223,43 @@ impl Opener {
     }
 
     /// Connects to the first place that accepts, in the order of the settings (shuffled
-    /// with `load_balance_hosts=random`), and starts driving the connection.
+    /// with `load_balance_hosts=random`), each address of a name in turn, and starts
+    /// driving the connection. As in libpq, the connect timeout applies to each place
+    /// separately and covers the whole startup (socket, TLS, authentication, the
+    /// `target_session_attrs` check).
     pub async fn open(&self) -> Result<Connection, ConnectError> {
-        let mut last = None;
+        let limit = self.pg.get_connect_timeout().copied();
+        let mut failures = Vec::new();
         for target in self.targets()? {
-            match self.open_at(&target).await {
-                Ok(connection) => return Ok(connection),
-                Err(e) => last = Some(e),
+            let places = match within(limit, self.resolve(&target)).await {
+                Ok(places) => places,
+                Err(e) => {
+                    failures.push((target.to_string(), e));
+                    continue;
+                }
+            };
+            for place in places {
+                match within(limit, self.open_at(&place)).await {
+                    Ok(connection) => return Ok(connection),
+                    Err(e) => failures.push((place.to_string(), e)),
+                }
             }
         }
-        Err(last.unwrap_or_else(|| ConnectError::Settings("no host to connect to".into())))
+        Err(ConnectError::Failed(failures))
     }
 
-    /// Asks the server to cancel what `token`'s connection runs. Sent to every place the
-    /// settings name, since the token does not say which one the connection reached; the
-    /// others do not know its key and ignore it.
-    pub async fn cancel(&self, token: &CancelToken) -> Result<(), ConnectError> {
-        let mut failure = None;
-        let mut sent = false;
-        for target in self.targets()? {
-            let attempt = async {
-                let socket = self.socket(&target).await?;
-                let tls = self.tls_for(&target)?;
-                token.cancel_query_raw(socket, tls).await?;
-                Ok::<_, ConnectError>(())
-            };
-            match attempt.await {
-                Ok(()) => sent = true,
-                Err(e) => failure = Some(e),
-            }
-        }
-        match failure {
-            Some(e) if !sent => Err(e),
-            _ => Ok(()),
-        }
+    /// Asks the server at `place` (where the token's connection leads) to cancel what
+    /// that connection runs.
+    pub async fn cancel(&self, token: &CancelToken, place: &Target) -> Result<(), ConnectError> {
+        let limit = self.pg.get_connect_timeout().copied();
+        within(limit, async {
+            let socket = self.socket(place).await?;
+            let tls = self.tls_for(place)?;
+            token.cancel_query_raw(socket, tls).await?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| ConnectError::Failed(vec![(place.to_string(), e)]))
     }
 
     fn targets(&self) -> Result<Vec<Target>, ConnectError> {
@@ -233,80 +270,102 @@ impl Opener {
         Ok(targets)
     }
 
-    fn tls_for(&self, target: &Target) -> Result<MergeAfterTls, ConnectError> {
+    /// The addresses a host name stands for (shuffled with `load_balance_hosts=random`,
+    /// as libpq does); other targets are one place already.
+    async fn resolve(&self, target: &Target) -> Result<Vec<Target>, ConnectError> {
+        let Address::Name(name) = &target.address else {
+            return Ok(vec![target.clone()]);
+        };
+        let mut places = tokio::net::lookup_host((name.as_str(), target.port))
+            .await
+            .map_err(ConnectError::Socket)?
+            .map(|addr| Target {
+                address: Address::Ip(addr.ip()),
+                ..target.clone()
+            })
+            .collect::<Vec<_>>();
+        if places.is_empty() {
+            return Err(ConnectError::Socket(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the name resolves to no address",
+            )));
+        }
+        if self.pg.get_load_balance_hosts() == LoadBalanceHosts::Random {
+            shuffle(&mut places);
+        }
+        Ok(places)
+    }
+
+    fn tls_for(&self, place: &Target) -> Result<MergeAfterTls, ConnectError> {
         let mut make = self.tls.clone();
-        let tls = <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(
-            &mut make,
-            target.tls_name.as_deref().unwrap_or(""),
-        )
-        .map_err(|e| ConnectError::Settings(format!("TLS: {e}")))?;
+        // Without a host name, the certificate is checked against the address.
+        let name = match (&place.tls_name, &place.address) {
+            (Some(name), _) => name.clone(),
+            (None, Address::Ip(ip)) => ip.to_string(),
+            (None, _) => String::new(),
+        };
+        let tls = <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(&mut make, &name)
+            .map_err(|e| ConnectError::Settings(format!("TLS: {e}")))?;
         Ok(MergeAfterTls(tls))
     }
 
-    async fn open_at(&self, target: &Target) -> Result<Connection, ConnectError> {
-        let socket = self.socket(target).await?;
-        let tls = self.tls_for(target)?;
-        let (client, connection) = self.pg.connect_raw(socket, tls).await?;
+    /// libpq does not encrypt Unix-socket connections, whatever `sslmode` says.
+    fn settings_for(&self, place: &Target) -> std::borrow::Cow<'_, Config> {
+        if matches!(place.address, Address::Unix(_)) && self.pg.get_ssl_mode() != SslMode::Disable {
+            let mut pg = self.pg.clone();
+            pg.ssl_mode(SslMode::Disable);
+            std::borrow::Cow::Owned(pg)
+        } else {
+            std::borrow::Cow::Borrowed(&self.pg)
+        }
+    }
+
+    async fn open_at(&self, place: &Target) -> Result<Connection, ConnectError> {
+        let socket = self.socket(place).await?;
+        let tls = self.tls_for(place)?;
+        let (client, connection) = self.settings_for(place).connect_raw(socket, tls).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a PostgreSQL connection ended with an error");
             }
         });
-        let connection = Connection { client, driver };
+        let connection = Connection {
+            client,
+            driver,
+            place: place.clone(),
+        };
         check_session(&connection, self.pg.get_target_session_attrs()).await?;
         Ok(connection)
     }
 
-    /// Opens the socket to `target`, with the settings' timeout and TCP options. The
-    /// reads are merged from the first message; the answer to `SSLRequest`, if one is
-    /// sent, passes first.
-    async fn socket(&self, target: &Target) -> Result<Socket, ConnectError> {
-        let timeout = self.pg.get_connect_timeout().copied();
-        let failed = |e| ConnectError::Socket(target.to_string(), e);
-        let io = match &target.address {
+    /// Opens the socket to `place` (an address or a Unix socket), with the settings' TCP
+    /// options. The reads are merged from the first message; the answer to `SSLRequest`,
+    /// if one is sent, passes first.
+    async fn socket(&self, place: &Target) -> Result<Socket, ConnectError> {
+        let io = match &place.address {
             Address::Unix(path) => Stream::Unix(
-                within(timeout, UnixStream::connect(path))
+                UnixStream::connect(path)
                     .await
-                    .map_err(failed)?,
+                    .map_err(ConnectError::Socket)?,
             ),
             Address::Ip(ip) => Stream::Tcp(
-                self.tcp((*ip, target.port).into(), timeout)
+                self.tcp((*ip, place.port).into())
                     .await
-                    .map_err(failed)?,
+                    .map_err(ConnectError::Socket)?,
             ),
-            Address::Name(name) => {
-                let addrs = tokio::net::lookup_host((name.as_str(), target.port))
-                    .await
-                    .map_err(failed)?
-                    .collect::<Vec<_>>();
-                let mut last =
-                    io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
-                let mut opened = None;
-                for addr in addrs {
-                    match self.tcp(addr, timeout).await {
-                        Ok(stream) => {
-                            opened = Some(stream);
-                            break;
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                Stream::Tcp(opened.ok_or_else(|| failed(last))?)
-            }
+            Address::Name(_) => unreachable!("names are resolved to addresses first"),
         };
-        Ok(if self.pg.get_ssl_mode() == SslMode::Disable {
-            CopyCoalescing::new(io)
-        } else {
-            CopyCoalescing::before_ssl_request(io)
-        })
+        Ok(
+            if self.settings_for(place).get_ssl_mode() == SslMode::Disable {
+                CopyCoalescing::new(io)
+            } else {
+                CopyCoalescing::before_ssl_request(io)
+            },
+        )
     }
 
-    async fn tcp(
-        &self,
-        addr: std::net::SocketAddr,
-        timeout: Option<Duration>,
-    ) -> io::Result<TcpStream> {
-        let stream = within(timeout, TcpStream::connect(addr)).await?;
+    async fn tcp(&self, addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let socket = SockRef::from(&stream);
         #[cfg(target_os = "linux")]
@@ -329,13 +388,13 @@ impl Opener {
 
 async fn within<T>(
     limit: Option<Duration>,
-    connect: impl Future<Output = io::Result<T>>,
-) -> io::Result<T> {
+    attempt: impl Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
     match limit {
-        Some(limit) => tokio::time::timeout(limit, connect)
+        Some(limit) => tokio::time::timeout(limit, attempt)
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out"))?,
-        None => connect.await,
+            .map_err(|_| ConnectError::TimedOut(limit))?,
+        None => attempt.await,
     }
 }
 
@@ -351,22 +410,18 @@ async fn check_session(client: &Client, wanted: TargetSessionAttrs) -> Result<()
         SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "on"),
         _ => None,
     });
-    if read_only == Some(want_read_only) {
-        Ok(())
-    } else {
-        Err(ConnectError::Settings(format!(
+    let name = |read_only: bool| if read_only { "read-only" } else { "read-write" };
+    match read_only {
+        Some(read_only) if read_only == want_read_only => Ok(()),
+        Some(read_only) => Err(ConnectError::Session(format!(
             "the server is {}, and target_session_attrs asks for {}",
-            if read_only == Some(true) {
-                "read-only"
-            } else {
-                "writable"
-            },
-            if want_read_only {
-                "read-only"
-            } else {
-                "read-write"
-            },
-        )))
+            name(read_only),
+            name(want_read_only)
+        ))),
+        None => Err(ConnectError::Session(format!(
+            "the server did not say whether it is read-only, and target_session_attrs asks for {}",
+            name(want_read_only)
+        ))),
     }
 }
 
@@ -477,9 +532,9 @@ mod tests {
         // `hostaddr` is where to connect; `host` stays the name TLS checks.
         assert_eq!(
             places("host=db.example hostaddr=127.0.0.1").unwrap(),
-            ["127.0.0.1:5432 tls=db.example"]
+            ["db.example:5432 (127.0.0.1:5432) tls=db.example"]
         );
-        assert_eq!(places("hostaddr=::1 port=6").unwrap(), ["::1:6 tls=-"]);
+        assert_eq!(places("hostaddr=::1 port=6").unwrap(), ["[::1]:6 tls=-"]);
         // A directory is a Unix socket, named by the port.
         assert_eq!(
             places("host=/var/run/postgresql port=5433").unwrap(),
