@@ -309,14 +309,20 @@ impl Opener {
         Ok(MergeAfterTls(tls))
     }
 
-    /// libpq does not encrypt Unix-socket connections, whatever `sslmode` says.
+    /// Whether the connection to `place` starts by asking for TLS: libpq does not encrypt
+    /// Unix-socket connections, whatever `sslmode` says.
+    fn asks_for_tls(&self, place: &Target) -> bool {
+        !matches!(place.address, Address::Unix(_)) && self.pg.get_ssl_mode() != SslMode::Disable
+    }
+
+    /// The settings for `place`: TLS turned off where it is not asked for.
     fn settings_for(&self, place: &Target) -> std::borrow::Cow<'_, Config> {
-        if matches!(place.address, Address::Unix(_)) && self.pg.get_ssl_mode() != SslMode::Disable {
+        if self.asks_for_tls(place) || self.pg.get_ssl_mode() == SslMode::Disable {
+            std::borrow::Cow::Borrowed(&self.pg)
+        } else {
             let mut pg = self.pg.clone();
             pg.ssl_mode(SslMode::Disable);
             std::borrow::Cow::Owned(pg)
-        } else {
-            std::borrow::Cow::Borrowed(&self.pg)
         }
     }
 
@@ -355,13 +361,11 @@ impl Opener {
             ),
             Address::Name(_) => unreachable!("names are resolved to addresses first"),
         };
-        Ok(
-            if self.settings_for(place).get_ssl_mode() == SslMode::Disable {
-                CopyCoalescing::new(io)
-            } else {
-                CopyCoalescing::before_ssl_request(io)
-            },
-        )
+        Ok(if self.asks_for_tls(place) {
+            CopyCoalescing::before_ssl_request(io)
+        } else {
+            CopyCoalescing::new(io)
+        })
     }
 
     async fn tcp(&self, addr: std::net::SocketAddr) -> io::Result<TcpStream> {
