@@ -7,11 +7,11 @@
 //! - DataFusion over local Parquet files of every table (the ceiling),
 //! - and, for single-database placements, the database running the whole query itself,
 //!
-//! each query through all of them before the next starts (so that they meet the machine in
-//! the same state), each `--runs` times, reporting each contender's median; with every
-//! Tributary answer compared to DuckDB's (a mismatch or an error other than a timeout fails
-//! the run). Writes a
-//! Markdown table and an SVG chart to `$CARGO_TARGET_DIR/bench/`.
+//! each query through all of them before the next starts, in `--runs` rounds of one run of
+//! each (so that they meet the machine in the same state), reporting each contender's
+//! median; with every Tributary answer compared to DuckDB's (a mismatch or an error other
+//! than a timeout fails the run). Writes a Markdown table and an SVG chart to
+//! `$CARGO_TARGET_DIR/bench/`.
 //!
 //! The data is generated once per scale factor and kept: schema/database
 //! `tributary_tpch_sf<scale>` in the local PostgreSQL and MariaDB (see scripts/services.sh)
@@ -35,7 +35,6 @@ use tributary::{Config, Engine};
 use tributary_testkit::tpch::{Dataset, DuckDb, Placement, Query, compare, queries};
 use tributary_tpch::TpchTable;
 
-use data::WholeQuery;
 use report::{Contender, Outcome, PlacementReport};
 
 struct Args {
@@ -89,28 +88,73 @@ fn args() -> Args {
 
 const TIMED_OUT: &str = "timed out";
 
-/// The median of `runs` timed runs of `run`, and the last answer; an error on timeout.
-async fn timed<F, Fut>(
-    runs: usize,
+/// One run of `run`, timed, or an error (one naming the timeout when it ran out of time).
+async fn timed<T>(
     timeout: Duration,
-    mut run: F,
-) -> Result<(Duration, Vec<RecordBatch>), String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Vec<RecordBatch>, String>>,
-{
-    let mut times = Vec::new();
-    let mut answer = Vec::new();
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        answer = match tokio::time::timeout(timeout, run()).await {
-            Ok(result) => result?,
-            Err(_) => return Err(format!("{TIMED_OUT} after {timeout:?}")),
-        };
-        times.push(started.elapsed());
+    run: impl Future<Output = Result<T, String>>,
+) -> Result<(Duration, T), String> {
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(result) => result.map(|answer| (started.elapsed(), answer)),
+        Err(_) => Err(format!("{TIMED_OUT} after {timeout:?}")),
     }
-    times.sort();
-    Ok((times[times.len() / 2], answer))
+}
+
+/// One contender's runs of one query so far.
+struct Tally {
+    times: Vec<Duration>,
+    /// What stopped it: a query that fails or times out once is not run again.
+    failed: Option<String>,
+    /// Every answer checked matched DuckDB's (checking stops at the first that does not,
+    /// so that it is recorded once).
+    correct: bool,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            times: Vec::new(),
+            failed: None,
+            correct: true,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.failed.is_none()
+    }
+
+    /// Adds a run whose answer is checked with `check`, which records a mismatch (an
+    /// error is recorded too: the run fails unless the query only ran out of time).
+    fn add(
+        &mut self,
+        result: Result<(Duration, Vec<RecordBatch>), String>,
+        check: &mut impl FnMut(&str, Result<&[RecordBatch], &str>) -> bool,
+        who: &str,
+    ) {
+        match result {
+            Ok((time, answer)) => {
+                self.times.push(time);
+                if self.correct {
+                    self.correct = check(who, Ok(&answer));
+                }
+            }
+            Err(e) => {
+                check(who, Err(&e));
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// The median time, or what stopped it.
+    fn outcome(mut self) -> Outcome {
+        match self.failed {
+            Some(e) => Outcome::Failed(e),
+            None => {
+                self.times.sort();
+                Outcome::Time(self.times[self.times.len() / 2], self.correct)
+            }
+        }
+    }
 }
 
 async fn in_process(engine: &Engine, sql: &str) -> Result<Vec<RecordBatch>, String> {
@@ -223,107 +267,85 @@ async fn bench_placement(
     warm_up(&engine, flight.as_ref(), data, placement).await;
     let mut alone = data::whole_query_runner(data, placement).await;
 
-    // DuckDB runs each query right after Tributary does, over one connection, so that
-    // both meet the machine in the same state.
-    let mut duck_session = duckdb.session(data, placement, args.runs, true);
+    // DuckDB runs each query right beside the others, over one connection.
+    let mut duck_session = duckdb.session(data, placement, 1, true);
 
     let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
     for query in queries {
         let sql = data.qualify(placement, &query.sql);
-        let mut outcomes = Vec::new();
-
-        let duck = duck_session.run(query);
-        let expected = &duck.answer;
-        let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
-            let verdict = match (answer, expected) {
-                (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
-                (Ok(_), None) => return false,
-                (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
-                (Err(e), _) => Err(format!("failed: {e}")),
-            };
-            verdict
-                .map_err(|e| {
-                    mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
-                })
-                .is_ok()
-        };
-        let ours = timed(args.runs, args.timeout, || in_process(&engine, &sql)).await;
-        outcomes.push((
-            Contender::Tributary,
-            outcome(ours, &mut check, "in process"),
-        ));
-        if let Some(client) = &flight {
-            let answer = timed(args.runs, args.timeout, || {
-                let mut client = client.clone();
-                let sql = sql.clone();
-                async move { over_flight(&mut client, &sql).await }
-            })
-            .await;
-            outcomes.push((
-                Contender::Flight,
-                outcome(answer, &mut check, "over Flight SQL"),
-            ));
-        }
-        let duck_outcome = match (&duck.error, duck.seconds.is_empty()) {
-            (Some(e), _) => Outcome::Failed(e.clone()),
-            (None, true) => Outcome::Failed("no time".into()),
-            (None, false) => {
-                let mut seconds = duck.seconds.clone();
-                seconds.sort_by(f64::total_cmp);
-                Outcome::Time(Duration::from_secs_f64(seconds[seconds.len() / 2]), true)
+        let mut expected = None;
+        let [mut duck, mut ours, mut flown, mut ceiling_runs, mut whole] =
+            [(); 5].map(|()| Tally::new());
+        // Round by round, each contender once in each, so that a slow spell of the
+        // machine (a neighbour's burst) meets every contender rather than one
+        // contender's every run.
+        for _ in 0..args.runs.max(1) {
+            if duck.running() {
+                let run = duck_session.run(query);
+                match (run.error, run.seconds.first()) {
+                    (Some(e), _) => duck.failed = Some(e),
+                    (None, None) => duck.failed = Some("no time".into()),
+                    (None, Some(&seconds)) => {
+                        duck.times.push(Duration::from_secs_f64(seconds));
+                        expected = expected.or(run.answer);
+                    }
+                }
             }
-        };
-        outcomes.push((Contender::DuckDb, duck_outcome));
-        let parquet = timed(args.runs, args.timeout, || async {
-            let frame = ceiling.sql(&query.sql).await.map_err(|e| e.to_string())?;
-            frame.collect().await.map_err(|e| e.to_string())
-        })
-        .await;
-        outcomes.push((
-            Contender::Ceiling,
-            outcome(parquet, &mut check, "DataFusion over Parquet"),
-        ));
-        if let Some(alone) = alone.as_mut() {
-            outcomes.push((
-                Contender::Alone,
-                whole_query(alone, &query.sql, args.runs, args.timeout).await,
-            ));
+            let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
+                let verdict = match (answer, &expected) {
+                    (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
+                    (Ok(_), None) => return false,
+                    (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
+                    (Err(e), _) => Err(format!("failed: {e}")),
+                };
+                verdict
+                    .map_err(|e| {
+                        mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
+                    })
+                    .is_ok()
+            };
+            if ours.running() {
+                let run = timed(args.timeout, in_process(&engine, &sql)).await;
+                ours.add(run, &mut check, "in process");
+            }
+            if let Some(client) = &flight
+                && flown.running()
+            {
+                let run = timed(args.timeout, over_flight(&mut client.clone(), &sql)).await;
+                flown.add(run, &mut check, "over Flight SQL");
+            }
+            if ceiling_runs.running() {
+                let run = timed(args.timeout, async {
+                    let frame = ceiling.sql(&query.sql).await.map_err(|e| e.to_string())?;
+                    frame.collect().await.map_err(|e| e.to_string())
+                })
+                .await;
+                ceiling_runs.add(run, &mut check, "DataFusion over Parquet");
+            }
+            // Stopped by the database itself after the timeout.
+            if let Some(alone) = alone.as_mut()
+                && whole.running()
+            {
+                let started = Instant::now();
+                match alone.run(&query.sql, args.timeout).await {
+                    Ok(()) => whole.times.push(started.elapsed()),
+                    Err(e) => whole.failed = Some(e),
+                }
+            }
+        }
+        let mut outcomes = vec![(Contender::Tributary, ours.outcome())];
+        if flight.is_some() {
+            outcomes.push((Contender::Flight, flown.outcome()));
+        }
+        outcomes.push((Contender::DuckDb, duck.outcome()));
+        outcomes.push((Contender::Ceiling, ceiling_runs.outcome()));
+        if alone.is_some() {
+            outcomes.push((Contender::Alone, whole.outcome()));
         }
         eprintln!("  {} {}", query.name, report::line(&outcomes));
         report.add(query, outcomes);
     }
     report
-}
-
-/// The database running the whole query itself: the median of `runs` runs, or its
-/// failure (a query that fails or times out once is not run again).
-async fn whole_query(alone: &mut WholeQuery, sql: &str, runs: usize, timeout: Duration) -> Outcome {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let started = Instant::now();
-        if let Err(e) = alone.run(sql, timeout).await {
-            return Outcome::Failed(e);
-        }
-        times.push(started.elapsed());
-    }
-    times.sort();
-    Outcome::Time(times[times.len() / 2], true)
-}
-
-/// A contender's outcome; an answer is checked with `check`, which records a mismatch
-/// (an error is recorded too: the run fails unless the query only ran out of time).
-fn outcome(
-    result: Result<(Duration, Vec<RecordBatch>), String>,
-    check: &mut impl FnMut(&str, Result<&[RecordBatch], &str>) -> bool,
-    who: &str,
-) -> Outcome {
-    match result {
-        Ok((time, answer)) => Outcome::Time(time, check(who, Ok(&answer))),
-        Err(e) => {
-            check(who, Err(&e));
-            Outcome::Failed(e)
-        }
-    }
 }
 
 #[tokio::main]
