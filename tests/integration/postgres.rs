@@ -686,3 +686,186 @@ async fn session_settings_reach_every_connection() {
     let e = rejected("'work_mem=1MB -c jit': on");
     assert!(e.contains("not a PostgreSQL setting name"), "{e}");
 }
+
+/// An ordinary close says goodbye (`Terminate`), so the server logs no broken connection,
+/// while a connection abandoned mid-`COPY` is cancelled and closed without reading on.
+/// Seen from the client's side of a proxy in front of the server.
+#[tokio::test]
+async fn connections_say_goodbye_unless_a_copy_is_abandoned() {
+    let schema = Schema::create("goodbye").await;
+    schema
+        .execute(
+            "CREATE TABLE big (id bigint, f float8);
+             INSERT INTO big SELECT i, i FROM generate_series(1, 300000) i;
+             ANALYZE big;",
+        )
+        .await;
+    let proxy = ClientRecorder::start().await;
+    let engine = pg_engine_at(
+        &schema.name,
+        &format!(
+            "    url: postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable
+    partitions: 1
+    batch_size: 1024
+",
+            proxy.port
+        ),
+    );
+    // As in a_scan_stopped_early_cancels_its_query, DataFusion drops the COPY mid-way.
+    let batches = run(&engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(
+        table(&engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
+        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
+    );
+    drop(engine);
+
+    let sessions = proxy.sessions_once_closed().await;
+    assert_eq!(
+        sessions.iter().filter(|s| s.cancel).count(),
+        1,
+        "one cancel, for the abandoned COPY: {sessions:#?}"
+    );
+    let abandoned = |s: &&Session| {
+        s.queries
+            .iter()
+            .any(|q| q.starts_with("COPY") && !q.contains("<= 10"))
+    };
+    let (copied, others): (Vec<&Session>, Vec<&Session>) =
+        sessions.iter().filter(|s| !s.cancel).partition(abandoned);
+    assert_eq!(copied.len(), 1, "{sessions:#?}");
+    assert_ne!(copied[0].messages.last(), Some(&b'X'), "{sessions:#?}");
+    assert!(
+        others
+            .iter()
+            .any(|s| s.queries.iter().any(|q| q.contains("<= 10"))),
+        "{sessions:#?}"
+    );
+    for session in others {
+        assert_eq!(session.messages.last(), Some(&b'X'), "{session:#?}");
+    }
+}
+
+/// What a client sent over one connection.
+#[derive(Debug, Default)]
+struct Session {
+    /// The connection carried a cancel request and nothing else.
+    cancel: bool,
+    /// The type byte of each message after the startup message, in order.
+    messages: Vec<u8>,
+    /// The text of each simple query (`Q`) and statement parsed (`P`).
+    queries: Vec<String>,
+}
+
+impl Session {
+    fn read(bytes: &[u8]) -> Session {
+        if bytes.len() < 8 {
+            return Session::default();
+        }
+        let int = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let mut session = Session {
+            cancel: int(4) == 80877102,
+            ..Session::default()
+        };
+        let mut at = int(0);
+        while at + 5 <= bytes.len() {
+            let (kind, len) = (bytes[at], int(at + 1));
+            let body = &bytes[at + 5..(at + 1 + len).min(bytes.len())];
+            let text = |b: &[u8]| {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                String::from_utf8_lossy(&b[..end]).into_owned()
+            };
+            match kind {
+                b'Q' => session.queries.push(text(body)),
+                // A statement name, then the query.
+                b'P' => {
+                    let name = body.iter().position(|&c| c == 0).unwrap_or(0);
+                    session.queries.push(text(&body[name + 1..]));
+                }
+                _ => {}
+            }
+            session.messages.push(kind);
+            at += 1 + len;
+        }
+        session
+    }
+}
+
+/// A TCP proxy to the test server that keeps what each client sent.
+struct ClientRecorder {
+    port: u16,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Option<Vec<u8>>>>>,
+}
+
+impl ClientRecorder {
+    async fn start() -> ClientRecorder {
+        let config: tokio_postgres::Config = url().parse().unwrap();
+        let server = match (&config.get_hosts()[0], config.get_ports().first()) {
+            (tokio_postgres::config::Host::Tcp(host), port) => {
+                format!("{host}:{}", port.copied().unwrap_or(5432))
+            }
+            other => panic!("the test server is not on TCP: {other:?}"),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // One slot per connection: None while open, what the client sent once it closed.
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let slots = sent.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let slot = {
+                    let mut slots = slots.lock().unwrap();
+                    slots.push(None);
+                    slots.len() - 1
+                };
+                let slots = slots.clone();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = upstream.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                tokio::spawn(async move {
+                    let mut kept = Vec::new();
+                    let mut buf = vec![0; 64 * 1024];
+                    while let Ok(n) = from_client.read(&mut buf).await {
+                        if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        kept.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to_server.shutdown().await;
+                    slots.lock().unwrap()[slot] = Some(kept);
+                });
+            }
+        });
+        ClientRecorder { port, sent }
+    }
+
+    /// What each client sent, once every connection has closed (or after 10 s, failing).
+    async fn sessions_once_closed(&self) -> Vec<Session> {
+        for _ in 0..100 {
+            {
+                let sent = self.sent.lock().unwrap();
+                if sent.iter().all(Option::is_some) {
+                    return sent.iter().flatten().map(|b| Session::read(b)).collect();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let sent = self.sent.lock().unwrap();
+        panic!(
+            "{} of {} connections are still open: {:#?}",
+            sent.iter().filter(|s| s.is_none()).count(),
+            sent.len(),
+            sent.iter()
+                .flatten()
+                .map(|b| Session::read(b))
+                .collect::<Vec<_>>()
+        );
+    }
+}
