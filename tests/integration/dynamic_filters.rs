@@ -319,7 +319,7 @@ async fn build_side_keys_reach_the_probe_sides_source_and_change_no_answer() {
         pg.name
     );
     assert_eq!(listed_keys(&plain, lake_only).await, 150);
-    assert_eq!(listed_keys(&plain, &federated).await, 50_000);
+    assert_eq!(listed_keys(&plain, &federated).await, 100_000);
 
     let no_dynamic = "    datafusion.optimizer.enable_join_dynamic_filter_pushdown: 'false'\n";
     for settings in ["", partitioned] {
@@ -341,4 +341,78 @@ async fn build_side_keys_reach_the_probe_sides_source_and_change_no_answer() {
             failures.join("\n\n")
         );
     }
+}
+
+/// A long list of integer keys reaches PostgreSQL as one array literal (`= ANY('{…}'::
+/// BIGINT[])`), which it parses at once, and selects the same rows as the list would:
+/// negative keys, keys the probe side lacks, a NULL key, and `smallint`, `int` and
+/// `bigint` columns compared with 64-bit keys.
+#[tokio::test]
+async fn long_integer_key_lists_reach_postgres_as_one_array() {
+    let pg = postgres::Schema::create("key_arrays").await;
+    pg.execute(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, k int, s smallint, b bigint);
+         INSERT INTO wide
+         SELECT id, CASE WHEN id % 97 = 0 THEN NULL ELSE id % 1000 - 500 END,
+                (id % 700 - 350)::smallint, id * 3000000000 - 9000000000000
+         FROM generate_series(1, 5000) AS id;
+         ANALYZE wide;",
+    )
+    .await;
+    let lake = tempfile::tempdir().unwrap();
+    // 400 keys from -500 to 1495 in steps of 5 (half of them absent from `k`), and a NULL.
+    let keys: Vec<Option<i64>> = (0..400).map(|i| Some(i * 5 - 500)).chain([None]).collect();
+    let picks = RecordBatch::try_new(
+        Arc::new(ArrowSchema::new(vec![Field::new(
+            "key",
+            DataType::Int64,
+            true,
+        )])),
+        vec![Arc::new(arrow::array::Int64Array::from(keys)) as ArrayRef],
+    )
+    .unwrap();
+    write_parquet(&lake.path().join("keys.parquet"), &picks);
+    let my = mysql::Database::create("key_arrays").await;
+    let dynamic = engine(&pg.name, &my.name, lake.path(), true, "");
+    let local = engine(&pg.name, &my.name, lake.path(), false, "");
+    for column in ["k", "s"] {
+        let sql = format!(
+            "SELECT w.id, w.{column} FROM pg.{}.wide w JOIN lake.main.keys p ON w.{column} = p.key ORDER BY w.id",
+            pg.name
+        );
+        let (got, sent, plan) = run(&dynamic, &sql).await;
+        let (want, _, _) = run(&local, &sql).await;
+        assert_eq!(got, want, "{sql}");
+        assert!(got.lines().count() > 100, "{got}");
+        let probe: Vec<&Sent> = sent.iter().filter(|s| s.source == "pg").collect();
+        assert!(
+            probe.iter().all(|s| listed_in_array(&s.sql, "-500")
+                && listed_in_array(&s.sql, "1495")
+                && !s.sql.contains(" IN (")),
+            "{probe:?}\n{plan}"
+        );
+        assert!(probe.iter().map(|s| s.rows).sum::<usize>() < 5000, "{plan}");
+    }
+    // Keys past the range of `int`, both ways.
+    let sql = format!(
+        "SELECT w.id FROM pg.{}.wide w JOIN (SELECT key * 3000000000 - 9000000000000 AS key FROM lake.main.keys) p ON w.b = p.key ORDER BY w.id",
+        pg.name
+    );
+    let (got, sent, plan) = run(&dynamic, &sql).await;
+    let (want, _, _) = run(&local, &sql).await;
+    assert_eq!(got, want, "{sql}");
+    assert!(got.lines().count() > 100, "{got}");
+    assert!(
+        sent.iter()
+            .any(|s| s.source == "pg" && listed_in_array(&s.sql, "-10500000000000")),
+        "{sent:?}\n{plan}"
+    );
+}
+
+/// Whether `sql` compares with an array literal of 64-bit integers that lists `value`.
+fn listed_in_array(sql: &str, value: &str) -> bool {
+    sql.split(" = ANY('{").skip(1).any(|rest| {
+        rest.split_once("}'::BIGINT[])")
+            .is_some_and(|(list, _)| list.split(',').any(|v| v == value))
+    })
 }

@@ -43,6 +43,7 @@ pub static RULES: PushdownRules = PushdownRules {
     // Nested loops over indexes: TPC-H q07 with orders and customer in MariaDB took 2.3 s
     // with their join regrouped to run there, 0.66 s with both read apart.
     hash_joins: false,
+    integer_arrays: false,
 };
 
 /// Types the MySQL dialect writes as valid `CAST` targets (`SIGNED`, `DECIMAL(p,s)`,

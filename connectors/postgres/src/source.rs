@@ -36,6 +36,7 @@ pub static RULES: PushdownRules = PushdownRules {
     decimal_avg: true,
     cast_to: |_| true,
     hash_joins: true,
+    integer_arrays: true,
 };
 
 /// A PostgreSQL database as a catalog.

@@ -14,6 +14,7 @@
 //! [`Bounds`]), and the per-partition branches of a partitioned join are merged into one.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -25,7 +26,7 @@ use datafusion::physical_expr::expressions::{
     BinaryExpr, CaseExpr, CastExpr, Column as ColumnExpr, InListExpr, IsNullExpr, Literal,
 };
 use datafusion::physical_expr_common::physical_expr::{PhysicalExpr, snapshot_physical_expr};
-use datafusion::sql::sqlparser::ast::{Ident, SetExpr, Statement};
+use datafusion::sql::sqlparser::ast::{self, Ident, SetExpr, Statement, visit_expressions_mut};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::Unparser;
@@ -126,7 +127,10 @@ impl DynamicFilterTarget {
     /// `statement`, restricted by `predicate`.
     pub fn restrict(&self, statement: &Statement, predicate: &Expr) -> Result<Statement> {
         let dialect = self.source.dialect();
-        let predicate = Unparser::new(dialect.as_ref()).expr_to_sql(predicate)?;
+        let mut predicate = Unparser::new(dialect.as_ref()).expr_to_sql(predicate)?;
+        if self.source.rules().integer_arrays {
+            integer_arrays(&mut predicate);
+        }
         match self.shape {
             Shape::Table => {
                 let mut restricted = statement.clone();
@@ -202,6 +206,69 @@ impl DynamicFilterTarget {
         }
         checked.is_ok()
     }
+}
+
+/// Lists of at least this many values are written as arrays where the source takes them.
+const ARRAY_FROM: usize = 100;
+
+/// Writes each long `k IN (…)` of integer literals as `k = ANY('{…}'::BIGINT[])`: the same
+/// rows (integers compare exactly across widths, and the list has no NULL), one literal to
+/// parse, and still a condition the source can answer from an index on `k`.
+fn integer_arrays(predicate: &mut ast::Expr) {
+    let _ = visit_expressions_mut(predicate, |e| {
+        if let ast::Expr::InList {
+            expr,
+            list,
+            negated: false,
+        } = e
+            && list.len() >= ARRAY_FROM
+            && let Some(values) = list.iter().map(integer).collect::<Option<Vec<_>>>()
+        {
+            let array = ast::Expr::value(ast::Value::SingleQuotedString(format!(
+                "{{{}}}",
+                values.join(",")
+            )));
+            *e = ast::Expr::AnyOp {
+                left: expr.clone(),
+                compare_op: ast::BinaryOperator::Eq,
+                right: Box::new(ast::Expr::Cast {
+                    kind: ast::CastKind::DoubleColon,
+                    expr: Box::new(array),
+                    data_type: ast::DataType::Array(ast::ArrayElemTypeDef::SquareBracket(
+                        Box::new(ast::DataType::BigInt(None)),
+                        None,
+                    )),
+                    array: false,
+                    format: None,
+                }),
+                is_some: false,
+            };
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The text of an integer literal that fits a `BIGINT`.
+fn integer(e: &ast::Expr) -> Option<String> {
+    let (negative, value) = match e {
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => (true, expr.as_ref()),
+        e => (false, e),
+    };
+    let ast::Expr::Value(value) = value else {
+        return None;
+    };
+    let ast::Value::Number(digits, false) = &value.value else {
+        return None;
+    };
+    let text = if negative {
+        format!("-{digits}")
+    } else {
+        digits.clone()
+    };
+    text.parse::<i64>().ok().map(|n| n.to_string())
 }
 
 /// A key a dynamic filter constrains: an output column of the scan, maybe cast.
@@ -675,5 +742,48 @@ mod tests {
             bin(a, Operator::Eq, plit(2i64)),
         );
         assert_eq!(bounds_of(disjoint), "never");
+    }
+
+    #[test]
+    fn long_lists_of_integers_become_one_array_and_others_stay_lists() {
+        use datafusion::sql::unparser::dialect::PostgreSqlDialect;
+        let written = |values: Vec<Expr>, negated: bool| {
+            let key = Expr::Column(Column::new_unqualified("k"));
+            let list = Expr::InList(InList::new(Box::new(key), values, negated));
+            let mut sql = Unparser::new(&PostgreSqlDialect {})
+                .expr_to_sql(&list)
+                .unwrap();
+            integer_arrays(&mut sql);
+            sql.to_string()
+        };
+        let mut values: Vec<i64> = (1..ARRAY_FROM as i64).collect();
+        values.extend([-7, i64::MIN, i64::MAX]);
+        let expected: Vec<String> = values.iter().map(i64::to_string).collect();
+        assert_eq!(
+            written(values.iter().copied().map(lit).collect(), false),
+            format!("\"k\" = ANY('{{{}}}'::BIGINT[])", expected.join(","))
+        );
+        assert_eq!(
+            written(values.iter().map(|&v| lit(v as i32)).collect(), false),
+            format!(
+                "\"k\" = ANY('{{{}}}'::BIGINT[])",
+                values
+                    .iter()
+                    .map(|&v| (v as i32).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        );
+        let short = written((1..ARRAY_FROM as i64).map(lit).collect(), false);
+        assert!(short.starts_with("\"k\" IN (1, 2, "), "{short}");
+        let negated = written(values.iter().copied().map(lit).collect(), true);
+        assert!(negated.starts_with("\"k\" NOT IN ("), "{negated}");
+        let mut texts: Vec<Expr> = values.iter().copied().map(lit).collect();
+        texts.push(lit("1"));
+        assert!(written(texts, false).contains(" IN ("));
+        let unsigned: Vec<Expr> = (0..ARRAY_FROM as u64)
+            .map(|v| lit(v + u64::MAX / 2 + 1))
+            .collect();
+        assert!(written(unsigned, false).contains(" IN ("));
     }
 }

@@ -63,6 +63,10 @@ pub struct PushdownRules {
     /// loops over indexes, a join of two large tables runs slower there than apart, with
     /// dynamic filters, and only joins with small tables are regrouped.
     pub hash_joins: bool,
+    /// A long list of integer keys is written as one array literal, `k = ANY('{1,2,…}'::
+    /// BIGINT[])`, which the source reads at once, instead of `k IN (1, 2, …)`, whose
+    /// tens of thousands of constants cost PostgreSQL's parser and planner about 100 ms.
+    pub integer_arrays: bool,
 }
 
 /// Why an expression is evaluated by DataFusion instead of the source.
