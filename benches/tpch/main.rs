@@ -139,7 +139,10 @@ impl Tally {
                 }
             }
             Err(e) => {
-                check(who, Err(&e));
+                // A wrong answer before it is the mismatch already recorded.
+                if self.correct {
+                    check(who, Err(&e));
+                }
                 self.failed = Some(e);
             }
         }

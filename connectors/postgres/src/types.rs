@@ -134,7 +134,9 @@ pub fn map_type(ty: &Type, typmod: i32) -> Mapping {
         Type::INT2 => Mapping::native(DataType::Int16, Wire::Int2),
         Type::INT4 => Mapping::native(DataType::Int32, Wire::Int4),
         Type::INT8 => Mapping::native(DataType::Int64, Wire::Int8),
-        Type::OID => Mapping::native(DataType::Int64, Wire::Oid),
+        // An oid compares as an unsigned 32-bit number and takes a negative integer modulo
+        // 2^32 (`oid = -1` holds for 4294967295), so its comparisons stay in DataFusion.
+        Type::OID => Mapping::native(DataType::Int64, Wire::Oid).opaque(),
         // Floats compare differently (-0.0 and 0.0 are equal in PostgreSQL, ordered in
         // DataFusion); the pushdown rules keep comparisons of floats in DataFusion.
         Type::FLOAT4 => Mapping::native(DataType::Float32, Wire::Float4),
