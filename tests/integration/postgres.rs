@@ -618,27 +618,39 @@ async fn a_scan_of_no_columns_counts_its_rows() {
     assert_counts_without_columns(&engine).await;
 }
 
+/// 300,000 rows of `big (id bigint, f float8)`.
+const BIG_FLOATS: &str = "CREATE TABLE big (id bigint, f float8);
+    INSERT INTO big SELECT i, i FROM generate_series(1, 300000) i;
+    ANALYZE big;";
+
+/// Reads one row of [`BIG_FLOATS`] through a scan that stops mid-`COPY`: the float filter
+/// stays in DataFusion, so the limit cannot be pushed, and DataFusion drops the stream
+/// after the first match.
+async fn stop_a_copy_early(engine: &Engine) {
+    let batches = run(engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+}
+
+/// A query of [`BIG_FLOATS`] that PostgreSQL answers whole (its SQL has `<= 10`).
+async fn assert_reads_ten(engine: &Engine) {
+    assert_eq!(
+        table(engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
+        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
+    );
+}
+
 #[tokio::test]
 async fn a_scan_stopped_early_cancels_its_query() {
     let schema = Schema::create("cancel").await;
-    schema
-        .execute(
-            "CREATE TABLE big (id bigint, f float8);
-             INSERT INTO big SELECT i, i FROM generate_series(1, 300000) i;
-             ANALYZE big;",
-        )
-        .await;
+    schema.execute(BIG_FLOATS).await;
     let engine = pg_engine(
         &schema.name,
         true,
         "    partitions: 1\n    batch_size: 1024\n",
     );
-    // The float filter stays in DataFusion, so the limit cannot be pushed: DataFusion
-    // stops reading after the first match and drops the COPY stream mid-way.
-    let batches = run(&engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
-        .await
-        .unwrap();
-    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    stop_a_copy_early(&engine).await;
     let client = schema.client();
     let sql = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY%{}%'",
@@ -654,10 +666,7 @@ async fn a_scan_stopped_early_cancels_its_query() {
     }
     assert_eq!(active, 0, "the abandoned COPY is still running");
     // The engine keeps working (the interrupted connection was not pooled).
-    assert_eq!(
-        table(&engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
-        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
-    );
+    assert_reads_ten(&engine).await;
 }
 
 #[tokio::test]
@@ -709,13 +718,7 @@ async fn session_settings_reach_every_connection() {
 #[tokio::test]
 async fn connections_say_goodbye_unless_a_copy_is_abandoned() {
     let schema = Schema::create("goodbye").await;
-    schema
-        .execute(
-            "CREATE TABLE big (id bigint, f float8);
-             INSERT INTO big SELECT i, i FROM generate_series(1, 300000) i;
-             ANALYZE big;",
-        )
-        .await;
+    schema.execute(BIG_FLOATS).await;
     let proxy = ClientRecorder::start().await;
     let engine = pg_engine_at(
         &schema.name,
@@ -727,15 +730,8 @@ async fn connections_say_goodbye_unless_a_copy_is_abandoned() {
             proxy.port
         ),
     );
-    // As in a_scan_stopped_early_cancels_its_query, DataFusion drops the COPY mid-way.
-    let batches = run(&engine, "SELECT id FROM big WHERE f > 10 LIMIT 1")
-        .await
-        .unwrap();
-    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
-    assert_eq!(
-        table(&engine, "SELECT count(*) AS n FROM big WHERE id <= 10").await,
-        "+----+\n| n  |\n+----+\n| 10 |\n+----+"
-    );
+    stop_a_copy_early(&engine).await;
+    assert_reads_ten(&engine).await;
     drop(engine);
 
     let sessions = proxy.sessions_once_closed().await;

@@ -474,8 +474,9 @@ async fn aggregates_that_hardly_reduce_their_input_run_in_datafusion() {
 /// every 13th note has quotes and unicode; amounts are decimals, times carry a zone.
 /// `ANALYZE` samples every row (300 × the statistics target), so the planner's estimates,
 /// and the plans the test expects, do not change from run to run; autovacuum is off for
-/// both, so that it cannot mark pages all-visible (making index scans cheaper) between
-/// one plan and the next: the test vacuums them itself ([`VACUUM_HASHED_SIDES`]).
+/// both, so that it cannot change their state (visibility map, statistics) between one
+/// plan and the next: the test vacuums them itself, in a statement of its own (`VACUUM`
+/// cannot run in the transaction of a multi-statement query).
 const HASHED_SIDES: &str = r#"
 CREATE TABLE small (id int PRIMARY KEY, name text) WITH (autovacuum_enabled = false);
 CREATE TABLE big (id int PRIMARY KEY, k int, note text, amount numeric(12, 2), at timestamptz)
@@ -491,10 +492,6 @@ ANALYZE small;
 ANALYZE big;
 "#;
 
-/// The tables of [`HASHED_SIDES`], vacuumed one statement at a time (`VACUUM` cannot run
-/// in the transaction of a multi-statement query).
-const VACUUM_HASHED_SIDES: [&str; 2] = ["small", "big"];
-
 /// Planner costs under which PostgreSQL 15 plans these tables as it plans TPC-H q13 at
 /// SF1: a parallel outer join, which must hash its nullable (here the larger) side.
 const PARALLEL_COSTS: &str = "    settings:\n      parallel_setup_cost: 0\n      \
@@ -505,10 +502,8 @@ const PARALLEL_COSTS: &str = "    settings:\n      parallel_setup_cost: 0\n     
 async fn joins_postgres_would_run_by_hashing_the_larger_input_run_in_datafusion() {
     let schema = Schema::create("hashed_sides").await;
     schema.execute(HASHED_SIDES).await;
-    for table in VACUUM_HASHED_SIDES {
-        let vacuum = format!("VACUUM {}.{table}", schema.name);
-        schema.client().batch_execute(&vacuum).await.unwrap();
-    }
+    let vacuum = format!("VACUUM {0}.small, {0}.big", schema.name);
+    schema.client().batch_execute(&vacuum).await.unwrap();
     let pushed = pg_engine(&schema.name, true, PARALLEL_COSTS);
     let local = pg_engine(&schema.name, false, PARALLEL_COSTS);
     // PostgreSQL 16 hashes the smaller side of a parallel outer join itself.
