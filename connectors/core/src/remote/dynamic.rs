@@ -13,12 +13,11 @@
 //! is always sound: a predicate is first weakened to a range and a set of values per key (see
 //! [`Bounds`]), and the per-partition branches of a partitioned join are merged into one.
 
-use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{Column, DFSchema, Result, ScalarValue};
+use datafusion::common::{Column, DFSchema, HashSet, Result, ScalarValue};
 use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{Cast, Expr, Operator, lit};
 use datafusion::physical_expr::ScalarFunctionExpr;
@@ -105,9 +104,24 @@ impl DynamicFilterTarget {
         })
     }
 
+    /// What of `filters`' current state the source can evaluate, written in its dialect as
+    /// one condition on the scan's columns; `None` when that is nothing. It does not depend
+    /// on the partition, so a scan writes it once for all its queries (see [`Self::restrict`]).
+    pub fn restriction(&self, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<ast::Expr>> {
+        let Some(predicate) = self.predicate(filters)? else {
+            return Ok(None);
+        };
+        let dialect = self.source.dialect();
+        let mut written = Unparser::new(dialect.as_ref()).expr_to_sql(&predicate)?;
+        if self.source.rules().integer_arrays {
+            integer_arrays(&mut written);
+        }
+        Ok(Some(written))
+    }
+
     /// What of `filters`' current state the source can evaluate, as one predicate over the
     /// scan's columns; `None` when that is nothing.
-    pub fn predicate(&self, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<Expr>> {
+    fn predicate(&self, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<Expr>> {
         let mut all = Bounds::all();
         for filter in filters {
             let current = snapshot_physical_expr(Arc::clone(filter))?;
@@ -124,13 +138,9 @@ impl DynamicFilterTarget {
         Ok(conjuncts.into_iter().reduce(Expr::and))
     }
 
-    /// `statement`, restricted by `predicate`.
-    pub fn restrict(&self, statement: &Statement, predicate: &Expr) -> Result<Statement> {
+    /// `statement`, restricted by a [`Self::restriction`].
+    pub fn restrict(&self, statement: &Statement, predicate: ast::Expr) -> Result<Statement> {
         let dialect = self.source.dialect();
-        let mut predicate = Unparser::new(dialect.as_ref()).expr_to_sql(predicate)?;
-        if self.source.rules().integer_arrays {
-            integer_arrays(&mut predicate);
-        }
         match self.shape {
             Shape::Table => {
                 let mut restricted = statement.clone();
@@ -300,16 +310,11 @@ struct KeyBound {
 }
 
 impl KeyBound {
-    fn values(values: impl IntoIterator<Item = ScalarValue>) -> Self {
-        let mut seen = HashSet::new();
-        let values: Vec<ScalarValue> = values
-            .into_iter()
-            .filter(|v| !v.is_null() && seen.insert(v.clone()))
-            .collect();
+    fn values<'a>(values: impl IntoIterator<Item = &'a ScalarValue>) -> Self {
         KeyBound {
             low: None,
             high: None,
-            values: (values.len() <= MAX_IN_VALUES).then_some(values),
+            values: distinct(values),
             nulls: false,
         }
     }
@@ -318,7 +323,7 @@ impl KeyBound {
     fn and(self, other: KeyBound) -> KeyBound {
         let values = match (self.values, other.values) {
             (Some(a), Some(b)) => {
-                let b: HashSet<ScalarValue> = b.into_iter().collect();
+                let b: HashSet<&ScalarValue> = b.iter().collect();
                 Some(a.into_iter().filter(|v| b.contains(v)).collect())
             }
             (a, b) => a.or(b),
@@ -334,9 +339,11 @@ impl KeyBound {
     /// Either bound holds.
     fn or(self, other: KeyBound) -> KeyBound {
         let values = match (self.values, other.values) {
-            (Some(a), Some(b)) => {
-                let union = KeyBound::values(a.into_iter().chain(b));
-                union.values
+            // The partitions of a partitioned join list disjoint keys (each key is hashed
+            // to one), so lists that add up to more than can be sent are not merged to
+            // find out: a list dropped is only a weaker filter.
+            (Some(a), Some(b)) if a.len() + b.len() <= MAX_IN_VALUES => {
+                distinct(a.iter().chain(&b))
             }
             _ => None,
         };
@@ -372,6 +379,28 @@ impl KeyBound {
             (None, false) => lit(false),
         })
     }
+}
+
+/// `values` without NULLs, each once, in their order; `None` past [`MAX_IN_VALUES`] of them.
+///
+/// Build sides list tens of thousands of keys, once per partition, and the probe side's
+/// query waits for this: the set hashes references with DataFusion's fast hasher, and
+/// stops as soon as the list is too long to send.
+fn distinct<'a>(values: impl IntoIterator<Item = &'a ScalarValue>) -> Option<Vec<ScalarValue>> {
+    let values = values.into_iter();
+    let expected = values.size_hint().0.min(MAX_IN_VALUES + 1);
+    let mut seen = HashSet::with_capacity(expected);
+    let mut kept = Vec::with_capacity(expected);
+    for value in values {
+        if value.is_null() || !seen.insert(value) {
+            continue;
+        }
+        if kept.len() == MAX_IN_VALUES {
+            return None;
+        }
+        kept.push(value.clone());
+    }
+    Some(kept)
 }
 
 /// The tighter of two range ends (`low`: the larger); either if they do not compare.
@@ -489,7 +518,7 @@ impl Bounds {
         };
         // Strict comparisons are weakened to inclusive ones.
         let bound = match op {
-            Operator::Eq => KeyBound::values([value.clone()]),
+            Operator::Eq => KeyBound::values([value]),
             Operator::Gt | Operator::GtEq => bound(Some(value), None),
             Operator::Lt | Operator::LtEq => bound(None, Some(value)),
             _ => return Bounds::all(),
@@ -504,7 +533,7 @@ impl Bounds {
         let Some(values) = in_list
             .list()
             .iter()
-            .map(|e| e.downcast_ref::<Literal>().map(|l| l.value().clone()))
+            .map(|e| e.downcast_ref::<Literal>().map(Literal::value))
             .collect::<Option<Vec<_>>>()
         else {
             return Bounds::all();
@@ -537,7 +566,7 @@ impl Bounds {
             else {
                 continue;
             };
-            bounds = bounds.and(Bounds::key(key, KeyBound::values(fields)));
+            bounds = bounds.and(Bounds::key(key, KeyBound::values(&fields)));
         }
         bounds
     }
@@ -697,6 +726,70 @@ mod tests {
         assert_eq!(bounds_of(open), "");
         // Only empty partitions: no row can match.
         assert_eq!(bounds_of(case(vec![plit(false)], false)), "never");
+    }
+
+    #[test]
+    fn lists_past_the_cap_leave_the_range() {
+        use datafusion::arrow::array::Int64Array;
+        let s = schema();
+        let a = pcol("a", &s).unwrap();
+        // A build side's keys as DataFusion lists them: every row's, repeats included.
+        let keys = |values: Vec<i64>| -> Arc<dyn PhysicalExpr> {
+            let (lo, hi) = (values[0], values[values.len() - 1]);
+            let list = InListExpr::try_new_from_array(
+                Arc::clone(&a),
+                Arc::new(Int64Array::from(values)),
+                false,
+                &s,
+            )
+            .unwrap();
+            let range = bin(
+                bin(Arc::clone(&a), Operator::GtEq, plit(lo)),
+                Operator::And,
+                bin(Arc::clone(&a), Operator::LtEq, plit(hi)),
+            );
+            bin(range, Operator::And, Arc::new(list))
+        };
+        let partitions = |parts: Vec<Arc<dyn PhysicalExpr>>| -> Arc<dyn PhysicalExpr> {
+            let branches = parts
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (plit(i as i64), p))
+                .collect();
+            Arc::new(CaseExpr::try_new(Some(Arc::clone(&a)), branches, Some(plit(false))).unwrap())
+        };
+        // What is sent of key `a`: the number of values listed, or the range.
+        let sent = |expr: Arc<dyn PhysicalExpr>| match Bounds::of(&expr, 2) {
+            Bounds::Keys(keys) if keys.len() == 1 => {
+                let bound = &keys[0].1;
+                match &bound.values {
+                    Some(values) => format!("{} values", values.len()),
+                    None => format!("{:?}..={:?}", bound.low, bound.high),
+                }
+            }
+            _ => "other".to_string(),
+        };
+        let max = MAX_IN_VALUES as i64;
+        let twice: Vec<i64> = (1..=max).flat_map(|k| [k, k]).collect();
+        assert_eq!(sent(keys(twice)), format!("{max} values"));
+        assert_eq!(
+            sent(keys((1..=max + 1).collect())),
+            format!("Some(Int64({}))..=Some(Int64({}))", 1, max + 1)
+        );
+        let half = max / 2;
+        let halves = partitions(vec![
+            keys((1..=half).collect()),
+            keys((half + 1..=max).collect()),
+        ]);
+        assert_eq!(sent(halves), format!("{max} values"));
+        let over = partitions(vec![
+            keys((1..=half + 1).collect()),
+            keys((half + 1..=max).collect()),
+        ]);
+        assert_eq!(
+            sent(over),
+            format!("Some(Int64({}))..=Some(Int64({}))", 1, max)
+        );
     }
 
     #[test]

@@ -2,15 +2,17 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::common::{DataFusionError, Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{DynamicFilterTracking, EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr_common::physical_expr::snapshot_generation;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
@@ -23,7 +25,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream, StatisticsArgs,
 };
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{StreamExt, TryStreamExt};
 
 use super::RemoteReader;
@@ -50,10 +52,20 @@ pub struct RemoteScanExec {
     dynamic_filters: Vec<Arc<dyn PhysicalExpr>>,
     /// The query each partition sent, once it started.
     sent: Arc<Mutex<Vec<Option<String>>>>,
+    /// The dynamic filters as last written for the source, shared by the partitions.
+    written: Arc<tokio::sync::Mutex<Option<Written>>>,
     /// What a sub-plan scan computes below its top projection (see [`super::shared`]).
     core: Option<Arc<SubPlanCore>>,
     /// The query this scan reads its rows from, shared with scans of the same core.
     shared: Option<SharedRead>,
+}
+
+/// What a scan's source evaluates of one state of its dynamic filters, in its dialect.
+#[derive(Debug)]
+struct Written {
+    /// The filters' generations when they were read.
+    generations: Vec<u64>,
+    restriction: Option<ast::Expr>,
 }
 
 /// How a scan reads a query shared with others.
@@ -97,6 +109,7 @@ impl RemoteScanExec {
             dynamic: None,
             dynamic_filters: vec![],
             sent,
+            written: Arc::default(),
             core: None,
             shared: None,
         }
@@ -142,6 +155,7 @@ impl RemoteScanExec {
             dynamic: self.dynamic.clone(),
             dynamic_filters: self.dynamic_filters.clone(),
             sent: Arc::new(Mutex::new(vec![None; self.statements.len()])),
+            written: Arc::default(),
             core: self.core.clone(),
             shared: None,
         }
@@ -209,22 +223,48 @@ impl RemoteScanExec {
             .clone()
             .filter(|_| !self.dynamic_filters.is_empty());
         let filters = self.dynamic_filters.clone();
+        let written = Arc::clone(&self.written);
         let source = self.source.clone();
+        let table = self.table.clone();
         async move {
             let Some(dynamic) = dynamic else {
                 return statement.to_string();
             };
-            let restricted = dynamic
-                .predicate(&filters)
-                .and_then(|predicate| match predicate {
-                    Some(p) => dynamic.restrict(&statement, &p).map(|s| s.to_string()),
-                    None => Ok(statement.to_string()),
-                });
-            restricted.unwrap_or_else(|e| {
-                // Only an optimization: the query still runs, reading more rows.
-                tracing::warn!(source, error = %e, "a dynamic filter could not be sent");
+            // Only an optimization: on an error the query still runs, reading more rows.
+            let unrestricted = |e: DataFusionError| {
+                tracing::warn!(source, table, error = %e, "a dynamic filter could not be sent");
                 statement.to_string()
-            })
+            };
+            // The partitions start together once a build side is complete, and their
+            // restriction is the same: the first writes it (tens of thousands of keys can
+            // take milliseconds) and the others wait for it.
+            let restriction = {
+                let mut written = written.lock().await;
+                let generations: Vec<u64> = filters.iter().map(snapshot_generation).collect();
+                match written.as_ref().filter(|w| w.generations == generations) {
+                    Some(w) => w.restriction.clone(),
+                    None => {
+                        let started = Instant::now();
+                        let restriction = match dynamic.restriction(&filters) {
+                            Ok(restriction) => restriction,
+                            Err(e) => return unrestricted(e),
+                        };
+                        tracing::debug!(source, table, elapsed = ?started.elapsed(),
+                            "dynamic filters written");
+                        *written = Some(Written {
+                            generations,
+                            restriction: restriction.clone(),
+                        });
+                        restriction
+                    }
+                }
+            };
+            match restriction {
+                Some(r) => dynamic
+                    .restrict(&statement, r)
+                    .map_or_else(unrestricted, |s| s.to_string()),
+                None => statement.to_string(),
+            }
         }
     }
 }
