@@ -278,7 +278,7 @@ fn integer(e: &ast::Expr) -> Option<String> {
     } else {
         digits.clone()
     };
-    text.parse::<i64>().ok().map(|n| n.to_string())
+    text.parse::<i64>().is_ok().then_some(text)
 }
 
 /// A key a dynamic filter constrains: an output column of the scan, maybe cast.
