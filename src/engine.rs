@@ -168,6 +168,9 @@ impl Engine {
         // after inner joins are regrouped so that one source's tables join each other first.
         let mut physical_rules = ShareSubPlans::with_default_rules();
         tributary_core::start_early::add_to(&mut physical_rules);
+        // After StartEarly's insertion, so it runs before it: a probe side that no longer
+        // waits for a filter may start early.
+        tributary_core::remote::unselective_filters::add_to(&mut physical_rules);
         tributary_files::split_row_groups::add_to(
             &mut physical_rules,
             runtime.cache_manager.get_file_metadata_cache(),

@@ -16,6 +16,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema as ArrowSchema, TimeUnit};
 use arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use tributary::{Config, Engine};
 use tributary_core::remote::RemoteScanExec;
@@ -130,12 +132,16 @@ fn engine(
     Engine::new(&config).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// What one remote scan did: the query it sent and the rows it returned.
+/// What one partition of a remote scan did: the query it sent, the query as planned
+/// (without dynamic filters), and the rows the scan returned.
 #[derive(Debug)]
 struct Sent {
     source: String,
     sql: String,
+    planned: String,
     rows: usize,
+    /// Whether the scan took a dynamic filter.
+    holds_filter: bool,
 }
 
 /// Runs `sql` and returns its answer as text, what each remote scan sent, and the plan.
@@ -163,12 +169,19 @@ async fn run(engine: &Engine, sql: &str) -> (String, Vec<Sent>, String) {
                 .metrics()
                 .and_then(|m| m.output_rows())
                 .unwrap_or_default();
-            for sql in scan.sent_sqls().into_iter().flatten() {
-                sent.push(Sent {
-                    source: scan.source().to_string(),
-                    sql,
-                    rows,
-                });
+            for (sql, planned) in scan.sent_sqls().into_iter().zip(scan.sqls()) {
+                if let Some(sql) = sql {
+                    sent.push(Sent {
+                        source: scan.source().to_string(),
+                        sql,
+                        planned,
+                        rows,
+                        holds_filter: displayable(scan)
+                            .one_line()
+                            .to_string()
+                            .contains("dynamic_filters="),
+                    });
+                }
             }
         }
         stack.extend(node.children().into_iter().cloned());
@@ -416,6 +429,132 @@ async fn long_integer_key_lists_reach_postgres_as_one_array() {
             && !s.sql.contains(" IN (")),
         "{sent:?}\n{plan}"
     );
+}
+
+/// A build side holding a key for every value of the probe column (every customer against
+/// the orders' customer column) cannot make the filter selective: the probe side's scan does
+/// not take it, its query goes out as planned, and the answer is unchanged. The estimates
+/// come from each source: PostgreSQL's `pg_stats`, MariaDB's index cardinality, the primary
+/// keys' row counts, Parquet's row count. A build side with fewer keys still sends them.
+/// A probe side that waits for no filter starts its query with the query's, under one
+/// buffer; one that waits does not.
+#[tokio::test]
+async fn a_build_side_with_every_key_sends_no_filter() {
+    let pg = postgres::Schema::create("every_key").await;
+    let my = mysql::Database::create("every_key").await;
+    // 5,000 customers; 30,000 orders of 700 of them, and orders without a customer. (InnoDB
+    // samples its index cardinality: it puts the orders' 700 customers at about 1,400.)
+    tokio::join!(
+        pg.execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text);
+             INSERT INTO customers SELECT id, 'c''' || id FROM generate_series(1, 5000) AS id;
+             CREATE TABLE orders (id int PRIMARY KEY, cust int);
+             INSERT INTO orders
+             SELECT id, CASE WHEN id % 101 = 0 THEN NULL ELSE id % 700 + 1 END
+             FROM generate_series(1, 30000) AS id;
+             ANALYZE customers; ANALYZE orders;",
+        ),
+        my.execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name varchar(20));
+             INSERT INTO customers SELECT seq, CONCAT('c''', seq) FROM seq_1_to_5000;
+             CREATE TABLE orders (id int PRIMARY KEY, cust int, INDEX (cust));
+             INSERT INTO orders
+             SELECT seq, CASE WHEN seq % 101 = 0 THEN NULL ELSE seq % 700 + 1 END
+             FROM seq_1_to_30000;
+             ANALYZE TABLE customers; ANALYZE TABLE orders;",
+        )
+    );
+    let lake = tempfile::tempdir().unwrap();
+    let ids = |n: i32| {
+        let schema = Arc::new(ArrowSchema::new(vec![Field::new(
+            "id",
+            DataType::Int32,
+            false,
+        )]));
+        let ids: Vec<i32> = (1..=n).collect();
+        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(ids)) as ArrayRef]).unwrap()
+    };
+    write_parquet(&lake.path().join("everyone.parquet"), &ids(1000));
+    write_parquet(&lake.path().join("few.parquet"), &ids(50));
+    let dynamic = engine(&pg.name, &my.name, lake.path(), true, "");
+    let local = engine(&pg.name, &my.name, lake.path(), false, "");
+    let (pg, my) = (&pg.name, &my.name);
+    // (query, the probe side's source, whether it gets the keys)
+    let cases = [
+        (
+            format!(
+                "SELECT c.id, count(o.id) AS n FROM lake.main.everyone c LEFT JOIN pg.{pg}.orders o ON o.cust = c.id GROUP BY c.id ORDER BY c.id"
+            ),
+            "pg",
+            false,
+        ),
+        (
+            format!(
+                "SELECT o.id, c.name FROM my.{my}.customers c JOIN pg.{pg}.orders o ON o.cust = c.id ORDER BY o.id"
+            ),
+            "pg",
+            false,
+        ),
+        (
+            format!(
+                "SELECT o.id, c.name FROM pg.{pg}.customers c JOIN my.{my}.orders o ON o.cust = c.id ORDER BY o.id"
+            ),
+            "my",
+            false,
+        ),
+        (
+            format!(
+                "SELECT o.id FROM lake.main.few c JOIN pg.{pg}.orders o ON o.cust = c.id ORDER BY o.id"
+            ),
+            "pg",
+            true,
+        ),
+    ];
+    for (sql, probe_source, filtered) in cases {
+        let (got, sent, plan) = run(&dynamic, &sql).await;
+        let (want, _, _) = run(&local, &sql).await;
+        assert_eq!(got, want, "{sql}");
+        assert!(got.lines().count() > 100, "{got}");
+        let probe: Vec<&Sent> = sent.iter().filter(|s| s.source == probe_source).collect();
+        assert!(!probe.is_empty(), "{sql}\n{plan}");
+        for scan in &probe {
+            let restricted = scan.sql != scan.planned;
+            assert_eq!(restricted, filtered, "{sql}\n{scan:?}\n{plan}");
+            assert_eq!(scan.holds_filter, filtered, "{sql}\n{scan:?}\n{plan}");
+        }
+        let (probed, buffers) = probe_side(&dynamic, &sql).await;
+        assert_eq!(probed, [probe_source], "{sql}\n{plan}");
+        assert_eq!(buffers, usize::from(!filtered), "{sql}\n{plan}");
+    }
+}
+
+/// The sources the probe side of the hash join in `sql`'s plan reads, and how many
+/// `BufferExec`s it has.
+async fn probe_side(engine: &Engine, sql: &str) -> (Vec<String>, usize) {
+    let plan = engine
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![plan];
+    while let Some(node) = stack.pop() {
+        if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+            let (mut sources, mut buffers) = (vec![], 0);
+            let mut probe = vec![Arc::clone(join.right())];
+            while let Some(node) = probe.pop() {
+                buffers += usize::from(node.downcast_ref::<BufferExec>().is_some());
+                if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
+                    sources.push(scan.source().to_string());
+                }
+                probe.extend(node.children().into_iter().cloned());
+            }
+            return (sources, buffers);
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    panic!("{sql}: no hash join")
 }
 
 /// Runs `sql` on `dynamic`, checks that it gives `local`'s answer of over a hundred rows,

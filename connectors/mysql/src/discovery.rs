@@ -80,15 +80,23 @@ pub async fn describe(
         )
         .await
         .map_err(|e| query_failed("reading the table's columns", &e))?;
-    let key: Vec<String> = conn
+    // The primary key's columns in order, and the cardinality InnoDB estimates for the
+    // first column of each index: that column's number of distinct values.
+    let indexes: Vec<(String, u64, String, Option<u64>)> = conn
         .exec(
-            "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
-             ORDER BY SEQ_IN_INDEX",
+            "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, CARDINALITY \
+             FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
             (schema, table),
         )
         .await
-        .map_err(|e| query_failed("reading the primary key", &e))?;
+        .map_err(|e| query_failed("reading the table's indexes", &e))?;
+    let key: Vec<&str> = indexes
+        .iter()
+        .filter(|(index, ..)| index == "PRIMARY")
+        .map(|(_, _, column, _)| column.as_str())
+        .collect();
 
     let mut fields = Vec::with_capacity(columns.len());
     let mut traits = Vec::with_capacity(columns.len());
@@ -114,6 +122,17 @@ pub async fn describe(
         .iter()
         .filter_map(|k| fields.iter().position(|f| f.name() == k))
         .collect();
+    let distinct = fields
+        .iter()
+        .map(|f| {
+            indexes
+                .iter()
+                .filter(|(_, seq, column, _)| *seq == 1 && column == f.name())
+                .filter_map(|(.., cardinality)| cardinality.filter(|c| *c > 0))
+                .max()
+                .map(|c| c as usize)
+        })
+        .collect();
     let kind = if table_type.contains("VIEW") {
         TableKind::View
     } else {
@@ -127,6 +146,7 @@ pub async fn describe(
         primary_key,
         // InnoDB's estimate; 0 usually means "not measured yet" rather than empty.
         rows: rows.filter(|r| *r > 0).map(|r| r as usize),
+        distinct,
         bytes: bytes.filter(|b| *b > 0).map(|b| b as usize),
         kind,
     }))

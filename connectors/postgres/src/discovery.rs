@@ -108,12 +108,15 @@ pub async fn describe(
                CASE WHEN a.atttypmod = -1 AND t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END, \
                a.attnotnull, a.attnum, \
                coalesce(col.collname::text, ''), coalesce(col.collisdeterministic, true), \
-               (SELECT datcollate::text FROM pg_catalog.pg_database WHERE datname = current_database()) \
+               (SELECT datcollate::text FROM pg_catalog.pg_database WHERE datname = current_database()), \
+               (SELECT s.n_distinct::float8 FROM pg_catalog.pg_stats s \
+                WHERE s.schemaname = $2 AND s.tablename = $3 AND s.attname = a.attname \
+                ORDER BY s.inherited DESC LIMIT 1) \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_catalog.pg_collation col ON col.oid = a.attcollation \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            &[&oid],
+            &[&oid, &schema, &table],
         )
         .await
         .map_err(|e| query_failed("reading the table's columns", &e))?;
@@ -179,6 +182,10 @@ pub async fn describe(
     };
     // reltuples is -1 (or 0) before the first ANALYZE: no estimate then.
     let rows = tuples.filter(|t| *t > 0.0).map(|t| t as usize);
+    let distinct = attributes
+        .iter()
+        .map(|a| distinct_values(a.get(7), rows))
+        .collect();
     let bytes = pages
         .filter(|p| *p > 0.0)
         .map(|p| (p * block_size) as usize);
@@ -189,9 +196,21 @@ pub async fn describe(
         columns,
         primary_key,
         rows,
+        distinct,
         bytes,
         kind,
     }))
+}
+
+/// A column's number of distinct values from `pg_stats.n_distinct`, which ANALYZE writes
+/// as a count, or as minus the share of the rows when it expects the count to grow with
+/// the table.
+fn distinct_values(n_distinct: Option<f64>, rows: Option<usize>) -> Option<usize> {
+    match n_distinct? {
+        n if n > 0.0 => Some(n.round() as usize),
+        n if n < 0.0 => rows.map(|rows| (-n * rows as f64).round().max(1.0) as usize),
+        _ => None,
+    }
 }
 
 /// The relation's kind and its current size in blocks (for partitioned tables, the
@@ -231,4 +250,22 @@ pub fn quote_ident(name: &str) -> String {
 
 fn query_failed(what: &str, e: &tokio_postgres::Error) -> Error {
     Error::Unavailable(format!("{what} failed: {}", describe_error(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_values;
+
+    #[test]
+    fn n_distinct_is_a_count_or_a_share_of_the_rows() {
+        assert_eq!(distinct_values(Some(25.0), Some(1000)), Some(25));
+        assert_eq!(distinct_values(Some(25.0), None), Some(25));
+        // -1: every row distinct; -0.25: a quarter of the rows.
+        assert_eq!(distinct_values(Some(-1.0), Some(1000)), Some(1000));
+        assert_eq!(distinct_values(Some(-0.25), Some(1000)), Some(250));
+        assert_eq!(distinct_values(Some(-0.25), None), None);
+        // 0: unknown; no statistics at all.
+        assert_eq!(distinct_values(Some(0.0), Some(1000)), None);
+        assert_eq!(distinct_values(None, Some(1000)), None);
+    }
 }

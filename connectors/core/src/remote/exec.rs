@@ -182,6 +182,31 @@ impl RemoteScanExec {
         self.statistics.num_rows
     }
 
+    /// The dynamic filters the scan took.
+    pub(super) fn dynamic_filters(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.dynamic_filters
+    }
+
+    /// The source's estimate of the number of distinct values of the scan's column `i`.
+    pub(super) fn distinct_estimate(&self, i: usize) -> Option<usize> {
+        let column = self.statistics.column_statistics.get(i)?;
+        column.distinct_count.get_value().copied()
+    }
+
+    /// The same scan without the dynamic filter `id`.
+    pub(super) fn without_dynamic_filter(&self, id: u64) -> RemoteScanExec {
+        let dynamic_filters = self
+            .dynamic_filters
+            .iter()
+            .filter(|f| f.expression_id() != Some(id))
+            .cloned()
+            .collect();
+        RemoteScanExec {
+            dynamic_filters,
+            ..self.renewed()
+        }
+    }
+
     /// The reader the scan's queries run through.
     pub(super) fn reader(&self) -> Arc<dyn RemoteReader> {
         Arc::clone(&self.reader)
@@ -196,6 +221,11 @@ impl RemoteScanExec {
     /// The source's name.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The table the scan reads, as the source names it.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// The queries the scan runs, one per partition: none for a scan reading a query

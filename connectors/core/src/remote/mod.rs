@@ -17,6 +17,7 @@ mod shared;
 mod sql;
 mod sub_plan_sql;
 mod table;
+pub mod unselective_filters;
 
 use std::fmt;
 use std::sync::Arc;

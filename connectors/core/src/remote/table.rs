@@ -41,6 +41,9 @@ pub struct RemoteTableInfo {
     pub primary_key: Vec<usize>,
     /// The server's row estimate.
     pub rows: Option<usize>,
+    /// The server's estimate of each column's number of distinct values, by position
+    /// (`None` where it has none; may be shorter than the columns).
+    pub distinct: Vec<Option<usize>>,
     /// The server's size estimate, in bytes.
     pub bytes: Option<usize>,
     /// Table or view.
@@ -229,10 +232,91 @@ fn table_statistics(info: &RemoteTableInfo, schema: &SchemaRef) -> Statistics {
     if let Some(rows) = info.rows {
         stats.num_rows = Precision::Inexact(rows);
     }
+    for (field, column) in schema.fields().iter().zip(&mut stats.column_statistics) {
+        if let Some(distinct) = distinct_values(info, field.name()) {
+            column.distinct_count = Precision::Inexact(distinct);
+        }
+    }
     if let Some(bytes) = info.bytes {
         // Scale by the share of columns read: a crude but monotone estimate.
         let share = schema.fields().len().max(1) as f64 / info.schema.fields().len().max(1) as f64;
         stats.total_byte_size = Precision::Inexact((bytes as f64 * share) as usize);
     }
     stats
+}
+
+/// The estimated number of distinct values of the column `name`: the server's, or the
+/// row estimate for a single-column primary key. Never more than the rows.
+fn distinct_values(info: &RemoteTableInfo, name: &str) -> Option<usize> {
+    let i = info.schema.index_of(name).ok()?;
+    let distinct = if info.primary_key == [i] {
+        info.rows
+    } else {
+        info.distinct.get(i).copied().flatten()
+    }?;
+    Some(info.rows.map_or(distinct, |rows| distinct.min(rows)))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn info(rows: Option<usize>, distinct: Vec<Option<usize>>) -> RemoteTableInfo {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("k", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]);
+        RemoteTableInfo {
+            source: "src".into(),
+            remote: TableReference::bare("t"),
+            schema: Arc::new(schema),
+            columns: vec![ColumnTraits::default(); 3],
+            primary_key: vec![0],
+            rows,
+            distinct,
+            bytes: None,
+            kind: TableKind::Table,
+        }
+    }
+
+    #[test]
+    fn distinct_values_come_from_the_server_or_a_single_column_key() {
+        let t = info(Some(1000), vec![None, Some(40), Some(5000)]);
+        let projected = Arc::new(t.schema.project(&[2, 0, 1]).unwrap());
+        let stats = table_statistics(&t, &projected);
+        let distinct: Vec<_> = stats
+            .column_statistics
+            .iter()
+            .map(|c| c.distinct_count)
+            .collect();
+        // `s`: never more than the rows; `id`: the primary key, one per row.
+        assert_eq!(
+            distinct,
+            [
+                Precision::Inexact(1000),
+                Precision::Inexact(1000),
+                Precision::Inexact(40)
+            ]
+        );
+        // Without a row estimate the key says nothing, and the server's count stands.
+        let t = info(None, vec![]);
+        let stats = table_statistics(&t, &t.schema);
+        assert!(
+            stats
+                .column_statistics
+                .iter()
+                .all(|c| c.distinct_count == Precision::Absent)
+        );
+        let t = info(None, vec![None, Some(40)]);
+        assert_eq!(distinct_values(&t, "k"), Some(40));
+        // A key of two columns says nothing of either.
+        let t = RemoteTableInfo {
+            primary_key: vec![0, 1],
+            ..info(Some(1000), vec![])
+        };
+        assert_eq!(distinct_values(&t, "id"), None);
+    }
 }

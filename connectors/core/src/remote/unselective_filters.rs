@@ -1,0 +1,175 @@
+//! Dynamic filters that cannot be selective are not sent to remote scans.
+//!
+//! A hash join's dynamic filter is not free for a remote scan. Once the build side is read,
+//! DataFusion turns its keys into an `IN` list per partition, the scan writes that list for
+//! its source, and the probe query starts only after both (TPC-H q13 over PostgreSQL spent
+//! ~100 ms of its ~0.75 s there). That pays when the filter keeps few probe rows, and buys
+//! nothing when the build side holds a key for every value the probe column has: q13 joins
+//! every customer to `orders.o_custkey`.
+//!
+//! Join estimates assume that the side with fewer distinct keys finds all of them in the
+//! other side (containment); under that assumption a filter whose build side has at least as
+//! many distinct keys as the probe column keeps every probe row. [`DropUnselectiveFilters`]
+//! takes such a filter off the probe side, judging by the sources' estimates: the build
+//! side's rows (bounded by its key's distinct values, where known) against the probe
+//! column's distinct values. The filter is taken off the remote scans holding it and out of
+//! the `FilterExec` DataFusion places for it below a sort. A join fills its filter only when its probe side
+//! holds it, so DataFusion then computes none, and the probe query need not wait for the
+//! build side (see [`crate::start_early`]). Without both estimates the filter stays; file
+//! scans keep theirs (pruning with a range is cheap). Dropping a filter never changes an
+//! answer: the join itself matches the keys.
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::statistics::StatisticsContext;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions, StatisticsArgs,
+};
+
+use super::RemoteScanExec;
+
+/// Takes dynamic filters that cannot be selective off the probe sides of joins (see the
+/// module documentation). Runs after the filter pushdown that hands dynamic filters to scans.
+#[derive(Debug, Default)]
+pub struct DropUnselectiveFilters;
+
+impl PhysicalOptimizerRule for DropUnselectiveFilters {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_down(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let produced = node.dynamic_expressions_produced();
+            let Some(id) = produced.iter().find_map(|f| f.expression_id()) else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(build_keys) = build_keys(join)? else {
+                return Ok(Transformed::no(node));
+            };
+            let probe = drop_filter(Arc::clone(join.right()), id, build_keys)?;
+            if !probe.transformed {
+                return Ok(Transformed::no(node));
+            }
+            let left = Arc::clone(join.left());
+            Arc::clone(&node)
+                .replace_children(
+                    vec![left, probe.data],
+                    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+                )
+                .map(Transformed::yes)
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "DropUnselectiveFilters"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Inserts [`DropUnselectiveFilters`] right after DataFusion's filter pushdown, before the
+/// rules that start work early depending on which scans wait for filters.
+pub fn add_to(rules: &mut Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>) {
+    let at = rules
+        .iter()
+        .position(|r| r.name() == "FilterPushdown(Post)")
+        .map_or(rules.len(), |i| i + 1);
+    rules.insert(at, Arc::new(DropUnselectiveFilters));
+}
+
+/// The estimated number of distinct keys on the build side of a single-key join: its rows,
+/// or fewer if its key column has fewer distinct values.
+fn build_keys(join: &HashJoinExec) -> Result<Option<usize>> {
+    let [(key, _)] = join.on() else {
+        return Ok(None);
+    };
+    let Some(key) = key.downcast_ref::<Column>() else {
+        return Ok(None);
+    };
+    let stats = StatisticsContext::new().compute(join.left().as_ref(), &StatisticsArgs::new())?;
+    let Some(&rows) = stats.num_rows.get_value() else {
+        return Ok(None);
+    };
+    let distinct = stats
+        .column_statistics
+        .get(key.index())
+        .and_then(|c| c.distinct_count.get_value().copied());
+    Ok(Some(distinct.map_or(rows, |d| d.min(rows))))
+}
+
+/// `plan` with the dynamic filter `id` taken off what holds it where the column it compares
+/// has at most `build_keys` distinct values: remote scans, and the `FilterExec`s DataFusion
+/// places for a filter a scan does not evaluate (below a sort).
+fn drop_filter(
+    plan: Arc<dyn ExecutionPlan>,
+    id: u64,
+    build_keys: usize,
+) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+    let unselective = |values: Option<usize>, holder: &dyn ExecutionPlan, table: &str| {
+        let Some(values) = values.filter(|v| build_keys >= *v) else {
+            return false;
+        };
+        tracing::debug!(
+            holder = holder.name(),
+            table,
+            build_keys,
+            probe_values = values,
+            "dynamic filter dropped: the build side has a key for every value"
+        );
+        true
+    };
+    plan.transform_up(|node| {
+        if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
+            let values = scan
+                .dynamic_filters()
+                .iter()
+                .find_map(|f| compared_column(f, id))
+                .and_then(|column| scan.distinct_estimate(column));
+            if unselective(values, scan, scan.table()) {
+                let scan: Arc<dyn ExecutionPlan> = Arc::new(scan.without_dynamic_filter(id));
+                return Ok(Transformed::yes(scan));
+            }
+        } else if let Some(filter) = node.downcast_ref::<FilterExec>()
+            && filter.projection().is_none()
+            && let Some(column) = compared_column(filter.predicate(), id)
+        {
+            let input = StatisticsContext::new()
+                .compute(filter.input().as_ref(), &StatisticsArgs::new())?;
+            let values = input
+                .column_statistics
+                .get(column)
+                .and_then(|c| c.distinct_count.get_value().copied());
+            if unselective(values, filter, "") {
+                return Ok(Transformed::yes(Arc::clone(filter.input())));
+            }
+        }
+        Ok(Transformed::no(node))
+    })
+}
+
+/// The column that `expr` compares, if it is the dynamic filter `id` over one column.
+fn compared_column(expr: &Arc<dyn PhysicalExpr>, id: u64) -> Option<usize> {
+    let filter = expr.downcast_ref::<DynamicFilterPhysicalExpr>()?;
+    if filter.expression_id() != Some(id) {
+        return None;
+    }
+    match filter.children().as_slice() {
+        [key] => key.downcast_ref::<Column>().map(Column::index),
+        _ => None,
+    }
+}
