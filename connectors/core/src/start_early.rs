@@ -7,14 +7,11 @@
 //! (TPC-H q02's decorrelated subquery aggregates `partsupp` only after the outer query has
 //! read `partsupp` too; q11 aggregates `partsupp` once for its threshold, then again for its
 //! groups, each on one core). [`StartEarly`] starts that work with the query:
-//! - a hash join's probe side that computes before it returns (an aggregate, a sort) or
-//!   sends a query to a remote source (whose work at the source would wait too: TPC-H q13's
-//!   `orders` scan filters 1.5 M comments in PostgreSQL) goes under DataFusion's
-//!   [`BufferExec`], which runs it in a task of its own from the moment the join starts and
-//!   hands the batches over through a buffer counted against the query's memory.
-//!   (DataFusion's own rule for this, `hash_join_buffering_capacity`, buffers every probe
-//!   side, before dynamic filters are placed, and so starts scans before their filters are
-//!   known.)
+//! - a hash join's probe side goes under DataFusion's [`BufferExec`], which runs it in a
+//!   task of its own from the moment the join starts and hands the batches over through a
+//!   buffer counted against the query's memory. (DataFusion's own rule for this,
+//!   `hash_join_buffering_capacity`, buffers every probe side, before dynamic filters are
+//!   placed, and so starts scans before their filters are known.)
 //! - a hash join's build side that would start late, because the join sits in another
 //!   join's probe side, goes under a [`BufferExec`] too.
 //! - in a scalar subquery's main input, the topmost aggregates and sorts that do not read a
@@ -38,18 +35,13 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::buffer::BufferExec;
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{
     ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
 };
-
-use crate::remote::RemoteScanExec;
 
 /// Bytes of batches an input started early may compute ahead of its reader. The work before
 /// its first batch is what overlaps the wait; the buffer only saves waiting on each
@@ -106,8 +98,8 @@ fn buffer_probe_side(
     join: &HashJoinExec,
 ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
     let probe = join.right();
-    if !(computes_before_returning(probe) || queries_a_source(probe)?)
-        || buffered_already(probe)
+    if !computes_before_returning(probe)
+        || probe.downcast_ref::<BufferExec>().is_some()
         || waits_for_filters(probe)?
     {
         return Ok(Transformed::no(Arc::clone(node)));
@@ -182,35 +174,6 @@ fn computes_before_returning(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let properties = plan.properties();
     properties.emission_type == EmissionType::Final
         && properties.boundedness == Boundedness::Bounded
-}
-
-/// Whether `plan` is a [`BufferExec`], or one under nodes that only move rows between
-/// partitions or columns: a plan optimized again (a sub-plan DataFusion runs for a source is
-/// optimized alone, then in its query) may have had repartitioning placed above the buffer.
-fn buffered_already(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut node = plan;
-    loop {
-        if node.downcast_ref::<BufferExec>().is_some() {
-            return true;
-        }
-        let passes_rows = node.downcast_ref::<RepartitionExec>().is_some()
-            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
-            || node.downcast_ref::<ProjectionExec>().is_some();
-        match node.children().as_slice() {
-            [child] if passes_rows => node = child,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether `plan` sends a query to a remote source: the source's work (its scan, its
-/// filters, its joins) overlaps the build side's once the query starts.
-fn queries_a_source(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
-    plan.exists(|node| {
-        Ok(node
-            .downcast_ref::<RemoteScanExec>()
-            .is_some_and(RemoteScanExec::reads_source))
-    })
 }
 
 /// Whether a node in `plan` reads a dynamic filter that no node in `plan` produces: one

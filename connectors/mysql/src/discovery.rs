@@ -44,6 +44,9 @@ type ColumnRow = (
     Option<String>,
 );
 
+/// An index column: index, position in it, column, cardinality, length of a prefix.
+type IndexRow = (String, u64, String, Option<u64>, Option<u64>);
+
 /// Everything the shared scan needs to know about `schema.table`, or `None` if there is
 /// no such table or view.
 pub async fn describe(
@@ -80,13 +83,14 @@ pub async fn describe(
         )
         .await
         .map_err(|e| query_failed("reading the table's columns", &e))?;
-    // The primary key's columns in order, and the cardinality InnoDB estimates for the
-    // first column of each index: that column's number of distinct values.
-    let indexes: Vec<(String, u64, String, Option<u64>)> = conn
+    // The primary key's columns in order, and the cardinality the server estimates for the
+    // first column of each index: that column's number of distinct values, unless the index
+    // holds only a prefix of it. (MySQL's functional indexes name no column.)
+    let indexes: Vec<IndexRow> = conn
         .exec(
-            "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, CARDINALITY \
+            "SELECT INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, CARDINALITY, SUB_PART \
              FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME IS NOT NULL \
              ORDER BY INDEX_NAME, SEQ_IN_INDEX",
             (schema, table),
         )
@@ -95,7 +99,7 @@ pub async fn describe(
     let key: Vec<&str> = indexes
         .iter()
         .filter(|(index, ..)| index == "PRIMARY")
-        .map(|(_, _, column, _)| column.as_str())
+        .map(|(_, _, column, ..)| column.as_str())
         .collect();
 
     let mut fields = Vec::with_capacity(columns.len());
@@ -127,8 +131,10 @@ pub async fn describe(
         .map(|f| {
             indexes
                 .iter()
-                .filter(|(_, seq, column, _)| *seq == 1 && column == f.name())
-                .filter_map(|(.., cardinality)| cardinality.filter(|c| *c > 0))
+                .filter(|(_, seq, column, _, prefix)| {
+                    *seq == 1 && column == f.name() && prefix.is_none()
+                })
+                .filter_map(|(_, _, _, cardinality, _)| cardinality.filter(|c| *c > 0))
                 .max()
                 .map(|c| c as usize)
         })

@@ -195,6 +195,8 @@ impl RemoteScanExec {
 
     /// The same scan without the dynamic filter `id`.
     pub(super) fn without_dynamic_filter(&self, id: u64) -> RemoteScanExec {
+        // `renewed` starts a scan of its own: scans sharing a query take no filters.
+        debug_assert!(self.shared.is_none());
         let dynamic_filters = self
             .dynamic_filters
             .iter()

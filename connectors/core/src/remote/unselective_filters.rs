@@ -10,14 +10,15 @@
 //! Join estimates assume that the side with fewer distinct keys finds all of them in the
 //! other side (containment); under that assumption a filter whose build side has at least as
 //! many distinct keys as the probe column keeps every probe row. [`DropUnselectiveFilters`]
-//! takes such a filter off the probe side, judging by the sources' estimates: the build
-//! side's rows (bounded by its key's distinct values, where known) against the probe
-//! column's distinct values. The filter is taken off the remote scans holding it and out of
-//! the `FilterExec` DataFusion places for it below a sort. A join fills its filter only when its probe side
-//! holds it, so DataFusion then computes none, and the probe query need not wait for the
-//! build side (see [`crate::start_early`]). Without both estimates the filter stays; file
-//! scans keep theirs (pruning with a range is cheap). Dropping a filter never changes an
-//! answer: the join itself matches the keys.
+//! takes such a filter off the probe side, judging by the sources' estimates: the distinct
+//! values of the build side's key (or its rows, if fewer) against the probe column's. Only a
+//! build side that is one table scan is judged, since the estimates of a join or a sub-plan
+//! do not say how many keys survive it; without both estimates the filter stays. The filter
+//! is taken off the remote scans holding it and out of the `FilterExec` DataFusion places
+//! for it below a sort. A join fills its filter only when its probe side holds it, so
+//! DataFusion then computes none, and the probe query starts as soon as the join polls it.
+//! File scans keep theirs (pruning with a range is cheap). Dropping a filter never changes
+//! an answer: the join itself matches the keys.
 
 use std::sync::Arc;
 
@@ -27,8 +28,12 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{Column, DynamicFilterPhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::statistics::StatisticsContext;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions, StatisticsArgs,
@@ -55,7 +60,7 @@ impl PhysicalOptimizerRule for DropUnselectiveFilters {
             let Some(id) = produced.iter().find_map(|f| f.expression_id()) else {
                 return Ok(Transformed::no(node));
             };
-            let Some(build_keys) = build_keys(join)? else {
+            let Some(build_keys) = build_keys(join) else {
                 return Ok(Transformed::no(node));
             };
             let probe = drop_filter(Arc::clone(join.right()), id, build_keys)?;
@@ -82,34 +87,73 @@ impl PhysicalOptimizerRule for DropUnselectiveFilters {
     }
 }
 
-/// Inserts [`DropUnselectiveFilters`] right after DataFusion's filter pushdown, before the
-/// rules that start work early depending on which scans wait for filters.
+/// Inserts [`DropUnselectiveFilters`] after DataFusion's filter pushdown and before
+/// [`crate::start_early::StartEarly`], which starts early only what waits for no filter.
 pub fn add_to(rules: &mut Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>) {
     let at = rules
         .iter()
-        .position(|r| r.name() == "FilterPushdown(Post)")
-        .map_or(rules.len(), |i| i + 1);
+        .position(|r| r.name() == "StartEarly")
+        .or_else(|| {
+            rules
+                .iter()
+                .position(|r| r.name() == "FilterPushdown(Post)")
+                .map(|i| i + 1)
+        })
+        .unwrap_or(rules.len());
     rules.insert(at, Arc::new(DropUnselectiveFilters));
 }
 
-/// The estimated number of distinct keys on the build side of a single-key join: its rows,
-/// or fewer if its key column has fewer distinct values.
-fn build_keys(join: &HashJoinExec) -> Result<Option<usize>> {
+/// The estimated number of distinct keys on the build side of a single-key join: the
+/// distinct values of its key column, or its rows if fewer. Only a build side that is one
+/// scan (under nodes that filter rows or move them between partitions or columns) is
+/// judged: a join's or a sub-plan's estimates carry their tables' distinct values past
+/// filters that remove keys, and its rows count repeated keys.
+fn build_keys(join: &HashJoinExec) -> Option<usize> {
     let [(key, _)] = join.on() else {
-        return Ok(None);
+        return None;
     };
-    let Some(key) = key.downcast_ref::<Column>() else {
-        return Ok(None);
-    };
-    let stats = StatisticsContext::new().compute(join.left().as_ref(), &StatisticsArgs::new())?;
-    let Some(&rows) = stats.num_rows.get_value() else {
-        return Ok(None);
-    };
-    let distinct = stats
+    let key = key.downcast_ref::<Column>()?;
+    if !is_one_scan(join.left()) {
+        return None;
+    }
+    // Statistics are an estimate: one that cannot be computed keeps the filter.
+    let stats = StatisticsContext::new()
+        .compute(join.left().as_ref(), &StatisticsArgs::new())
+        .ok()?;
+    let distinct = *stats
         .column_statistics
-        .get(key.index())
-        .and_then(|c| c.distinct_count.get_value().copied());
-    Ok(Some(distinct.map_or(rows, |d| d.min(rows))))
+        .get(key.index())?
+        .distinct_count
+        .get_value()?;
+    Some(
+        stats
+            .num_rows
+            .get_value()
+            .map_or(distinct, |&rows| distinct.min(rows)),
+    )
+}
+
+/// Whether `plan` reads one table scan, through nodes that only filter rows or move them.
+fn is_one_scan(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut node = plan;
+    loop {
+        let children = node.children();
+        let [child] = children.as_slice() else {
+            return children.is_empty()
+                && node
+                    .downcast_ref::<RemoteScanExec>()
+                    .is_none_or(|scan| scan.core().is_none());
+        };
+        let passes_rows = node.downcast_ref::<RepartitionExec>().is_some()
+            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || node.downcast_ref::<ProjectionExec>().is_some()
+            || node.downcast_ref::<FilterExec>().is_some()
+            || node.downcast_ref::<BufferExec>().is_some();
+        if !passes_rows {
+            return false;
+        }
+        node = child;
+    }
 }
 
 /// `plan` with the dynamic filter `id` taken off what holds it where the column it compares
@@ -146,14 +190,16 @@ fn drop_filter(
             }
         } else if let Some(filter) = node.downcast_ref::<FilterExec>()
             && filter.projection().is_none()
+            && filter.fetch().is_none()
             && let Some(column) = compared_column(filter.predicate(), id)
         {
             let input = StatisticsContext::new()
-                .compute(filter.input().as_ref(), &StatisticsArgs::new())?;
-            let values = input
-                .column_statistics
-                .get(column)
-                .and_then(|c| c.distinct_count.get_value().copied());
+                .compute(filter.input().as_ref(), &StatisticsArgs::new())
+                .ok();
+            let values = input.and_then(|input| {
+                let column = input.column_statistics.get(column)?;
+                column.distinct_count.get_value().copied()
+            });
             if unselective(values, filter, "") {
                 return Ok(Transformed::yes(Arc::clone(filter.input())));
             }
