@@ -187,12 +187,6 @@ impl RemoteScanExec {
         &self.dynamic_filters
     }
 
-    /// The source's estimate of the number of distinct values of the scan's column `i`.
-    pub(super) fn distinct_estimate(&self, i: usize) -> Option<usize> {
-        let column = self.statistics.column_statistics.get(i)?;
-        column.distinct_count.get_value().copied()
-    }
-
     /// The same scan without the dynamic filter `id`.
     pub(super) fn without_dynamic_filter(&self, id: u64) -> RemoteScanExec {
         // `renewed` starts a scan of its own: scans sharing a query take no filters.
