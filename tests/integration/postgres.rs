@@ -1,6 +1,8 @@
 //! The `postgres` source against the local PostgreSQL: discovery, every type, parallel
 //! partitions, TLS, and failures that name the source without leaking the password.
 
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 use tributary::{Config, Engine};
 use tributary_testkit::postgres::{Schema, url};
@@ -882,4 +884,121 @@ impl ClientRecorder {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// More split scans at once than the pool has connections for: each scan needs its parts'
+/// connections and the one holding their shared snapshot at the same time, so scans that
+/// each took some of them would wait on each other for ever. Every query must finish, with
+/// the right answer, and the pool must be left usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_split_scans_share_a_small_pool() {
+    let schema = Schema::create("small_pool").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+             INSERT INTO t SELECT i, 'ü''' || i FROM generate_series(1, 50000) i;
+             ANALYZE t;",
+        )
+        .await;
+    let engine = pg_engine(
+        &schema.name,
+        false,
+        "    pool_size: 3\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
+    );
+    let plan = table(&engine, "EXPLAIN SELECT count(*), max(v) FROM t").await;
+    assert!(plan.contains("partitions=2"), "{plan}");
+    let queries: Vec<_> = (0..8)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(
+                async move { table(&engine, "SELECT count(*) AS n, max(v) AS m FROM t").await },
+            )
+        })
+        .collect();
+    // A generous bound that only a hang exceeds: the eight scans take well under a
+    // second each.
+    let all = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        futures::future::join_all(queries),
+    )
+    .await
+    .expect("concurrent scans waited on each other's connections for ever");
+    for answer in all {
+        assert_eq!(
+            answer.unwrap(),
+            "+-------+--------+\n| n     | m      |\n+-------+--------+\n| 50000 | ü'9999 |\n+-------+--------+"
+        );
+    }
+    assert_reads_count(&engine).await;
+}
+
+/// A query abandoned while its parts wait inside their shared snapshot's transaction
+/// (here for a lock on the table) must not hand those connections back to the pool still
+/// inside it: the next query to get one would fail to join its own snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_split_scan_leaves_no_connection_in_a_transaction() {
+    let schema = Schema::create("abandoned_split").await;
+    schema
+        .execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text);
+             INSERT INTO t SELECT i, 'ü''' || i FROM generate_series(1, 50000) i;
+             ANALYZE t;",
+        )
+        .await;
+    let engine = pg_engine(
+        &schema.name,
+        false,
+        "    pool_size: 3\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
+    );
+    let frame = engine
+        .sql("SELECT count(*) AS n, max(v) AS m FROM t")
+        .await
+        .unwrap();
+    let context = Arc::new(frame.task_ctx());
+    // Planned before the lock: measuring the table for its split needs the table too.
+    let plan = frame.create_physical_plan().await.unwrap();
+    let locker = schema.client();
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.t IN ACCESS EXCLUSIVE MODE",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    let query = tokio::spawn(datafusion::physical_plan::collect(plan, context));
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%{}%ctid%'",
+        schema.name
+    );
+    let mut parts: i64 = 0;
+    for _ in 0..300 {
+        // Inside the locking transaction, activity is read as of its first read unless
+        // the snapshot is cleared.
+        locker
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        parts = locker.query_one(&waiting, &[]).await.unwrap().get(0);
+        if parts == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    query.abort();
+    let aborted = query.await;
+    // Released before any assertion: the schema cannot be dropped while it is held.
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(parts, 2, "the scan's parts never waited for the lock");
+    assert!(aborted.unwrap_err().is_cancelled());
+    for _ in 0..4 {
+        assert_reads_count(&engine).await;
+    }
+}
+
+async fn assert_reads_count(engine: &Engine) {
+    assert_eq!(
+        table(engine, "SELECT count(*) AS n FROM t").await,
+        "+-------+\n| n     |\n+-------+\n| 50000 |\n+-------+"
+    );
 }

@@ -1,6 +1,7 @@
 //! Connecting: the libpq-style settings, TLS with rustls, and the connection pool.
 
 use std::fmt;
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tributary_core::{Error, Result};
@@ -22,7 +24,7 @@ use crate::config::{PostgresConfig, SslMode};
 use crate::socket::{ConnectError, Connection, Opener};
 
 /// A pooled connection.
-pub type Object = deadpool::managed::Object<Manager>;
+type Object = deadpool::managed::Object<Manager>;
 
 /// Opens and recycles the pool's connections.
 #[derive(Debug)]
@@ -40,6 +42,11 @@ impl deadpool::managed::Manager for Manager {
         if conn.is_closed() {
             return Err(RecycleError::message("the connection is closed"));
         }
+        if conn.in_transaction() {
+            return Err(RecycleError::message(
+                "the connection was given up inside a transaction",
+            ));
+        }
         Ok(())
     }
 }
@@ -48,6 +55,10 @@ impl deadpool::managed::Manager for Manager {
 #[derive(Clone)]
 pub struct Connector {
     pool: deadpool::managed::Pool<Manager>,
+    /// One permit per connection the pool may open. Work that needs several connections
+    /// at once takes all their permits together ([`Reservation`]), so two such pieces of
+    /// work never each hold some and wait for the rest.
+    places: Arc<Semaphore>,
     opener: Opener,
     /// `user@host:port/database`, for messages; never the password.
     target: String,
@@ -70,27 +81,65 @@ impl Connector {
         let target = describe(&pg);
         let opener = Opener::new(pg, MakeRustlsConnect::new(tls))
             .map_err(|m| Error::config(format!("{key}.url"), m))?;
+        let size = config.pool_size.max(1);
         let pool = deadpool::managed::Pool::builder(Manager(opener.clone()))
-            .max_size(config.pool_size.max(1))
+            .max_size(size)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
         Ok(Connector {
             pool,
+            places: Arc::new(Semaphore::new(size)),
             opener,
             target,
         })
     }
 
     /// A connection from the pool, opening one if needed.
-    pub async fn get(&self) -> Result<Object> {
-        self.pool.get().await.map_err(|e| {
+    pub async fn get(&self) -> Result<Pooled> {
+        let place = Arc::clone(&self.places)
+            .acquire_owned()
+            .await
+            .expect("the pool's semaphore is never closed");
+        self.take(place).await
+    }
+
+    /// A connection for work that holds `reservation`'s connections together: the first
+    /// call reserves all of them at once, later calls use what it reserved (and wait like
+    /// [`get`](Self::get) beyond that).
+    pub async fn get_reserved(&self, reservation: &Reservation) -> Result<Pooled> {
+        let reserved = {
+            let mut held = reservation.held.lock().await;
+            if held.is_none() {
+                let wanted = reservation.wanted.clamp(1, self.max_connections());
+                let all = Arc::clone(&self.places)
+                    .acquire_many_owned(wanted as u32)
+                    .await
+                    .expect("the pool's semaphore is never closed");
+                *held = Some(all);
+            }
+            held.as_mut().and_then(|all| all.split(1))
+        };
+        match reserved {
+            Some(place) => self.take(place).await,
+            None => self.get().await,
+        }
+    }
+
+    /// A connection from the pool for the holder of `place`. The pool never makes it
+    /// wait: there are as many places as connections.
+    async fn take(&self, place: OwnedSemaphorePermit) -> Result<Pooled> {
+        let object = self.pool.get().await.map_err(|e| {
             let reason = match e {
                 PoolError::Backend(e) => e.to_string(),
                 PoolError::Timeout(_) => "timed out waiting for a connection".to_string(),
                 other => other.to_string(),
             };
             Error::Unavailable(format!("cannot connect to {}: {reason}", self.target))
+        })?;
+        Ok(Pooled {
+            object,
+            _place: place,
         })
     }
 
@@ -116,6 +165,62 @@ impl Connector {
     /// `user@host:port/database`.
     pub fn target(&self) -> &str {
         &self.target
+    }
+}
+
+/// A connection taken from the pool, returned to it when dropped.
+pub struct Pooled {
+    // Declared first, so dropped first: the connection is back in the pool before its
+    // place goes to whoever waits for one.
+    object: Object,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Pooled {
+    /// Closes the connection without reading what the server is still sending (a `COPY`
+    /// no one wants any more) and without returning it to the pool.
+    pub fn abort(self) {
+        Object::take(self.object).abort();
+    }
+
+    /// Closes the connection rather than return it to the pool.
+    pub fn close(self) {
+        drop(Object::take(self.object));
+    }
+}
+
+impl Deref for Pooled {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.object
+    }
+}
+
+impl fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.object, f)
+    }
+}
+
+/// The connections one piece of work holds at the same time (a split scan's parts and
+/// the connection keeping their shared snapshot), reserved together when the first is
+/// asked for: scans that each took some and waited for the rest would wait on each
+/// other for ever. What is reserved and not yet used returns to the pool when this is
+/// dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    wanted: usize,
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Reservation {
+    /// A reservation of `wanted` connections (at most the pool's size).
+    pub fn new(wanted: usize) -> Self {
+        Reservation {
+            wanted,
+            held: Mutex::new(None),
+        }
     }
 }
 

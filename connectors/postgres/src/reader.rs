@@ -19,7 +19,7 @@ use tokio_postgres::types::Kind;
 use tributary_core::Error;
 use tributary_core::remote::RemoteReader;
 
-use crate::connect::{Connector, Object, describe_error};
+use crate::connect::{Connector, Pooled, Reservation, describe_error};
 use crate::copy::BatchDecoder;
 use crate::discovery::quote_ident;
 use crate::types::{Wire, map_type};
@@ -47,14 +47,19 @@ impl Shared {
 pub struct PgReader {
     shared: Arc<Shared>,
     snapshot: Option<Arc<SnapshotShare>>,
+    /// Every part's connection, and the snapshot's.
+    connections: Arc<Reservation>,
 }
 
 impl PgReader {
     /// A reader for a scan of `parts` queries.
     pub fn new(shared: Arc<Shared>, parts: usize) -> Self {
+        let snapshot = (parts > 1).then(|| Arc::new(SnapshotShare::new(parts)));
+        let connections = parts + usize::from(snapshot.is_some());
         PgReader {
             shared,
-            snapshot: (parts > 1).then(|| Arc::new(SnapshotShare::new(parts))),
+            snapshot,
+            connections: Arc::new(Reservation::new(connections)),
         }
     }
 }
@@ -69,9 +74,11 @@ impl RemoteReader for PgReader {
     ) -> Result<SendableRecordBatchStream> {
         let shared = Arc::clone(&self.shared);
         let snapshot = self.snapshot.clone();
+        let connections = Arc::clone(&self.connections);
         let batch_size = shared.batch_size.unwrap_or(batch_size);
         let stream_schema = Arc::clone(&schema);
-        let opening = async move { open(shared, snapshot, sql, schema, batch_size).await };
+        let opening =
+            async move { open(shared, connections, snapshot, sql, schema, batch_size).await };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             stream_schema,
             futures::stream::once(opening).try_flatten(),
@@ -82,6 +89,7 @@ impl RemoteReader for PgReader {
 /// Connects, joins the scan's snapshot, describes the query and starts the COPY.
 async fn open(
     shared: Arc<Shared>,
+    connections: Arc<Reservation>,
     snapshot: Option<Arc<SnapshotShare>>,
     sql: String,
     schema: SchemaRef,
@@ -89,11 +97,11 @@ async fn open(
 ) -> Result<impl Stream<Item = Result<RecordBatch>>> {
     let conn = shared
         .connector
-        .get()
+        .get_reserved(&connections)
         .await
         .map_err(|e| e.in_source(&shared.name))?;
     let in_transaction = match &snapshot {
-        Some(share) => share.join(&shared, &conn).await?,
+        Some(share) => share.join(&shared, &connections, &conn).await?,
         None => false,
     };
     let statement = conn
@@ -164,7 +172,7 @@ fn copy_query(sql: &str, columns: &[tokio_postgres::Column]) -> (String, Vec<Wir
 /// pool mid-COPY.
 struct Copying {
     shared: Arc<Shared>,
-    conn: Option<Object>,
+    conn: Option<Pooled>,
     copy: Pin<Box<CopyOutStream>>,
     decoder: BatchDecoder,
     ready: Vec<RecordBatch>,
@@ -197,7 +205,7 @@ async fn next_batch(mut s: Copying) -> Result<Option<(RecordBatch, Copying)>> {
                 if s.in_transaction
                     && let Some(conn) = &s.conn
                 {
-                    conn.batch_execute("COMMIT")
+                    conn.end("COMMIT")
                         .await
                         .map_err(|e| s.shared.fail("ending the read transaction failed", &e))?;
                 }
@@ -228,7 +236,7 @@ impl Drop for Copying {
             self.shared.connector.cancel(&conn);
             // Closed, not pooled, and without reading on: the server may still be
             // sending this COPY.
-            Object::take(conn).abort();
+            conn.abort();
         }
     }
 }
@@ -245,7 +253,7 @@ struct SnapshotShare {
 enum Exporter {
     NotStarted,
     Open {
-        conn: Box<Object>,
+        conn: Box<Pooled>,
         id: String,
     },
     /// Every part has imported it, or exporting failed (parts then read independently).
@@ -262,10 +270,15 @@ impl SnapshotShare {
 
     /// Starts a read-only transaction on `conn` at the scan's snapshot. Returns whether
     /// `conn` is now in a transaction.
-    async fn join(&self, shared: &Shared, conn: &Object) -> Result<bool> {
+    async fn join(
+        &self,
+        shared: &Shared,
+        connections: &Reservation,
+        conn: &Pooled,
+    ) -> Result<bool> {
         let mut exporter = self.exporter.lock().await;
         if matches!(*exporter, Exporter::NotStarted) {
-            *exporter = match export(shared).await {
+            *exporter = match export(shared, connections).await {
                 Ok((conn, id)) => Exporter::Open {
                     conn: Box::new(conn),
                     id,
@@ -283,7 +296,7 @@ impl SnapshotShare {
         };
         let joined = match id {
             Some(id) => {
-                conn.batch_execute(&format!(
+                conn.begin(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
                     id.replace('\'', "''")
                 ))
@@ -298,17 +311,24 @@ impl SnapshotShare {
         {
             // Everyone has the snapshot: end the exporting transaction and pool the
             // connection again.
-            if conn.batch_execute("ROLLBACK").await.is_err() {
-                drop(Object::take(*conn));
+            if conn.end("ROLLBACK").await.is_err() {
+                conn.close();
             }
         }
         Ok(joined)
     }
 }
 
-async fn export(shared: &Shared) -> std::result::Result<(Object, String), String> {
-    let conn = shared.connector.get().await.map_err(|e| e.to_string())?;
-    conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+async fn export(
+    shared: &Shared,
+    connections: &Reservation,
+) -> std::result::Result<(Pooled, String), String> {
+    let conn = shared
+        .connector
+        .get_reserved(connections)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.begin("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| describe_error(&e))?;
     let row = conn
@@ -325,7 +345,7 @@ impl Drop for SnapshotShare {
         if let Exporter::Open { conn, .. } =
             std::mem::replace(self.exporter.get_mut(), Exporter::Closed)
         {
-            drop(Object::take(*conn));
+            conn.close();
         }
     }
 }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::TryFutureExt;
@@ -138,6 +139,10 @@ pub struct Connection {
     client: Client,
     driver: JoinHandle<()>,
     place: Target,
+    /// Set before a transaction is opened and cleared once it has ended: a connection
+    /// given up halfway (its query dropped or failed) must not go back to the pool inside
+    /// it, where the next query would run in someone else's snapshot, or fail.
+    in_transaction: AtomicBool,
 }
 
 impl Connection {
@@ -150,6 +155,25 @@ impl Connection {
     /// Where the connection leads.
     pub fn place(&self) -> &Target {
         &self.place
+    }
+
+    /// Runs `sql`, which opens a transaction. Until [`end`](Self::end) succeeds, the
+    /// connection counts as inside it, even if `sql` itself failed halfway.
+    pub async fn begin(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.in_transaction.store(true, Ordering::SeqCst);
+        self.client.batch_execute(sql).await
+    }
+
+    /// Runs `sql` (`COMMIT` or `ROLLBACK`), which ends the transaction.
+    pub async fn end(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute(sql).await?;
+        self.in_transaction.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a transaction [`begin`](Self::begin) opened has not ended.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::SeqCst)
     }
 }
 
@@ -339,6 +363,7 @@ impl Opener {
             client,
             driver,
             place: place.clone(),
+            in_transaction: AtomicBool::new(false),
         };
         check_session(&connection, self.pg.get_target_session_attrs()).await?;
         Ok(connection)
