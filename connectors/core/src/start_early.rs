@@ -7,11 +7,16 @@
 //! (TPC-H q02's decorrelated subquery aggregates `partsupp` only after the outer query has
 //! read `partsupp` too; q11 aggregates `partsupp` once for its threshold, then again for its
 //! groups, each on one core). [`StartEarly`] starts that work with the query:
-//! - a hash join's probe side goes under DataFusion's [`BufferExec`], which runs it in a
-//!   task of its own from the moment the join starts and hands the batches over through a
-//!   buffer counted against the query's memory. (DataFusion's own rule for this,
-//!   `hash_join_buffering_capacity`, buffers every probe side, before dynamic filters are
-//!   placed, and so starts scans before their filters are known.)
+//! - a hash join's probe side that computes before it returns (an aggregate, a sort) goes
+//!   under DataFusion's [`BufferExec`], which runs it in a task of its own from the moment
+//!   the join starts and hands the batches over through a buffer counted against the
+//!   query's memory. (DataFusion's own rule for this, `hash_join_buffering_capacity`,
+//!   buffers every probe side, before dynamic filters are placed, and so starts scans
+//!   before their filters are known.)
+//! - a hash join's probe side that sends queries to a source goes under an
+//!   [`EarlyProbeExec`], which buffers it the same way when every pooled connection both
+//!   sides' scans will hold can be reserved as the join starts (a probe side started early
+//!   holds its connections until the build side is read, so neither may wait for one).
 //! - a hash join's build side that would start late, because the join sits in another
 //!   join's probe side, goes under a [`BufferExec`] too.
 //! - in a scalar subquery's main input, the topmost aggregates and sorts that do not read a
@@ -35,13 +40,18 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{
     ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
 };
+
+use crate::remote::early_probe::{EarlyProbeExec, connections_to_reserve};
 
 /// Bytes of batches an input started early may compute ahead of its reader. The work before
 /// its first batch is what overlaps the wait; the buffer only saves waiting on each
@@ -98,14 +108,16 @@ fn buffer_probe_side(
     join: &HashJoinExec,
 ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
     let probe = join.right();
-    if !computes_before_returning(probe)
-        || probe.downcast_ref::<BufferExec>().is_some()
-        || waits_for_filters(probe)?
-    {
+    if started_already(probe) || waits_for_filters(probe)? {
         return Ok(Transformed::no(Arc::clone(node)));
     }
-    let buffered: Arc<dyn ExecutionPlan> =
-        Arc::new(BufferExec::new(Arc::clone(probe), BUFFER_BYTES));
+    let buffered: Arc<dyn ExecutionPlan> = if computes_before_returning(probe) {
+        Arc::new(BufferExec::new(Arc::clone(probe), BUFFER_BYTES))
+    } else if let Some(connections) = connections_to_reserve(join.left(), probe)? {
+        Arc::new(EarlyProbeExec::new(Arc::clone(probe), connections))
+    } else {
+        return Ok(Transformed::no(Arc::clone(node)));
+    };
     Arc::clone(node)
         .replace_children(
             vec![Arc::clone(join.left()), buffered],
@@ -165,6 +177,28 @@ fn buffer_late_build_sides(
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
     )
     .map(Transformed::yes)
+}
+
+/// Whether `plan` is started early already: a [`BufferExec`] or [`EarlyProbeExec`], or one
+/// under nodes that only move rows between partitions or columns (a sub-plan DataFusion
+/// runs for a source is optimized alone, then again in its query, which may place
+/// repartitioning above it).
+fn started_already(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut node = plan;
+    loop {
+        if node.downcast_ref::<BufferExec>().is_some()
+            || node.downcast_ref::<EarlyProbeExec>().is_some()
+        {
+            return true;
+        }
+        let passes_rows = node.downcast_ref::<RepartitionExec>().is_some()
+            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || node.downcast_ref::<ProjectionExec>().is_some();
+        match node.children().as_slice() {
+            [child] if passes_rows => node = child,
+            _ => return false,
+        }
+    }
 }
 
 /// Whether `plan` does all its work before its first row (an aggregate, a sort), so

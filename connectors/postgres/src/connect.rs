@@ -15,9 +15,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tributary_core::remote::connections::{Reservation, Slots};
 use tributary_core::{Error, Result};
 
 use crate::config::{PostgresConfig, SslMode};
@@ -58,7 +59,7 @@ pub struct Connector {
     /// One permit per connection the pool may open. Work that needs several connections
     /// at once takes all their permits together ([`Reservation`]), so two such pieces of
     /// work never each hold some and wait for the rest.
-    places: Arc<Semaphore>,
+    slots: Slots,
     opener: Opener,
     /// `user@host:port/database`, for messages; never the password.
     target: String,
@@ -89,7 +90,7 @@ impl Connector {
             .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
         Ok(Connector {
             pool,
-            places: Arc::new(Semaphore::new(size)),
+            slots: Slots::new(size),
             opener,
             target,
         })
@@ -97,33 +98,19 @@ impl Connector {
 
     /// A connection from the pool, opening one if needed.
     pub async fn get(&self) -> Result<Pooled> {
-        let place = Arc::clone(&self.places)
-            .acquire_owned()
-            .await
-            .expect("the pool's semaphore is never closed");
+        let place = self.slots.one().await;
         self.take(place).await
     }
 
-    /// A connection for work that holds `reservation`'s connections together: the first
-    /// call reserves all of them at once, later calls use what it reserved (and wait like
-    /// [`get`](Self::get) beyond that).
+    /// A reservation of `wanted` connections held together (see [`Reservation`]).
+    pub fn reservation(&self, wanted: usize) -> Reservation {
+        self.slots.reservation(wanted)
+    }
+
+    /// A connection of `reservation`: the first reserves all of them at once.
     pub async fn get_reserved(&self, reservation: &Reservation) -> Result<Pooled> {
-        let reserved = {
-            let mut held = reservation.held.lock().await;
-            if held.is_none() {
-                let wanted = reservation.wanted.clamp(1, self.max_connections());
-                let all = Arc::clone(&self.places)
-                    .acquire_many_owned(wanted as u32)
-                    .await
-                    .expect("the pool's semaphore is never closed");
-                *held = Some(all);
-            }
-            held.as_mut().and_then(|all| all.split(1))
-        };
-        match reserved {
-            Some(place) => self.take(place).await,
-            None => self.get().await,
-        }
+        let place = reservation.take().await;
+        self.take(place).await
     }
 
     /// A connection from the pool for the holder of `place`. The pool never makes it
@@ -159,7 +146,7 @@ impl Connector {
 
     /// The most connections the pool opens.
     pub fn max_connections(&self) -> usize {
-        self.pool.status().max_size
+        self.slots.size()
     }
 
     /// `user@host:port/database`.
@@ -200,27 +187,6 @@ impl Deref for Pooled {
 impl fmt::Debug for Pooled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.object, f)
-    }
-}
-
-/// The connections one piece of work holds at the same time (a split scan's parts and
-/// the connection keeping their shared snapshot), reserved together when the first is
-/// asked for: scans that each took some and waited for the rest would wait on each
-/// other for ever. What is reserved and not yet used returns to the pool when this is
-/// dropped.
-#[derive(Debug)]
-pub struct Reservation {
-    wanted: usize,
-    held: Mutex<Option<OwnedSemaphorePermit>>,
-}
-
-impl Reservation {
-    /// A reservation of `wanted` connections (at most the pool's size).
-    pub fn new(wanted: usize) -> Self {
-        Reservation {
-            wanted,
-            held: Mutex::new(None),
-        }
     }
 }
 

@@ -18,8 +18,9 @@ use tokio_postgres::CopyOutStream;
 use tokio_postgres::types::Kind;
 use tributary_core::Error;
 use tributary_core::remote::RemoteReader;
+use tributary_core::remote::connections::Reservation;
 
-use crate::connect::{Connector, Pooled, Reservation, describe_error};
+use crate::connect::{Connector, Pooled, describe_error};
 use crate::copy::BatchDecoder;
 use crate::discovery::quote_ident;
 use crate::types::{Wire, map_type};
@@ -55,11 +56,15 @@ impl PgReader {
     /// A reader for a scan of `parts` queries.
     pub fn new(shared: Arc<Shared>, parts: usize) -> Self {
         let snapshot = (parts > 1).then(|| Arc::new(SnapshotShare::new(parts)));
-        let connections = parts + usize::from(snapshot.is_some());
+        let connections = Arc::new(
+            shared
+                .connector
+                .reservation(parts + usize::from(snapshot.is_some())),
+        );
         PgReader {
             shared,
             snapshot,
-            connections: Arc::new(Reservation::new(connections)),
+            connections,
         }
     }
 }
@@ -83,6 +88,10 @@ impl RemoteReader for PgReader {
             stream_schema,
             futures::stream::once(opening).try_flatten(),
         )))
+    }
+
+    fn connections(&self) -> Option<Arc<Reservation>> {
+        Some(Arc::clone(&self.connections))
     }
 }
 

@@ -29,6 +29,7 @@ use datafusion::sql::sqlparser::ast::{self, Statement};
 use futures::{StreamExt, TryStreamExt};
 
 use super::RemoteReader;
+use super::connections::Reservation;
 use super::dynamic::DynamicFilterTarget;
 use super::shared::{SharedQuery, SubPlanCore};
 
@@ -206,6 +207,11 @@ impl RemoteScanExec {
     /// The reader the scan's queries run through.
     pub(super) fn reader(&self) -> Arc<dyn RemoteReader> {
         Arc::clone(&self.reader)
+    }
+
+    /// Where the scan's connections come from, if its source's pool reserves them.
+    pub(super) fn connections(&self) -> Option<Arc<Reservation>> {
+        self.reader.connections()
     }
 
     /// Lets the scan take dynamic filters, as `target` says.

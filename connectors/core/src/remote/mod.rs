@@ -7,7 +7,9 @@
 //! [`RemoteSource`]: its dialect and pushdown rules, how to split a large scan, and how to
 //! run a query and turn its rows into Arrow.
 
+pub mod connections;
 pub mod dynamic;
+pub mod early_probe;
 mod exec;
 mod federate;
 mod join_order;
@@ -137,6 +139,13 @@ pub trait RemoteReader: fmt::Debug + Send + Sync {
         schema: SchemaRef,
         batch_size: usize,
     ) -> Result<SendableRecordBatchStream>;
+
+    /// Where the scan's connections come from when its source's pool is limited: work
+    /// started before what it waits for reserves them first
+    /// ([`connections::reserve_now`]). `None` when connections are not pooled.
+    fn connections(&self) -> Option<Arc<connections::Reservation>> {
+        None
+    }
 }
 
 /// Why `filter` is evaluated by DataFusion rather than by the source of `provider`.

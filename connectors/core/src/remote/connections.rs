@@ -1,0 +1,200 @@
+//! Counting a source's pooled connections, so that work needing several at once takes
+//! them together.
+//!
+//! A split PostgreSQL scan holds its parts' connections and the one keeping their shared
+//! snapshot at the same time. Scans that each took some and waited for the rest would
+//! wait on each other for ever once the pool is used up; a hash join's probe side started
+//! early holds its connections until the build side is read, and would wait for ever if
+//! the build side needed one of them. So a pool hands out [`Slots`]' permits, one per
+//! connection it may open, and a [`Reservation`] takes all the permits of one scan at once:
+//! when its first connection is asked for, or, for work started early, before it starts
+//! ([`reserve_now`]), together with the reservations of what it will wait for.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+/// The permits of one pool: as many as the connections it may open.
+#[derive(Clone)]
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    size: usize,
+}
+
+impl fmt::Debug for Slots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Slots({} of {} free)",
+            self.semaphore.available_permits(),
+            self.size
+        )
+    }
+}
+
+impl Slots {
+    /// Permits for a pool of `size` connections (at least one).
+    pub fn new(size: usize) -> Self {
+        let size = size.max(1);
+        Slots {
+            semaphore: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// The most connections the pool opens.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The permit for one connection, once one is free.
+    pub async fn one(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.semaphore)
+            .acquire_owned()
+            .await
+            .expect("a pool's semaphore is never closed")
+    }
+
+    /// A reservation of `wanted` connections (at most the pool's size), taken when the
+    /// first is asked for.
+    pub fn reservation(&self, wanted: usize) -> Reservation {
+        Reservation {
+            slots: self.clone(),
+            wanted: wanted.clamp(1, self.size),
+            held: Mutex::new(Held::NotYet),
+        }
+    }
+}
+
+/// The connections one piece of work holds at the same time, reserved together. What is
+/// reserved and not yet used returns to the pool when this is dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    slots: Slots,
+    wanted: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug)]
+enum Held {
+    NotYet,
+    /// The permits not yet handed out.
+    Reserved(OwnedSemaphorePermit),
+}
+
+impl Reservation {
+    /// The permit for one of the reserved connections: the first call reserves them all
+    /// (waiting until that many are free); beyond what was reserved, a call waits for a
+    /// free connection like any other.
+    pub async fn take(&self) -> OwnedSemaphorePermit {
+        let reserved = {
+            let mut held = self.held.lock().await;
+            if matches!(*held, Held::NotYet) {
+                let all = Arc::clone(&self.slots.semaphore)
+                    .acquire_many_owned(self.wanted as u32)
+                    .await
+                    .expect("a pool's semaphore is never closed");
+                *held = Held::Reserved(all);
+            }
+            match &mut *held {
+                Held::Reserved(left) => left.split(1),
+                Held::NotYet => None,
+            }
+        };
+        match reserved {
+            Some(permit) => permit,
+            None => self.slots.one().await,
+        }
+    }
+
+    /// Takes the permits now if they are all free and nothing was reserved before; never
+    /// waits.
+    fn try_reserve(&self) -> bool {
+        let Ok(mut held) = self.held.try_lock() else {
+            return false;
+        };
+        if !matches!(*held, Held::NotYet) {
+            return false;
+        }
+        match Arc::clone(&self.slots.semaphore).try_acquire_many_owned(self.wanted as u32) {
+            Ok(all) => {
+                *held = Held::Reserved(all);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back what [`try_reserve`](Self::try_reserve) took, if none of it was used.
+    fn unreserve(&self) {
+        if let Ok(mut held) = self.held.try_lock()
+            && matches!(&*held, Held::Reserved(left) if left.num_permits() == self.wanted)
+        {
+            *held = Held::NotYet;
+        }
+    }
+}
+
+/// Reserves every one of `reservations` now, or none of them: whether all were free and
+/// unreserved before. Work that starts before what it waits for (a hash join's probe
+/// side) holds its connections until then; with every connection of both reserved first,
+/// neither waits for the other's, nor for connections others hold while waiting in turn.
+pub fn reserve_now(reservations: &[Arc<Reservation>]) -> bool {
+    for (i, reservation) in reservations.iter().enumerate() {
+        if !reservation.try_reserve() {
+            for taken in &reservations[..i] {
+                taken.unreserve();
+            }
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reservation_takes_all_its_permits_at_once() {
+        let slots = Slots::new(3);
+        let scan = slots.reservation(2);
+        let first = scan.take().await;
+        assert_eq!(slots.semaphore.available_permits(), 1);
+        let second = scan.take().await;
+        assert_eq!(slots.semaphore.available_permits(), 1);
+        drop((first, second));
+        assert_eq!(slots.semaphore.available_permits(), 3);
+        // Beyond what it reserved, it takes free ones one at a time.
+        let extra = scan.take().await;
+        assert_eq!(slots.semaphore.available_permits(), 2);
+        drop(extra);
+    }
+
+    #[tokio::test]
+    async fn reserving_now_takes_all_or_nothing() {
+        let slots = Slots::new(4);
+        let (build, probe) = (
+            Arc::new(slots.reservation(1)),
+            Arc::new(slots.reservation(3)),
+        );
+        let other = slots.one().await;
+        assert!(!reserve_now(&[Arc::clone(&build), Arc::clone(&probe)]));
+        assert_eq!(slots.semaphore.available_permits(), 3);
+        drop(other);
+        assert!(reserve_now(&[Arc::clone(&build), Arc::clone(&probe)]));
+        assert_eq!(slots.semaphore.available_permits(), 0);
+        // Reserved already: not again.
+        assert!(!reserve_now(std::slice::from_ref(&build)));
+        let _conn = build.take().await;
+        drop(probe);
+        assert_eq!(slots.semaphore.available_permits(), 3);
+    }
+
+    #[test]
+    fn a_reservation_never_exceeds_the_pool() {
+        assert_eq!(Slots::new(2).reservation(5).wanted, 2);
+        assert_eq!(Slots::new(0).reservation(0).wanted, 1);
+    }
+}

@@ -1,0 +1,207 @@
+//! Starting a hash join's remote probe side with the join, when its connections and the
+//! build side's can all be reserved first.
+//!
+//! A hash join polls its probe side only once its build side is read. When the probe side
+//! is a query to a source, the source's work (TPC-H q13's `orders` scan filters 1.5 M
+//! comments in PostgreSQL) could overlap the build side instead of waiting for it. But a
+//! probe side started early holds its pooled connections until the build side is read:
+//! if the build side needed one of them, or connections others hold while waiting in turn,
+//! it would wait for ever. [`EarlyProbeExec`] therefore starts the probe side (buffered by
+//! DataFusion's [`BufferExec`]) only when every pooled connection that both sides' scans
+//! will hold can be reserved at once, without waiting ([`reserve_now`]); otherwise the
+//! probe side starts when the join polls it, as it would without this node.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, Statistics, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::buffer::BufferExec;
+use datafusion::physical_plan::{
+    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
+    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+};
+
+use super::RemoteScanExec;
+use super::connections::{Reservation, reserve_now};
+
+/// The connections a probe side started early needs reserved, with its build side's:
+/// `None` if it cannot start early safely. Every scan of the probe side must run its own
+/// queries over a pool that reserves connections (a scan reading a shared query, or one
+/// whose connections are not counted, might wait for a connection while holding others);
+/// so must every scan of the build side over such a pool. A build side's scan whose
+/// connections are not counted (another kind of source) draws from a pool no early start
+/// holds, and is not reserved.
+pub fn connections_to_reserve(
+    build: &Arc<dyn ExecutionPlan>,
+    probe: &Arc<dyn ExecutionPlan>,
+) -> Result<Option<Vec<Arc<Reservation>>>> {
+    let mut reservations: Vec<Arc<Reservation>> = Vec::new();
+    let mut scans = 0;
+    let mut safe = true;
+    probe.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
+            scans += 1;
+            match scan.connections() {
+                Some(reservation) if !scan.is_shared() => reservations.push(reservation),
+                _ => {
+                    safe = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if !safe || scans == 0 {
+        return Ok(None);
+    }
+    build.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
+            if scan.is_shared() {
+                safe = false;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            reservations.extend(scan.connections());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if !safe {
+        return Ok(None);
+    }
+    let mut unique: Vec<Arc<Reservation>> = Vec::with_capacity(reservations.len());
+    for reservation in reservations {
+        if !unique.iter().any(|r| Arc::ptr_eq(r, &reservation)) {
+            unique.push(reservation);
+        }
+    }
+    Ok(Some(unique))
+}
+
+/// Bytes of batches a probe side started early may read ahead of its join. The source's
+/// work before its first rows is what overlaps the build side; the buffer only saves
+/// waiting on each hand-over afterwards.
+const BUFFER_BYTES: usize = 4 << 20;
+
+/// A hash join's probe side that starts with the join when the connections it and the
+/// build side need can all be reserved at that moment (see the module documentation).
+pub struct EarlyProbeExec {
+    input: Arc<dyn ExecutionPlan>,
+    connections: Vec<Arc<Reservation>>,
+    /// Whether the run of this context started early: decided once per run, at the first
+    /// partition it executes.
+    decided: Mutex<Option<(Arc<TaskContext>, bool)>>,
+}
+
+impl EarlyProbeExec {
+    /// `input` (a probe side), started early when `connections` can be reserved.
+    pub fn new(input: Arc<dyn ExecutionPlan>, connections: Vec<Arc<Reservation>>) -> Self {
+        EarlyProbeExec {
+            input,
+            connections,
+            decided: Mutex::new(None),
+        }
+    }
+
+    fn starts_early(&self, context: &Arc<TaskContext>) -> bool {
+        let mut decided = self.decided.lock().unwrap_or_else(|e| e.into_inner());
+        match &*decided {
+            Some((run, early)) if Arc::ptr_eq(run, context) => *early,
+            _ => {
+                let early = reserve_now(&self.connections);
+                if !early {
+                    tracing::debug!(
+                        "probe side not started early: its connections are not all free"
+                    );
+                }
+                *decided = Some((Arc::clone(context), early));
+                early
+            }
+        }
+    }
+}
+
+impl fmt::Debug for EarlyProbeExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EarlyProbeExec({} reservations)", self.connections.len())
+    }
+}
+
+impl DisplayAs for EarlyProbeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EarlyProbeExec: reservations={}", self.connections.len())
+    }
+}
+
+impl ExecutionPlan for EarlyProbeExec {
+    fn name(&self) -> &str {
+        "EarlyProbeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("EarlyProbeExec takes one child, got {}", children.len());
+        }
+        Ok(Arc::new(EarlyProbeExec::new(
+            children.swap_remove(0),
+            self.connections.clone(),
+        )))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if self.starts_early(&context) {
+            BufferExec::new(Arc::clone(&self.input), BUFFER_BYTES).execute(partition, context)
+        } else {
+            self.input.execute(partition, context)
+        }
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        crate::start_early::pass_statistics(input_stats, "EarlyProbeExec")
+    }
+}
