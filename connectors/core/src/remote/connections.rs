@@ -109,21 +109,20 @@ impl Reservation {
     }
 
     /// Takes the permits now if they are all free and nothing was reserved before; never
-    /// waits.
-    fn try_reserve(&self) -> bool {
+    /// waits. `Some(true)` if it took them, `Some(false)` if they were reserved already
+    /// (or are being reserved), `None` if they are not free.
+    fn try_reserve(&self) -> Option<bool> {
         let Ok(mut held) = self.held.try_lock() else {
-            return false;
+            return Some(false);
         };
         if !matches!(*held, Held::NotYet) {
-            return false;
+            return Some(false);
         }
-        match Arc::clone(&self.slots.semaphore).try_acquire_many_owned(self.wanted as u32) {
-            Ok(all) => {
-                *held = Held::Reserved(all);
-                true
-            }
-            Err(_) => false,
-        }
+        let all = Arc::clone(&self.slots.semaphore)
+            .try_acquire_many_owned(self.wanted as u32)
+            .ok()?;
+        *held = Held::Reserved(all);
+        Some(true)
     }
 
     /// Gives back what [`try_reserve`](Self::try_reserve) took, if none of it was used.
@@ -136,20 +135,35 @@ impl Reservation {
     }
 }
 
-/// Reserves every one of `reservations` now, or none of them: whether all were free and
-/// unreserved before. Work that starts before what it waits for (a hash join's probe
-/// side) holds its connections until then; with every connection of both reserved first,
-/// neither waits for the other's, nor for connections others hold while waiting in turn.
-pub fn reserve_now(reservations: &[Arc<Reservation>]) -> bool {
-    for (i, reservation) in reservations.iter().enumerate() {
-        if !reservation.try_reserve() {
-            for taken in &reservations[..i] {
-                taken.unreserve();
+/// Reserves the connections of work about to start early (`early`) and of what it will
+/// wait for (`awaited`) now, or none of them; never waits. Work started early holds its
+/// connections until what it waits for is done: with every connection of both reserved
+/// first, neither waits for the other's, nor for connections others hold while waiting in
+/// turn. `early` must all be unreserved and free. Of `awaited`, those reserved already
+/// (their work has started, and holds what it needs) count as reserved.
+pub fn reserve_now(early: &[Arc<Reservation>], awaited: &[Arc<Reservation>]) -> bool {
+    let mut taken: Vec<&Arc<Reservation>> = Vec::new();
+    let mut all = true;
+    for (reservation, must_take) in early
+        .iter()
+        .map(|r| (r, true))
+        .chain(awaited.iter().map(|r| (r, false)))
+    {
+        match reservation.try_reserve() {
+            Some(true) => taken.push(reservation),
+            Some(false) if !must_take => {}
+            _ => {
+                all = false;
+                break;
             }
-            return false;
         }
     }
-    true
+    if !all {
+        for reservation in taken {
+            reservation.unreserve();
+        }
+    }
+    all
 }
 
 #[cfg(test)]
@@ -180,16 +194,38 @@ mod tests {
             Arc::new(slots.reservation(3)),
         );
         let other = slots.one().await;
-        assert!(!reserve_now(&[Arc::clone(&build), Arc::clone(&probe)]));
+        assert!(!reserve_now(
+            std::slice::from_ref(&probe),
+            std::slice::from_ref(&build)
+        ));
         assert_eq!(slots.semaphore.available_permits(), 3);
         drop(other);
-        assert!(reserve_now(&[Arc::clone(&build), Arc::clone(&probe)]));
+        assert!(reserve_now(
+            std::slice::from_ref(&probe),
+            std::slice::from_ref(&build)
+        ));
         assert_eq!(slots.semaphore.available_permits(), 0);
-        // Reserved already: not again.
-        assert!(!reserve_now(std::slice::from_ref(&build)));
+        // Work started early must take its own now: not if reserved already.
+        assert!(!reserve_now(std::slice::from_ref(&probe), &[]));
         let _conn = build.take().await;
         drop(probe);
         assert_eq!(slots.semaphore.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn what_is_awaited_may_have_reserved_first() {
+        let slots = Slots::new(4);
+        let (build, probe) = (
+            Arc::new(slots.reservation(1)),
+            Arc::new(slots.reservation(3)),
+        );
+        // The build side started before the join decided.
+        let _conn = build.take().await;
+        assert!(reserve_now(
+            std::slice::from_ref(&probe),
+            std::slice::from_ref(&build)
+        ));
+        assert_eq!(slots.semaphore.available_permits(), 0);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::connections::{Reservation, reserve_now};
 pub fn connections_to_reserve(
     build: &Arc<dyn ExecutionPlan>,
     probe: &Arc<dyn ExecutionPlan>,
-) -> Result<Option<Vec<Arc<Reservation>>>> {
+) -> Result<Option<Connections>> {
     let mut reservations: Vec<Arc<Reservation>> = Vec::new();
     let mut scans = 0;
     let mut safe = true;
@@ -56,6 +56,8 @@ pub fn connections_to_reserve(
     if !safe || scans == 0 {
         return Ok(None);
     }
+    let probe = unique(reservations);
+    let mut reservations: Vec<Arc<Reservation>> = Vec::new();
     build.apply(|node| {
         if let Some(scan) = node.downcast_ref::<RemoteScanExec>() {
             if scan.is_shared() {
@@ -69,13 +71,27 @@ pub fn connections_to_reserve(
     if !safe {
         return Ok(None);
     }
+    Ok(Some(Connections {
+        probe,
+        build: unique(reservations),
+    }))
+}
+
+/// The pooled connections of a join's two sides (see [`connections_to_reserve`]).
+#[derive(Debug, Clone)]
+pub struct Connections {
+    probe: Vec<Arc<Reservation>>,
+    build: Vec<Arc<Reservation>>,
+}
+
+fn unique(reservations: Vec<Arc<Reservation>>) -> Vec<Arc<Reservation>> {
     let mut unique: Vec<Arc<Reservation>> = Vec::with_capacity(reservations.len());
     for reservation in reservations {
         if !unique.iter().any(|r| Arc::ptr_eq(r, &reservation)) {
             unique.push(reservation);
         }
     }
-    Ok(Some(unique))
+    unique
 }
 
 /// Bytes of batches a probe side started early may read ahead of its join. The source's
@@ -87,7 +103,7 @@ const BUFFER_BYTES: usize = 4 << 20;
 /// build side need can all be reserved at that moment (see the module documentation).
 pub struct EarlyProbeExec {
     input: Arc<dyn ExecutionPlan>,
-    connections: Vec<Arc<Reservation>>,
+    connections: Connections,
     /// Whether the run of this context started early: decided once per run, at the first
     /// partition it executes.
     decided: Mutex<Option<(Arc<TaskContext>, bool)>>,
@@ -95,7 +111,7 @@ pub struct EarlyProbeExec {
 
 impl EarlyProbeExec {
     /// `input` (a probe side), started early when `connections` can be reserved.
-    pub fn new(input: Arc<dyn ExecutionPlan>, connections: Vec<Arc<Reservation>>) -> Self {
+    pub fn new(input: Arc<dyn ExecutionPlan>, connections: Connections) -> Self {
         EarlyProbeExec {
             input,
             connections,
@@ -108,7 +124,9 @@ impl EarlyProbeExec {
         match &*decided {
             Some((run, early)) if Arc::ptr_eq(run, context) => *early,
             _ => {
-                let early = reserve_now(&self.connections);
+                // The build side may have started (and reserved its own) already: a
+                // collected build side's partitions start as the join executes them.
+                let early = reserve_now(&self.connections.probe, &self.connections.build);
                 if !early {
                     tracing::debug!(
                         "probe side not started early: its connections are not all free"
@@ -123,13 +141,18 @@ impl EarlyProbeExec {
 
 impl fmt::Debug for EarlyProbeExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EarlyProbeExec({} reservations)", self.connections.len())
+        write!(f, "EarlyProbeExec({:?})", self.connections)
     }
 }
 
 impl DisplayAs for EarlyProbeExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EarlyProbeExec: reservations={}", self.connections.len())
+        write!(
+            f,
+            "EarlyProbeExec: reservations={}+{}",
+            self.connections.probe.len(),
+            self.connections.build.len()
+        )
     }
 }
 
