@@ -886,13 +886,10 @@ impl ClientRecorder {
     }
 }
 
-/// More split scans at once than the pool has connections for: each scan needs its parts'
-/// connections and the one holding their shared snapshot at the same time, so scans that
-/// each took some of them would wait on each other for ever. Every query must finish, with
-/// the right answer, and the pool must be left usable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_split_scans_share_a_small_pool() {
-    let schema = Schema::create("small_pool").await;
+/// Table `t` of 50,000 rows, and an engine that reads it in two parts over a pool of three
+/// connections (DataFusion computing everything else).
+async fn split_table_on_a_small_pool(name: &str) -> (Schema, Engine) {
+    let schema = Schema::create(name).await;
     schema
         .execute(
             "CREATE TABLE t (id bigint PRIMARY KEY, v text);
@@ -905,6 +902,16 @@ async fn concurrent_split_scans_share_a_small_pool() {
         false,
         "    pool_size: 3\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
     );
+    (schema, engine)
+}
+
+/// More split scans at once than the pool has connections for: each scan needs its parts'
+/// connections and the one holding their shared snapshot at the same time, so scans that
+/// each took some of them would wait on each other for ever. Every query must finish, with
+/// the right answer, and the pool must be left usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_split_scans_share_a_small_pool() {
+    let (_schema, engine) = split_table_on_a_small_pool("small_pool").await;
     let plan = table(&engine, "EXPLAIN SELECT count(*), max(v) FROM t").await;
     assert!(plan.contains("partitions=2"), "{plan}");
     let queries: Vec<_> = (0..8)
@@ -937,19 +944,7 @@ async fn concurrent_split_scans_share_a_small_pool() {
 /// inside it: the next query to get one would fail to join its own snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_split_scan_leaves_no_connection_in_a_transaction() {
-    let schema = Schema::create("abandoned_split").await;
-    schema
-        .execute(
-            "CREATE TABLE t (id bigint PRIMARY KEY, v text);
-             INSERT INTO t SELECT i, 'ü''' || i FROM generate_series(1, 50000) i;
-             ANALYZE t;",
-        )
-        .await;
-    let engine = pg_engine(
-        &schema.name,
-        false,
-        "    pool_size: 3\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
-    );
+    let (schema, engine) = split_table_on_a_small_pool("abandoned_split").await;
     let frame = engine
         .sql("SELECT count(*) AS n, max(v) AS m FROM t")
         .await
