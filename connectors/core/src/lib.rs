@@ -9,6 +9,7 @@
 mod catalog;
 pub mod config;
 mod error;
+pub mod pass_through;
 mod random;
 pub mod remote;
 mod scan;

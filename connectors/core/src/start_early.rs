@@ -30,12 +30,11 @@
 //! source, file scans prune with it).
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -47,10 +46,11 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::{
-    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
-    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+    ChildrenPropertiesMode, ExecutionPlan, PhysicalExpr, ReplaceChildrenOptions,
+    SendableRecordBatchStream,
 };
 
+use crate::pass_through::{PassThrough, PassThroughExec};
 use crate::remote::early_probe::{EarlyProbeExec, connections_to_reserve};
 
 /// Bytes of batches an input started early may compute ahead of its reader. The work before
@@ -281,7 +281,9 @@ fn mark_independent(plan: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn 
         })?
         && !waits_for_filters(&plan)?
     {
-        return Ok(Transformed::yes(Arc::new(EarlyStartExec::new(plan))));
+        return Ok(Transformed::yes(Arc::new(PassThroughExec::wrap(
+            EarlyStart::new(plan),
+        ))));
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {
@@ -320,7 +322,10 @@ fn early_starts(plan: &Arc<dyn ExecutionPlan>) -> Vec<Arc<Started>> {
 }
 
 /// Starts the [`EarlyStartExec`]s in its input when it is executed, then runs the input.
-pub struct StartsEarlyExec {
+pub type StartsEarlyExec = PassThroughExec<StartsEarly>;
+
+/// What a [`StartsEarlyExec`] starts.
+pub struct StartsEarly {
     input: Arc<dyn ExecutionPlan>,
     starts: Vec<Arc<Started>>,
 }
@@ -328,68 +333,27 @@ pub struct StartsEarlyExec {
 impl StartsEarlyExec {
     fn new(input: Arc<dyn ExecutionPlan>) -> Self {
         let starts = early_starts(&input);
-        StartsEarlyExec { input, starts }
+        PassThroughExec::wrap(StartsEarly { input, starts })
     }
 }
 
-impl fmt::Debug for StartsEarlyExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StartsEarlyExec({} started early)", self.starts.len())
-    }
-}
+impl PassThrough for StartsEarly {
+    const NAME: &'static str = "StartsEarlyExec";
 
-impl DisplayAs for StartsEarlyExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StartsEarlyExec: inputs={}", self.starts.len())
-    }
-}
-
-impl ExecutionPlan for StartsEarlyExec {
-    fn name(&self) -> &str {
-        "StartsEarlyExec"
+    fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        let starts = early_starts(&input);
+        StartsEarly { input, starts }
     }
 
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+    fn details(&self) -> Option<String> {
+        Some(format!("inputs={}", self.starts.len()))
     }
 
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("StartsEarlyExec takes one child, got {}", children.len());
-        }
-        Ok(Arc::new(StartsEarlyExec::new(children.swap_remove(0))))
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(
+    fn run(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
@@ -399,32 +363,46 @@ impl ExecutionPlan for StartsEarlyExec {
         }
         self.input.execute(partition, context)
     }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        vec![ChildStats::At(partition)]
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        pass_statistics(input_stats, "StartsEarlyExec")
-    }
 }
 
 /// An input started before its reader executes it, by the [`StartsEarlyExec`] above.
-pub struct EarlyStartExec {
+pub type EarlyStartExec = PassThroughExec<EarlyStart>;
+
+/// What an [`EarlyStartExec`] hands over.
+pub struct EarlyStart {
     started: Arc<Started>,
 }
 
-impl EarlyStartExec {
+impl EarlyStart {
     fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        EarlyStartExec {
+        EarlyStart {
             started: Arc::new(Started {
                 input,
                 run: Mutex::new(None),
             }),
+        }
+    }
+}
+
+impl PassThrough for EarlyStart {
+    const NAME: &'static str = "EarlyStartExec";
+
+    fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.started.input
+    }
+
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        EarlyStart::new(input)
+    }
+
+    fn run(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        match self.started.take(partition, &context) {
+            Some(stream) => Ok(stream),
+            None => self.started.input.execute(partition, context),
         }
     }
 }
@@ -480,97 +458,5 @@ impl Started {
             .filter(|r| Arc::ptr_eq(&r.context, context))
             .and_then(|r| r.streams.get_mut(partition))
             .and_then(Option::take)
-    }
-}
-
-impl fmt::Debug for EarlyStartExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EarlyStartExec")
-    }
-}
-
-impl DisplayAs for EarlyStartExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EarlyStartExec")
-    }
-}
-
-impl ExecutionPlan for EarlyStartExec {
-    fn name(&self) -> &str {
-        "EarlyStartExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.started.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.started.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("EarlyStartExec takes one child, got {}", children.len());
-        }
-        Ok(Arc::new(EarlyStartExec::new(children.swap_remove(0))))
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        match self.started.take(partition, &context) {
-            Some(stream) => Ok(stream),
-            None => self.started.input.execute(partition, context),
-        }
-    }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        vec![ChildStats::At(partition)]
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        pass_statistics(input_stats, "EarlyStartExec")
-    }
-}
-
-/// The statistics of a node that passes its one input's rows on unchanged.
-pub(crate) fn pass_statistics(
-    input_stats: &[Arc<Statistics>],
-    node: &str,
-) -> Result<Arc<Statistics>> {
-    match input_stats.first() {
-        Some(stats) => Ok(Arc::clone(stats)),
-        None => internal_err!("{node} has no input statistics"),
     }
 }

@@ -10,25 +10,23 @@
 //! exhausted" error, naming the window, instead. (The window's copy of all batches joined
 //! into one, made after its input ends, is not counted.)
 
-use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::Result;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::utils::memory::RecordBatchMemoryCounter;
-use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::windows::WindowAggExec;
 use datafusion::physical_plan::{
-    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
-    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
+    ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
-use crate::start_early::pass_statistics;
+use crate::pass_through::{PassThrough, PassThroughExec};
 
 /// Counts the input of every `WindowAggExec` against the memory pool (see the module
 /// documentation).
@@ -71,8 +69,10 @@ impl PhysicalOptimizerRule for CountWindowInputs {
 
 /// Passes its input's batches on unchanged, counting each in the memory pool, as held by
 /// `reader`, until the stream is dropped.
-#[derive(Debug)]
-pub struct CountedInputExec {
+pub type CountedInputExec = PassThroughExec<CountedInput>;
+
+/// The input a [`CountedInputExec`] counts, and who holds it.
+pub struct CountedInput {
     input: Arc<dyn ExecutionPlan>,
     reader: &'static str,
 }
@@ -80,65 +80,29 @@ pub struct CountedInputExec {
 impl CountedInputExec {
     /// `input`, counted as held by `reader` (the operator that keeps what it reads).
     pub fn new(input: Arc<dyn ExecutionPlan>, reader: &'static str) -> Self {
-        CountedInputExec { input, reader }
+        PassThroughExec::wrap(CountedInput { input, reader })
     }
 }
 
-impl DisplayAs for CountedInputExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CountedInputExec: held by {}", self.reader)
-    }
-}
+impl PassThrough for CountedInput {
+    const NAME: &'static str = "CountedInputExec";
 
-impl ExecutionPlan for CountedInputExec {
-    fn name(&self) -> &str {
-        "CountedInputExec"
+    fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("CountedInputExec takes one child, got {}", children.len());
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        CountedInput {
+            input,
+            reader: self.reader,
         }
-        Ok(Arc::new(CountedInputExec::new(
-            children.swap_remove(0),
-            self.reader,
-        )))
     }
 
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
+    fn details(&self) -> Option<String> {
+        Some(format!("held by {}", self.reader))
     }
 
-    fn execute(
+    fn run(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
@@ -156,18 +120,6 @@ impl ExecutionPlan for CountedInputExec {
             Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, counted)))
-    }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        vec![ChildStats::At(partition)]
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        pass_statistics(input_stats, "CountedInputExec")
     }
 }
 

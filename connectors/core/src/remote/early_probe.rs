@@ -11,17 +11,15 @@
 //! will hold can be reserved at once, without waiting ([`reserve_now`]); otherwise the
 //! probe side starts when the join polls it, as it would without this node.
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use datafusion::common::Result;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::buffer::BufferExec;
-use datafusion::physical_plan::{
-    ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
-    PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
-};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+
+use crate::pass_through::{PassThrough, PassThroughExec};
 
 use super::RemoteScanExec;
 use super::connections::{Reservation, reserve_now};
@@ -101,7 +99,10 @@ const BUFFER_BYTES: usize = 4 << 20;
 
 /// A hash join's probe side that starts with the join when the connections it and the
 /// build side need can all be reserved at that moment (see the module documentation).
-pub struct EarlyProbeExec {
+pub type EarlyProbeExec = PassThroughExec<EarlyProbe>;
+
+/// What an [`EarlyProbeExec`] reserves, and what it decided for each run.
+pub struct EarlyProbe {
     input: Arc<dyn ExecutionPlan>,
     connections: Connections,
     /// Whether the run of this context started early: decided once per run, at the first
@@ -112,7 +113,13 @@ pub struct EarlyProbeExec {
 impl EarlyProbeExec {
     /// `input` (a probe side), started early when `connections` can be reserved.
     pub fn new(input: Arc<dyn ExecutionPlan>, connections: Connections) -> Self {
-        EarlyProbeExec {
+        PassThroughExec::wrap(EarlyProbe::new(input, connections))
+    }
+}
+
+impl EarlyProbe {
+    fn new(input: Arc<dyn ExecutionPlan>, connections: Connections) -> Self {
+        EarlyProbe {
             input,
             connections,
             decided: Mutex::new(None),
@@ -139,72 +146,26 @@ impl EarlyProbeExec {
     }
 }
 
-impl fmt::Debug for EarlyProbeExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EarlyProbeExec({:?})", self.connections)
-    }
-}
+impl PassThrough for EarlyProbe {
+    const NAME: &'static str = "EarlyProbeExec";
 
-impl DisplayAs for EarlyProbeExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "EarlyProbeExec: reservations={}+{}",
+    fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Self {
+        EarlyProbe::new(input, self.connections.clone())
+    }
+
+    fn details(&self) -> Option<String> {
+        Some(format!(
+            "reservations={}+{}",
             self.connections.probe.len(),
             self.connections.build.len()
-        )
-    }
-}
-
-impl ExecutionPlan for EarlyProbeExec {
-    fn name(&self) -> &str {
-        "EarlyProbeExec"
+        ))
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        _options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return internal_err!("EarlyProbeExec takes one child, got {}", children.len());
-        }
-        Ok(Arc::new(EarlyProbeExec::new(
-            children.swap_remove(0),
-            self.connections.clone(),
-        )))
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(
+    fn run(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
@@ -214,17 +175,5 @@ impl ExecutionPlan for EarlyProbeExec {
         } else {
             self.input.execute(partition, context)
         }
-    }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        vec![ChildStats::At(partition)]
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        crate::start_early::pass_statistics(input_stats, "EarlyProbeExec")
     }
 }
