@@ -121,12 +121,23 @@ impl PlacementReport {
             .map(|c| format!("{} s", c.label(self.alone)))
             .collect();
         let _ = writeln!(out, "\n## Placement `{}`\n", self.name);
+        let ratios = self.ratios();
         let _ = writeln!(
             out,
-            "| query | {} | Tributary ÷ DuckDB | Flight ÷ in process | Tributary ÷ Parquet ceiling |",
-            labels.join(" | ")
+            "| query | {} | {} |",
+            labels.join(" | "),
+            ratios
+                .iter()
+                .map(|r| r.label(self.alone))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
-        let _ = writeln!(out, "|---|{}---:|---:|---:|", "---:|".repeat(labels.len()));
+        let _ = writeln!(
+            out,
+            "|---|{}{}",
+            "---:|".repeat(labels.len()),
+            "---:|".repeat(ratios.len())
+        );
         let mut failures = Vec::new();
         for (r, (name, outcomes)) in self.rows.iter().enumerate() {
             let cells: Vec<String> = self
@@ -148,7 +159,13 @@ impl PlacementReport {
                 out,
                 "| {name} | {} | {} |",
                 cells.join(" | "),
-                ratio_cells(|c| self.seconds(r, c), "")
+                ratios
+                    .iter()
+                    .map(|ratio| ratio
+                        .of(|c| self.seconds(r, c))
+                        .map_or("–".into(), |x| format!("{x:.2}×")))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
             );
         }
         let means: Vec<Option<f64>> = self.contenders.iter().map(|c| self.geomean(*c)).collect();
@@ -166,13 +183,35 @@ impl PlacementReport {
             out,
             "| geomean | {} | {} |",
             cells.join(" | "),
-            ratio_cells(mean_of, "**")
+            ratios
+                .iter()
+                .map(|r| {
+                    let mean = match r {
+                        Ratio::Over(..) => r.of(mean_of),
+                        Ratio::OverBetterOfAloneAndDuckDb => self.geomean_ratio(*r),
+                    };
+                    mean.map_or("–".into(), |m| format!("**{m:.2}×**"))
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         let _ = writeln!(
             out,
             "\nGeometric means are over the queries Tributary, DuckDB and the ceiling all \
-             answered; a contender that missed one of those has none."
+             answered; a contender that missed one of those has none. The better of {} and \
+             DuckDB is the faster of the two on each query (either one where the other failed).",
+            Contender::Alone.label(self.alone)
         );
+        let _ = writeln!(out, "\nHighest ratios:");
+        for ratio in &ratios {
+            if let Some((query, highest)) = self.highest(*ratio) {
+                let _ = writeln!(
+                    out,
+                    "- {}: {highest:.2}× ({query})",
+                    ratio.label(self.alone)
+                );
+            }
+        }
         if !failures.is_empty() {
             let _ = writeln!(out, "\nFailures:\n{}", failures.join("\n"));
         }
@@ -260,19 +299,75 @@ impl PlacementReport {
     }
 }
 
-/// The ratio columns (Tributary ÷ DuckDB, Flight ÷ in process, Tributary ÷ ceiling) from
-/// each contender's `time`, one query's or the geometric mean.
-fn ratio_cells(time: impl Fn(Contender) -> Option<f64>, emphasis: &str) -> String {
-    [
-        (Contender::Tributary, Contender::DuckDb),
-        (Contender::Flight, Contender::Tributary),
-        (Contender::Tributary, Contender::Ceiling),
-    ]
-    .map(|(a, b)| match (time(a), time(b)) {
-        (Some(a), Some(b)) => format!("{emphasis}{:.2}×{emphasis}", a / b),
-        _ => "–".into(),
-    })
-    .join(" | ")
+/// A ratio column: one contender's time over another's, or over the better of DuckDB and
+/// the database running the whole query alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ratio {
+    Over(Contender, Contender),
+    OverBetterOfAloneAndDuckDb,
+}
+
+impl Ratio {
+    fn label(self, alone: Option<&str>) -> String {
+        match self {
+            Ratio::Over(Contender::Flight, Contender::Tributary) => "Flight ÷ in process".into(),
+            Ratio::Over(Contender::Tributary, Contender::Ceiling) => {
+                "Tributary ÷ Parquet ceiling".into()
+            }
+            Ratio::Over(a, b) => format!("{} ÷ {}", a.label(alone), b.label(alone)),
+            Ratio::OverBetterOfAloneAndDuckDb => format!(
+                "Tributary ÷ better of {} and DuckDB",
+                Contender::Alone.label(alone)
+            ),
+        }
+    }
+
+    /// The ratio from each contender's `time`, if both sides have one.
+    fn of(self, time: impl Fn(Contender) -> Option<f64>) -> Option<f64> {
+        let (ours, theirs) = match self {
+            Ratio::Over(a, b) => (time(a), time(b)),
+            Ratio::OverBetterOfAloneAndDuckDb => {
+                let better = match (time(Contender::Alone), time(Contender::DuckDb)) {
+                    (Some(a), Some(d)) => Some(a.min(d)),
+                    (a, d) => a.or(d),
+                };
+                (time(Contender::Tributary), better)
+            }
+        };
+        Some(ours? / theirs?)
+    }
+}
+
+impl PlacementReport {
+    /// The ratio columns this placement's contenders allow.
+    fn ratios(&self) -> Vec<Ratio> {
+        let mut ratios = vec![Ratio::Over(Contender::Tributary, Contender::DuckDb)];
+        if self.contenders.contains(&Contender::Alone) {
+            ratios.push(Ratio::OverBetterOfAloneAndDuckDb);
+        }
+        if self.contenders.contains(&Contender::Flight) {
+            ratios.push(Ratio::Over(Contender::Flight, Contender::Tributary));
+        }
+        ratios.push(Ratio::Over(Contender::Tributary, Contender::Ceiling));
+        ratios
+    }
+
+    /// The geometric mean of `ratio` over the queries that have it (the better of two
+    /// contenders differs from query to query, so it has no geometric mean of its own).
+    fn geomean_ratio(&self, ratio: Ratio) -> Option<f64> {
+        let ratios: Vec<f64> = (0..self.rows.len())
+            .filter_map(|r| ratio.of(|c| self.seconds(r, c)))
+            .collect();
+        (!ratios.is_empty())
+            .then(|| (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp())
+    }
+
+    /// The query with the highest `ratio`, and that ratio.
+    fn highest(&self, ratio: Ratio) -> Option<(&str, f64)> {
+        (0..self.rows.len())
+            .filter_map(|r| Some((self.rows[r].0.as_str(), ratio.of(|c| self.seconds(r, c))?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
 }
 
 fn escape(text: &str) -> String {
