@@ -8,7 +8,6 @@ use arrow::array::{ArrayRef, Int32Builder, RecordBatch, StringBuilder};
 use arrow::array::{BooleanArray, Scalar, StringArray};
 use arrow::compute::kernels::comparison::like;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::sql::metadata::{
     SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
@@ -21,6 +20,7 @@ use datafusion::common::Constraint;
 use datafusion::logical_expr::TableType;
 use tonic::Status;
 
+use super::wire::wire_schema;
 use crate::engine::Engine;
 
 /// The server facts JDBC, ODBC and ADBC drivers ask for.
@@ -370,16 +370,6 @@ pub async fn tables(engine: &Engine, cmd: CommandGetTables) -> Result<RecordBatc
         }
     }
     builder.build().map_err(|e| Status::internal(e.to_string()))
-}
-
-/// A schema as clients receive it: dictionary columns are sent as their values. Asked of
-/// the encoder itself, so the announced schema is the one on the wire.
-pub fn wire_schema(schema: SchemaRef) -> SchemaRef {
-    FlightDataEncoderBuilder::new()
-        .with_schema(Arc::clone(&schema))
-        .build(futures::stream::empty())
-        .known_schema()
-        .unwrap_or(schema)
 }
 
 /// The schema of `GetPrimaryKeys` answers.

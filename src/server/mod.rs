@@ -2,7 +2,6 @@
 //! to, over the engine's session.
 
 pub mod auth;
-mod compact;
 mod get_schema;
 mod guard;
 mod handles;
@@ -12,6 +11,7 @@ mod planned;
 mod running;
 mod service;
 mod status;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

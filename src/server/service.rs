@@ -40,13 +40,13 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Authenticator, Authorization, Issued, Principal, Refusal};
-use super::compact::compact_views;
 use super::handles::StatementHandle;
 use super::metadata;
 use super::metrics::Metrics;
 use super::planned::PlannedStatements;
 use super::running::{Query, Running};
 use super::status::{read_only, status};
+use super::wire::{to_wire, wire_schema};
 use crate::engine::Engine;
 
 /// The standard action that cancels a query.
@@ -264,7 +264,7 @@ impl TributaryFlightSql {
 
 /// The schema a query's results have on the wire.
 fn result_schema(df: &DataFrame) -> SchemaRef {
-    metadata::wire_schema(Arc::new(df.schema().as_arrow().clone()))
+    wire_schema(Arc::new(df.schema().as_arrow().clone()))
 }
 
 /// Record batches as Flight data, the schema first even when no batch follows.
@@ -275,7 +275,7 @@ fn encode(
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches.map_ok(compact_views))
+            .build(batches.and_then(|batch| async { to_wire(batch).map_err(FlightError::Arrow) }))
             .map_err(Status::from),
     )
 }
@@ -414,8 +414,10 @@ impl FlightSqlService for TributaryFlightSql {
             })
             .collect();
         parameters.sort_by_key(|(position, _)| *position);
-        let parameter_schema =
-            Schema::new(parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
+        // Announced as sent: a client binds what it was told (`Utf8` for a `Utf8View`).
+        let parameter_schema = wire_schema(Arc::new(Schema::new(
+            parameters.into_iter().map(|(_, f)| f).collect::<Vec<_>>(),
+        )));
         let dataset_schema = result_schema(&df);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode(),

@@ -270,6 +270,19 @@ async fn prepared_statements_bind_parameters() {
         pretty_format_batches(&batches).unwrap().to_string(),
         "+----+----+\n| a  | b  |\n+----+----+\n| 21 | 40 |\n+----+----+"
     );
+    // A client that binds its own type (Int32 for an Int64 placeholder) has it cast.
+    prepared
+        .set_parameters(
+            RecordBatch::try_from_iter([("$1", Arc::new(Int32Array::from(vec![4])) as ArrayRef)])
+                .unwrap(),
+        )
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        "+---+---+\n| a | b |\n+---+---+\n| 5 | 8 |\n+---+---+"
+    );
 
     let mut prepared = client
         .prepare("SELECT 7 AS seven".into(), None)
@@ -286,6 +299,72 @@ async fn prepared_statements_bind_parameters() {
         .await
         .unwrap_err();
     assert_eq!(code_and_message(e).0, Code::InvalidArgument);
+}
+
+/// Strings DataFusion holds as views (every Parquet, Delta and CSV string column) reach
+/// clients as plain `Utf8` and `Binary`, at any depth, in results, prepared statements'
+/// schemas and parameters: the Flight SQL JDBC driver refuses view types.
+#[tokio::test]
+async fn view_columns_reach_clients_as_plain_strings() {
+    let server = demo().await;
+    let mut client = client(&server).await;
+    let sql = "SELECT arrow_cast(n_name, 'Utf8View') AS s, \
+                      arrow_cast(arrow_cast(n_name, 'Binary'), 'BinaryView') AS b, \
+                      [arrow_cast(n_name, 'Utf8View'), NULL] AS l, \
+                      named_struct('v', arrow_cast(n_name, 'Utf8View')) AS st \
+               FROM nation WHERE n_nationkey < 2 ORDER BY n_nationkey";
+    let info = client.execute(sql.into(), None).await.unwrap();
+    let (schema, batches) = fetch(&mut client, info).await;
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["Utf8", "Binary", "List(Utf8)", "Struct(\"v\": Utf8)"]
+    );
+    for batch in &batches {
+        assert_eq!(batch.schema().as_ref(), &schema, "as announced");
+    }
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        "+-----------+--------------------+---------------+----------------+\n\
+         | s         | b                  | l             | st             |\n\
+         +-----------+--------------------+---------------+----------------+\n\
+         | ALGERIA   | 414c4745524941     | [ALGERIA, ]   | {v: ALGERIA}   |\n\
+         | ARGENTINA | 415247454e54494e41 | [ARGENTINA, ] | {v: ARGENTINA} |\n\
+         +-----------+--------------------+---------------+----------------+"
+    );
+
+    // A placeholder compared with a view column is announced, and bound, as `Utf8`.
+    let mut prepared = client
+        .prepare(
+            "SELECT n_nationkey FROM nation WHERE arrow_cast(n_name, 'Utf8View') = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let parameters = prepared.parameter_schema().unwrap().clone();
+    let dataset = prepared.dataset_schema().unwrap().clone();
+    assert_eq!(dataset.field(0).name(), "n_nationkey");
+    assert_eq!(
+        parameters.field(0).data_type(),
+        &DataType::Utf8,
+        "{parameters:?}"
+    );
+    prepared
+        .set_parameters(bind(
+            &parameters,
+            vec![Arc::new(StringArray::from(vec!["JAPAN"]))],
+        ))
+        .unwrap();
+    let info = prepared.execute().await.unwrap();
+    let (_, batches) = fetch(&mut client, info).await;
+    assert_eq!(
+        pretty_format_batches(&batches).unwrap().to_string(),
+        "+-------------+\n| n_nationkey |\n+-------------+\n| 12          |\n+-------------+"
+    );
 }
 
 #[tokio::test]
