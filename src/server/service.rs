@@ -35,7 +35,7 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::parser::Statement;
 use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions_mut};
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -267,15 +267,18 @@ fn result_schema(df: &DataFrame) -> SchemaRef {
     wire_schema(Arc::new(df.schema().as_arrow().clone()))
 }
 
-/// Record batches as Flight data, the schema first even when no batch follows.
+/// Record batches as Flight data, the schema first even when no batch follows; `schema`
+/// is what clients are told (a [`wire_schema`]), and each batch is cast to it.
 fn encode(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 ) -> DoGetStream {
+    let wire = Arc::clone(&schema);
+    let sent = batches.map(move |batch| to_wire(batch?, &wire).map_err(FlightError::Arrow));
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches.and_then(|batch| async { to_wire(batch).map_err(FlightError::Arrow) }))
+            .build(sent)
             .map_err(Status::from),
     )
 }

@@ -24,10 +24,19 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 /// `schema` as clients receive it: view types as their plain types, dictionaries as their
 /// values.
 pub fn wire_schema(schema: SchemaRef) -> SchemaRef {
-    let plain = match plain_fields(schema.fields()) {
-        Some(fields) => Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
-        None => schema,
-    };
+    let fields: Fields = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let wire = wire_type(field.data_type());
+            if wire == *field.data_type() {
+                Arc::clone(field)
+            } else {
+                Arc::new(field.as_ref().clone().with_data_type(wire))
+            }
+        })
+        .collect();
+    let plain = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     FlightDataEncoderBuilder::new()
         .with_schema(Arc::clone(&plain))
         .build(futures::stream::empty())
@@ -35,48 +44,44 @@ pub fn wire_schema(schema: SchemaRef) -> SchemaRef {
         .unwrap_or(plain)
 }
 
-/// `batch` with its view columns cast to their plain types (as [`wire_schema`] announces);
-/// the batch itself when it has none.
-pub fn to_wire(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
-    let Some(fields) = plain_fields(batch.schema().fields()) else {
-        return Ok(batch);
-    };
-    let columns = batch
-        .columns()
+/// `batch` with each column whose type differs from `wire`'s (the [`wire_schema`] of the
+/// batches' schema, derived once per query) cast to it; the batch itself when none does.
+/// Field names and nullability stay the batch's own.
+pub fn to_wire(batch: RecordBatch, wire: &Schema) -> Result<RecordBatch, ArrowError> {
+    let schema = batch.schema();
+    if schema
+        .fields()
         .iter()
-        .zip(&fields)
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(Arc::clone(column))
-            } else {
-                cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .zip(wire.fields())
+        .all(|(ours, sent)| ours.data_type() == sent.data_type())
+    {
+        return Ok(batch);
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for ((field, column), sent) in schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .zip(wire.fields())
+    {
+        if field.data_type() == sent.data_type() {
+            fields.push(Arc::clone(field));
+            columns.push(Arc::clone(column));
+        } else {
+            fields.push(Arc::new(
+                field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(sent.data_type().clone()),
+            ));
+            columns.push(cast(column, sent.data_type())?);
+        }
+    }
     RecordBatch::try_new(
-        Arc::new(Schema::new_with_metadata(
-            fields,
-            batch.schema().metadata().clone(),
-        )),
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
         columns,
     )
-}
-
-/// `fields` with view types replaced, or `None` if none has one.
-fn plain_fields(fields: &Fields) -> Option<Fields> {
-    fields
-        .iter()
-        .any(|f| wire_type(f.data_type()) != *f.data_type())
-        .then(|| fields.iter().map(plain_field).collect())
-}
-
-fn plain_field(field: &FieldRef) -> FieldRef {
-    let wire = wire_type(field.data_type());
-    if wire == *field.data_type() {
-        Arc::clone(field)
-    } else {
-        Arc::new(field.as_ref().clone().with_data_type(wire))
-    }
 }
 
 /// The type a column of `data_type` is sent as: views (also inside lists, structs and
@@ -129,7 +134,8 @@ mod tests {
         StructArray,
     };
 
-    use arrow::datatypes::Field;
+    use arrow::array::DictionaryArray;
+    use arrow::datatypes::{Field, Int32Type};
 
     use super::*;
 
@@ -167,7 +173,7 @@ mod tests {
         .unwrap();
 
         let announced = wire_schema(batch.schema());
-        let sent = to_wire(batch.clone()).unwrap();
+        let sent = to_wire(batch.clone(), &wire_schema(batch.schema())).unwrap();
         assert_eq!(sent.schema(), announced);
         let types: Vec<String> = announced
             .fields()
@@ -204,18 +210,25 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(wire_schema(batch.schema()), batch.schema());
-        let sent = to_wire(batch.clone()).unwrap();
+        let sent = to_wire(batch.clone(), &wire_schema(batch.schema())).unwrap();
         assert!(Arc::ptr_eq(sent.column(0), batch.column(0)));
     }
 
     #[test]
-    fn dictionaries_are_announced_as_their_values() {
+    fn dictionaries_are_announced_and_sent_as_their_values() {
         let schema = Arc::new(Schema::new(vec![Field::new(
             "d",
             DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8View)),
             true,
         )]));
         assert_eq!(wire_schema(schema).field(0).data_type(), &DataType::Utf8);
+
+        let keys: DictionaryArray<Int32Type> = [Some("a"), None, Some("a")].into_iter().collect();
+        let batch = RecordBatch::try_from_iter([("d", Arc::new(keys) as ArrayRef)]).unwrap();
+        let sent = to_wire(batch.clone(), &wire_schema(batch.schema())).unwrap();
+        assert_eq!(sent.column(0).data_type(), &DataType::Utf8);
+        let values = sent.column(0).as_string::<i32>();
+        assert_eq!((values.value(0), values.is_null(1)), ("a", true));
     }
 
     #[test]
@@ -224,7 +237,7 @@ mod tests {
         let strings: StringViewArray = (0..100).map(|i| Some(long(i))).collect();
         let batch = RecordBatch::try_from_iter([("s", Arc::new(strings) as ArrayRef)]).unwrap();
         let two = batch.slice(40, 2);
-        let sent = to_wire(two.clone()).unwrap();
+        let sent = to_wire(two.clone(), &wire_schema(two.schema())).unwrap();
         let bytes = sent.column(0).get_buffer_memory_size();
         assert!(bytes < 200_000, "{bytes} bytes held");
         assert_eq!(sent.column(0).as_string::<i32>().value(1), long(41));
