@@ -111,7 +111,7 @@ impl PlacementReport {
         if complete.is_empty() || times.len() < complete.len() {
             return None;
         }
-        Some((times.iter().map(|t| t.ln()).sum::<f64>() / times.len() as f64).exp())
+        geometric_mean(&times)
     }
 
     fn markdown(&self, out: &mut String) {
@@ -358,8 +358,7 @@ impl PlacementReport {
         let ratios: Vec<f64> = (0..self.rows.len())
             .filter_map(|r| ratio.of(|c| self.seconds(r, c)))
             .collect();
-        (!ratios.is_empty())
-            .then(|| (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp())
+        geometric_mean(&ratios)
     }
 
     /// The query with the highest `ratio`, and that ratio.
@@ -368,6 +367,12 @@ impl PlacementReport {
             .filter_map(|r| Some((self.rows[r].0.as_str(), ratio.of(|c| self.seconds(r, c))?)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
+}
+
+/// The geometric mean of `values`; none of none.
+fn geometric_mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty())
+        .then(|| (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp())
 }
 
 fn escape(text: &str) -> String {
