@@ -109,8 +109,13 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
 
+        // Absolute, because paths relative to it become `file://` URLs (sources' folders,
+        // the data directory), which cannot be relative: `-c conf/tributary.yaml` would
+        // otherwise leave every such path unusable.
         let dir = match path.and_then(Path::parent) {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            Some(p) if !p.as_os_str().is_empty() => {
+                std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+            }
             _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
         };
         let config = Config {
@@ -521,6 +526,13 @@ materializations:
             c.materializations[0].schedule,
             Some(super::super::Schedule::Every(Duration::from_secs(900)))
         );
+    }
+
+    #[test]
+    fn a_relative_config_path_gives_an_absolute_folder() {
+        let c = Config::parse("", Some(Path::new("conf/t.yaml")), &env).unwrap();
+        assert!(c.dir.is_absolute(), "{}", c.dir.display());
+        assert_eq!(c.dir, std::env::current_dir().unwrap().join("conf"));
     }
 
     #[test]

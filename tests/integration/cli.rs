@@ -283,3 +283,31 @@ fn config_from_the_environment_variable() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "n\n10\n");
 }
+
+#[test]
+fn a_config_named_by_a_relative_path_finds_its_relative_folders() {
+    // `-c conf/t.yaml` from the folder above: the source's folder and the data
+    // directory are relative to the config file, and become `file://` URLs.
+    let dir = TempDir::new().unwrap();
+    write_parquet(&dir.path().join("conf/lake/people.parquet"), &people());
+    std::fs::write(
+        dir.path().join("conf/t.yaml"),
+        "sources:\n  - name: lake\n    kind: files\n    url: lake\n",
+    )
+    .unwrap();
+    let o = Command::new(binary())
+        .args([
+            "--config",
+            "conf/t.yaml",
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM lake.main.people",
+        ])
+        .current_dir(dir.path())
+        .env_remove("TRIBUTARY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("n\n{}\n", people().num_rows()));
+}
