@@ -8,7 +8,8 @@
 //! - and, for single-database placements, the database running the whole query itself,
 //!
 //! each query through all of them before the next starts, in `--runs` rounds of one run of
-//! each (so that they meet the machine in the same state), reporting each contender's
+//! each (so that they meet the machine in the same state; each round starts with the next
+//! contender, so that none always follows the same one), reporting each contender's
 //! median; with every Tributary answer compared to DuckDB's (a mismatch or an error other
 //! than a timeout fails the run). Writes a Markdown table and an SVG chart to
 //! `$CARGO_TARGET_DIR/bench/`.
@@ -98,6 +99,27 @@ async fn timed<T>(
         Ok(result) => result.map(|answer| (started.elapsed(), answer)),
         Err(_) => Err(format!("{TIMED_OUT} after {timeout:?}")),
     }
+}
+
+/// The contenders, in their order in the first round; each later round starts with the
+/// next one.
+#[derive(Clone, Copy)]
+enum Turn {
+    DuckDb,
+    InProcess,
+    Flight,
+    Ceiling,
+    Alone,
+}
+
+impl Turn {
+    const ALL: [Turn; 5] = [
+        Turn::DuckDb,
+        Turn::InProcess,
+        Turn::Flight,
+        Turn::Ceiling,
+        Turn::Alone,
+    ];
 }
 
 /// One contender's runs of one query so far.
@@ -276,63 +298,71 @@ async fn bench_placement(
     let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
     for query in queries {
         let sql = data.qualify(placement, &query.sql);
-        let mut expected = None;
+        let mut expected: Option<Vec<RecordBatch>> = None;
         let [mut duck, mut ours, mut flown, mut ceiling_runs, mut whole] =
             [(); 5].map(|()| Tally::new());
         // Round by round, each contender once in each, so that a slow spell of the
         // machine (a neighbour's burst) meets every contender rather than one
-        // contender's every run.
-        for _ in 0..args.runs.max(1) {
-            if duck.running() {
-                let run = duck_session.run(query);
-                match (run.error, run.seconds.first()) {
-                    (Some(e), _) => duck.failed = Some(e),
-                    (None, None) => duck.failed = Some("no time".into()),
-                    (None, Some(&seconds)) => {
-                        duck.times.push(Duration::from_secs_f64(seconds));
-                        expected = expected.or(run.answer);
-                    }
-                }
-            }
-            let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
-                let verdict = match (answer, &expected) {
-                    (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
-                    (Ok(_), None) => return false,
-                    (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
-                    (Err(e), _) => Err(format!("failed: {e}")),
+        // contender's every run; and each first in turn, so that none always follows the
+        // same one. DuckDB starts the first round: its answer is the one the others are
+        // checked against.
+        for round in 0..args.runs.max(1) {
+            for turn in 0..Turn::ALL.len() {
+                let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
+                    let verdict = match (answer, &expected) {
+                        (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
+                        (Ok(_), None) => return false,
+                        (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
+                        (Err(e), _) => Err(format!("failed: {e}")),
+                    };
+                    verdict
+                        .map_err(|e| {
+                            mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
+                        })
+                        .is_ok()
                 };
-                verdict
-                    .map_err(|e| {
-                        mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
-                    })
-                    .is_ok()
-            };
-            if ours.running() {
-                let run = timed(args.timeout, in_process(&engine, &sql)).await;
-                ours.add(run, &mut check, "in process");
-            }
-            if let Some(client) = &flight
-                && flown.running()
-            {
-                let run = timed(args.timeout, over_flight(&mut client.clone(), &sql)).await;
-                flown.add(run, &mut check, "over Flight SQL");
-            }
-            if ceiling_runs.running() {
-                let run = timed(args.timeout, async {
-                    let frame = ceiling.sql(&query.sql).await.map_err(|e| e.to_string())?;
-                    frame.collect().await.map_err(|e| e.to_string())
-                })
-                .await;
-                ceiling_runs.add(run, &mut check, "DataFusion over Parquet");
-            }
-            // Stopped by the database itself after the timeout.
-            if let Some(alone) = alone.as_mut()
-                && whole.running()
-            {
-                let started = Instant::now();
-                match alone.run(&query.sql, args.timeout).await {
-                    Ok(()) => whole.times.push(started.elapsed()),
-                    Err(e) => whole.failed = Some(e),
+                match Turn::ALL[(round + turn) % Turn::ALL.len()] {
+                    Turn::DuckDb if duck.running() => {
+                        let run = duck_session.run(query);
+                        match (run.error, run.seconds.first()) {
+                            (Some(e), _) => duck.failed = Some(e),
+                            (None, None) => duck.failed = Some("no time".into()),
+                            (None, Some(&seconds)) => {
+                                duck.times.push(Duration::from_secs_f64(seconds));
+                                expected = expected.or(run.answer);
+                            }
+                        }
+                    }
+                    Turn::InProcess if ours.running() => {
+                        let run = timed(args.timeout, in_process(&engine, &sql)).await;
+                        ours.add(run, &mut check, "in process");
+                    }
+                    Turn::Flight if flown.running() => {
+                        if let Some(client) = &flight {
+                            let run =
+                                timed(args.timeout, over_flight(&mut client.clone(), &sql)).await;
+                            flown.add(run, &mut check, "over Flight SQL");
+                        }
+                    }
+                    Turn::Ceiling if ceiling_runs.running() => {
+                        let run = timed(args.timeout, async {
+                            let frame = ceiling.sql(&query.sql).await.map_err(|e| e.to_string())?;
+                            frame.collect().await.map_err(|e| e.to_string())
+                        })
+                        .await;
+                        ceiling_runs.add(run, &mut check, "DataFusion over Parquet");
+                    }
+                    // Stopped by the database itself after the timeout.
+                    Turn::Alone if whole.running() => {
+                        if let Some(alone) = alone.as_mut() {
+                            let started = Instant::now();
+                            match alone.run(&query.sql, args.timeout).await {
+                                Ok(()) => whole.times.push(started.elapsed()),
+                                Err(e) => whole.failed = Some(e),
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
