@@ -2,13 +2,16 @@
 //! connection is set up with.
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+use tokio::sync::OwnedSemaphorePermit;
+use tributary_core::remote::connections::{Reservation, Slots};
 use tributary_core::{Error, Result};
 
 use crate::config::{MysqlConfig, SslMode};
@@ -27,13 +30,18 @@ pub enum Flavor {
 #[derive(Clone)]
 pub struct Connector {
     pool: Pool,
-    /// For `ssl-mode: preferred`: the plain-text pool used once the server turns out not
-    /// to offer TLS.
-    plain: Option<(Pool, Arc<AtomicBool>)>,
+    /// What the pool connects with, for the connections made outside it.
+    opts: Opts,
+    /// For `ssl-mode: preferred`: the plain-text pool (and its options) used once the
+    /// server turns out not to offer TLS.
+    plain: Option<(Pool, Opts, Arc<AtomicBool>)>,
+    /// One permit per connection the pool may open. Work that needs several connections
+    /// at once takes all their permits together ([`Reservation`]), so two such pieces of
+    /// work never each hold some and wait for the rest.
+    slots: Slots,
     /// `user@host:port`, for messages; never the password.
     target: String,
     connect_timeout: Duration,
-    max_connections: usize,
     /// The flavor, learned on the first connection (0 = not yet known).
     flavor: Arc<AtomicU8>,
 }
@@ -111,37 +119,72 @@ impl Connector {
                     Ok(())
                 })
             });
+        let opts = Opts::from(opts);
         let plain = (settings.ssl_mode == SslMode::Preferred).then(|| {
+            let plain = Opts::from(OptsBuilder::from_opts(opts.clone()).ssl_opts(None::<SslOpts>));
             (
-                Pool::new(opts.clone().ssl_opts(None::<SslOpts>)),
+                Pool::new(plain.clone()),
+                plain,
                 Arc::new(AtomicBool::new(false)),
             )
         });
         Ok(Connector {
-            pool: Pool::new(opts),
+            pool: Pool::new(opts.clone()),
+            opts,
             plain,
+            slots: Slots::new(max),
             target,
             connect_timeout: config.connect_timeout,
-            max_connections: max,
             flavor,
         })
     }
 
     /// A connection from the pool, opening one if needed.
-    pub async fn get(&self) -> Result<Conn> {
-        let pool = match &self.plain {
-            Some((plain, chosen)) if chosen.load(Ordering::Relaxed) => plain,
-            _ => &self.pool,
+    pub async fn get(&self) -> Result<Pooled> {
+        let place = self.slots.one().await;
+        self.take(place).await
+    }
+
+    /// A reservation of `wanted` connections held together (see [`Reservation`]).
+    pub fn reservation(&self, wanted: usize) -> Reservation {
+        self.slots.reservation(wanted)
+    }
+
+    /// A connection of `reservation`: the first reserves all of them at once.
+    pub async fn get_reserved(&self, reservation: &Reservation) -> Result<Pooled> {
+        let place = reservation.take().await;
+        self.take(place).await
+    }
+
+    /// A connection from the pool for the holder of `place`. The pool never makes it
+    /// wait for another holder's connection: there are as many places as connections.
+    async fn take(&self, place: OwnedSemaphorePermit) -> Result<Pooled> {
+        let conn = self.connect(|pool, _| Box::pin(pool.get_conn())).await?;
+        Ok(Pooled {
+            conn,
+            _place: place,
+        })
+    }
+
+    /// Connects with `open` (given the pool and its options), over plain TCP from then on
+    /// if `ssl-mode: preferred` meets a server without TLS.
+    async fn connect(
+        &self,
+        open: impl Fn(&Pool, &Opts) -> futures::future::BoxFuture<'static, mysql_async::Result<Conn>>,
+    ) -> Result<Conn> {
+        let (pool, opts) = match &self.plain {
+            Some((plain, opts, chosen)) if chosen.load(Ordering::Relaxed) => (plain, opts),
+            _ => (&self.pool, &self.opts),
         };
-        match tokio::time::timeout(self.connect_timeout, pool.get_conn()).await {
+        match tokio::time::timeout(self.connect_timeout, open(pool, opts)).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(mysql_async::Error::Driver(
                 mysql_async::DriverError::NoClientSslFlagFromServer,
             ))) if self.plain.is_some() => {
-                if let Some((_, chosen)) = &self.plain {
+                if let Some((_, _, chosen)) = &self.plain {
                     chosen.store(true, Ordering::Relaxed);
                 }
-                Box::pin(self.get()).await
+                Box::pin(self.connect(open)).await
             }
             Ok(Err(e)) => Err(Error::Unavailable(format!(
                 "cannot connect to {}: {}",
@@ -157,13 +200,21 @@ impl Connector {
     }
 
     /// Asks the server to stop what connection `id` is running. Best effort: the query may
-    /// already have finished.
+    /// already have finished. Over a connection of its own, outside the pool: the query
+    /// to stop may hold the pool's last connection.
     pub async fn kill_query(&self, id: u32) {
-        let result = match self.get().await {
-            Ok(mut conn) => conn
-                .query_drop(format!("KILL QUERY {id}"))
-                .await
-                .map_err(|e| describe_error(&e)),
+        let result = match self
+            .connect(|_, opts| Box::pin(Conn::new(opts.clone())))
+            .await
+        {
+            Ok(mut conn) => {
+                let killed = conn
+                    .query_drop(format!("KILL QUERY {id}"))
+                    .await
+                    .map_err(|e| describe_error(&e));
+                let _ = conn.disconnect().await;
+                killed
+            }
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = result {
@@ -182,12 +233,42 @@ impl Connector {
 
     /// The most connections the pool opens.
     pub fn max_connections(&self) -> usize {
-        self.max_connections
+        self.slots.size()
     }
 
     /// `user@host:port`.
     pub fn target(&self) -> &str {
         &self.target
+    }
+}
+
+/// A connection taken from the pool, returned to it when dropped.
+pub struct Pooled {
+    // Declared first, so dropped first: the connection is on its way back to the pool
+    // before its place goes to whoever waits for one.
+    conn: Conn,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Pooled {
+    /// The connection, and its place in the pool: held for as long as the connection is
+    /// (a query that owns its connection until its rows are read).
+    pub fn into_parts(self) -> (Conn, OwnedSemaphorePermit) {
+        (self.conn, self._place)
+    }
+}
+
+impl Deref for Pooled {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
     }
 }
 

@@ -18,8 +18,10 @@ use futures::{Stream, TryStreamExt};
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::{Protocol, Query, WithParams};
 use mysql_async::{QueryResult, Value};
+use tokio::sync::OwnedSemaphorePermit;
 use tributary_core::Error;
 use tributary_core::remote::RemoteReader;
+use tributary_core::remote::connections::Reservation;
 
 use crate::config::WireProtocol;
 use crate::connect::{Connector, describe_error};
@@ -53,12 +55,18 @@ impl Shared {
 #[derive(Debug)]
 pub struct MysqlReader {
     shared: Arc<Shared>,
+    /// Every part's connection.
+    connections: Arc<Reservation>,
 }
 
 impl MysqlReader {
-    /// A reader over `shared`'s pool.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        MysqlReader { shared }
+    /// A reader for a scan of `parts` queries over `shared`'s pool.
+    pub fn new(shared: Arc<Shared>, parts: usize) -> Self {
+        let connections = Arc::new(shared.connector.reservation(parts));
+        MysqlReader {
+            shared,
+            connections,
+        }
     }
 }
 
@@ -71,40 +79,48 @@ impl RemoteReader for MysqlReader {
         batch_size: usize,
     ) -> Result<SendableRecordBatchStream> {
         let shared = Arc::clone(&self.shared);
+        let connections = Arc::clone(&self.connections);
         let batch_size = shared.batch_size.unwrap_or(batch_size).max(1);
         let stream_schema = Arc::clone(&schema);
-        let opening = async move { open(shared, sql, schema, batch_size).await };
+        let opening = async move { open(shared, connections, sql, schema, batch_size).await };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             stream_schema,
             futures::stream::once(opening).try_flatten(),
         )))
     }
+
+    fn connections(&self) -> Option<Arc<Reservation>> {
+        Some(Arc::clone(&self.connections))
+    }
 }
 
 async fn open(
     shared: Arc<Shared>,
+    connections: Arc<Reservation>,
     sql: String,
     schema: SchemaRef,
     batch_size: usize,
 ) -> Result<std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>> {
-    let conn = shared
+    let (conn, place) = shared
         .connector
-        .get()
+        .get_reserved(&connections)
         .await
-        .map_err(|e| e.in_source(&shared.name))?;
+        .map_err(|e| e.in_source(&shared.name))?
+        .into_parts();
     let id = conn.id();
     if shared.protocol == WireProtocol::Text || sql.contains('\\') {
         let result = sql.run(conn).await;
-        stream(shared, result, schema, batch_size, id)
+        stream(shared, result, place, schema, batch_size, id)
     } else {
         let result = sql.with(()).run(conn).await;
-        stream(shared, result, schema, batch_size, id)
+        stream(shared, result, place, schema, batch_size, id)
     }
 }
 
 fn stream<P: Protocol + Send + 'static>(
     shared: Arc<Shared>,
     result: mysql_async::Result<QueryResult<'static, 'static, P>>,
+    place: OwnedSemaphorePermit,
     schema: SchemaRef,
     batch_size: usize,
     id: u32,
@@ -131,6 +147,7 @@ fn stream<P: Protocol + Send + 'static>(
     let state = Reading {
         shared,
         result: Some(result),
+        place: Some(place),
         decoder,
         batch_size,
         id,
@@ -144,6 +161,8 @@ struct Reading<P: Protocol + Send + 'static> {
     shared: Arc<Shared>,
     /// `None` once every row has been read.
     result: Option<QueryResult<'static, 'static, P>>,
+    /// The connection's place in the pool, given up after the connection.
+    place: Option<OwnedSemaphorePermit>,
     decoder: BatchDecoder,
     batch_size: usize,
     /// The server's id of the connection, to stop its query.
@@ -168,7 +187,7 @@ async fn next_batch<P: Protocol + Send + 'static>(
                 }
             }
             Ok(None) => {
-                s.result = None;
+                s.finish();
                 for (column, count) in s.decoder.zeros() {
                     tracing::warn!(source = %s.shared.name, column, count,
                         "zero dates (0000-00-00) read as NULL");
@@ -180,10 +199,18 @@ async fn next_batch<P: Protocol + Send + 'static>(
                 return Ok(Some((batch, s)));
             }
             Err(e) => {
-                s.result = None;
+                s.finish();
                 return Err(s.shared.fail("reading rows failed", &e));
             }
         }
+    }
+}
+
+impl<P: Protocol + Send + 'static> Reading<P> {
+    /// Gives the connection back (every row read, or the query failed), then its place.
+    fn finish(&mut self) {
+        self.result = None;
+        self.place = None;
     }
 }
 
@@ -192,6 +219,7 @@ impl<P: Protocol + Send + 'static> Drop for Reading<P> {
         let Some(result) = self.result.take() else {
             return;
         };
+        let place = self.place.take();
         let connector = self.shared.connector.clone();
         let id = self.id;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -200,6 +228,7 @@ impl<P: Protocol + Send + 'static> Drop for Reading<P> {
                 // killed) before the server has given up this one.
                 connector.kill_query(id).await;
                 drop(result);
+                drop(place);
             });
         }
     }

@@ -289,7 +289,7 @@ impl RemoteSource for MysqlRemote {
         Some(Estimate::rows(estimate?.round() as usize))
     }
 
-    fn reader(&self, _parts: usize) -> Arc<dyn RemoteReader> {
-        Arc::new(MysqlReader::new(Arc::clone(&self.shared)))
+    fn reader(&self, parts: usize) -> Arc<dyn RemoteReader> {
+        Arc::new(MysqlReader::new(Arc::clone(&self.shared), parts))
     }
 }
