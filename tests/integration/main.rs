@@ -7,6 +7,7 @@ mod config_errors;
 mod demo;
 mod docs;
 mod dynamic_filters;
+mod early_probe;
 mod files;
 mod flight_sql;
 mod flight_sql_security;

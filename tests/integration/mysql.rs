@@ -2,6 +2,7 @@
 //! partitions, cancellation, and failures that name the source without leaking the
 //! password.
 
+use mysql_async::prelude::Queryable;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
 
@@ -322,7 +323,6 @@ async fn a_scan_stopped_early_on_a_full_pool_stops_its_query() {
 /// How many queries naming `relation` of `db` the server is still running after up to
 /// five seconds of waiting for none.
 async fn queries_running_on(db: &Database, relation: &str) -> i64 {
-    use mysql_async::prelude::Queryable;
     let mut conn = tributary_testkit::mysql::connect().await;
     let sql = format!(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE COMMAND = 'Query' \
@@ -396,10 +396,7 @@ async fn failures_name_the_source_and_never_the_password() {
     );
 }
 
-/// `customers` (2,000) left joined to their `orders` (400,000, more than a probe side
-/// started early buffers, so its query stays at the server until the build side is read),
-/// each read in two parts, in a DataFusion hash join whose probe side (`orders`) waits for
-/// no dynamic filter.
+/// The tables of [`early_probe`](crate::early_probe), in a database of their own.
 async fn customers_and_orders(prefix: &str) -> Database {
     let db = Database::create(prefix).await;
     db.execute(
@@ -413,77 +410,52 @@ async fn customers_and_orders(prefix: &str) -> Database {
     db
 }
 
-const ORDERS_PER_CUSTOMER: &str = "SELECT c.id, count(o.id) AS n, sum(o.amount) AS total \
-    FROM customers c LEFT JOIN orders o ON o.customer = c.id \
-    GROUP BY c.id ORDER BY n, c.id DESC LIMIT 2";
-
-/// Runs [`ORDERS_PER_CUSTOMER`] with `customers` locked until the `orders` scan has been
-/// seen at the server or `patience` has passed, and returns whether it was seen: a probe
-/// side started early queries `orders` while the build side waits for the lock.
-async fn orders_read_while_customers_wait(
-    db: &Database,
-    engine: &Engine,
-    patience: std::time::Duration,
-) -> bool {
-    use mysql_async::prelude::Queryable;
-    let frame = engine.sql(ORDERS_PER_CUSTOMER).await.unwrap();
-    let context = std::sync::Arc::new(frame.task_ctx());
-    let plan = frame.create_physical_plan().await.unwrap();
-    let shown = datafusion::physical_plan::displayable(plan.as_ref())
-        .indent(true)
-        .to_string();
-    assert!(shown.contains("EarlyProbeExec"), "{shown}");
-    let mut locker = tributary_testkit::mysql::connect().await;
-    locker
-        .query_drop(format!("LOCK TABLES `{}`.customers WRITE", db.name))
-        .await
-        .unwrap();
-    let query = tokio::spawn(datafusion::physical_plan::collect(plan, context));
-    let orders = format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-         WHERE INFO LIKE '%`{}`.`orders`%' AND ID <> CONNECTION_ID()",
-        db.name
-    );
-    let started = std::time::Instant::now();
-    let mut seen = false;
-    while !seen && started.elapsed() < patience {
-        let running: i64 = locker.query_first(&orders).await.unwrap().unwrap_or(0);
-        seen = running > 0;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    locker.query_drop("UNLOCK TABLES").await.unwrap();
-    let batches = query.await.unwrap().unwrap();
-    let answer = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        answer,
-        "+------+---+-------+\n| id   | n | total |\n+------+---+-------+\n| 2000 | 0 |       |\n| 1999 | 0 |       |\n+------+---+-------+"
-    );
-    seen
+/// Locks `customers` with `LOCK TABLES`; sees `orders` read in the process list.
+struct MyLocker<'a> {
+    db: &'a Database,
+    conn: mysql_async::Conn,
 }
 
-/// A hash join's probe side that queries MariaDB starts with the join when the pool can
-/// give both sides every connection they need at once (here 2 × 2 parts), and not when it
-/// cannot: started early, it would hold connections the build side waits for.
+impl crate::early_probe::Locker for MyLocker<'_> {
+    async fn lock_customers(&mut self) {
+        self.conn
+            .query_drop(format!("LOCK TABLES `{}`.customers WRITE", self.db.name))
+            .await
+            .unwrap();
+    }
+
+    async fn orders_running(&mut self) -> bool {
+        let orders = format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+             WHERE INFO LIKE '%`{}`.`orders`%' AND ID <> CONNECTION_ID()",
+            self.db.name
+        );
+        let running: i64 = self.conn.query_first(&orders).await.unwrap().unwrap_or(0);
+        running > 0
+    }
+
+    async fn unlock(&mut self) {
+        self.conn.query_drop("UNLOCK TABLES").await.unwrap();
+    }
+}
+
+/// A probe side that queries MariaDB starts early with a pool for both sides' 2 parts
+/// (2 × 2), and not with one fewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_probe_side_starts_early_only_with_connections_for_both_sides() {
     let db = customers_and_orders("early_probe").await;
     let settings = "    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n";
     let roomy = my_engine(&db.name, false, &format!("    pool_size: 4\n{settings}"));
-    assert!(
-        orders_read_while_customers_wait(&db, &roomy, std::time::Duration::from_secs(30)).await,
-        "the probe side did not start before the build side was read"
-    );
     let tight = my_engine(&db.name, false, &format!("    pool_size: 3\n{settings}"));
-    assert!(
-        !orders_read_while_customers_wait(&db, &tight, std::time::Duration::from_secs(2)).await,
-        "the probe side started early without connections for the build side"
-    );
+    let conn = tributary_testkit::mysql::connect().await;
+    crate::early_probe::starts_only_with_connections_for_both_sides(
+        &roomy,
+        &tight,
+        &mut MyLocker { db: &db, conn },
+    )
+    .await;
 }
 
-/// Many joins with early probe sides at once on a pool that fits one join at a time:
-/// those that cannot reserve every connection they need start late, and all finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_early_probe_sides_share_a_small_pool() {
     let db = customers_and_orders("early_probe_pool").await;
@@ -492,22 +464,5 @@ async fn concurrent_early_probe_sides_share_a_small_pool() {
         false,
         "    pool_size: 4\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
     );
-    let queries: Vec<_> = (0..8)
-        .map(|_| {
-            let engine = engine.clone();
-            tokio::spawn(async move { table(&engine, ORDERS_PER_CUSTOMER).await })
-        })
-        .collect();
-    let all = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        futures::future::join_all(queries),
-    )
-    .await
-    .expect("joins waited on each other's connections for ever");
-    for answer in all {
-        assert_eq!(
-            answer.unwrap(),
-            "+------+---+-------+\n| id   | n | total |\n+------+---+-------+\n| 2000 | 0 |       |\n| 1999 | 0 |       |\n+------+---+-------+"
-        );
-    }
+    crate::early_probe::concurrent_joins_share_a_small_pool(&engine).await;
 }

@@ -998,10 +998,7 @@ async fn assert_reads_count(engine: &Engine) {
     );
 }
 
-/// `customers` (2,000) left joined to their `orders` (400,000, more than a probe side
-/// started early buffers, so its query stays at the server until the build side is read),
-/// each read in two parts, in a DataFusion hash join whose probe side (`orders`) waits for
-/// no dynamic filter.
+/// The tables of [`early_probe`](crate::early_probe), in a schema of their own.
 async fn customers_and_orders(name: &str) -> Schema {
     let schema = Schema::create(name).await;
     schema
@@ -1016,70 +1013,49 @@ async fn customers_and_orders(name: &str) -> Schema {
     schema
 }
 
-const ORDERS_PER_CUSTOMER: &str = "SELECT c.id, count(o.id) AS n, sum(o.amount) AS total \
-    FROM customers c LEFT JOIN orders o ON o.customer = c.id \
-    GROUP BY c.id ORDER BY n, c.id DESC LIMIT 2";
+/// Locks `customers` in a transaction; sees `orders` read in `pg_stat_activity`.
+struct PgLocker<'a>(&'a Schema);
 
-/// Runs [`ORDERS_PER_CUSTOMER`] with `customers` locked until the `orders` scan has been
-/// seen at the server or `patience` has passed, and returns whether it was seen: a probe
-/// side started early queries `orders` while the build side waits for the lock.
-async fn orders_read_while_customers_wait(
-    schema: &Schema,
-    engine: &Engine,
-    patience: std::time::Duration,
-) -> bool {
-    let frame = engine.sql(ORDERS_PER_CUSTOMER).await.unwrap();
-    let context = Arc::new(frame.task_ctx());
-    let plan = frame.create_physical_plan().await.unwrap();
-    let shown = datafusion::physical_plan::displayable(plan.as_ref())
-        .indent(true)
-        .to_string();
-    assert!(shown.contains("EarlyProbeExec"), "{shown}");
-    let locker = schema.client();
-    locker
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {}.customers IN ACCESS EXCLUSIVE MODE",
-            schema.name
-        ))
-        .await
-        .unwrap();
-    let query = tokio::spawn(datafusion::physical_plan::collect(plan, context));
-    let orders = format!(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE query LIKE '%\"{}\".\"orders\"%' AND pid <> pg_backend_pid()",
-        schema.name
-    );
-    let started = std::time::Instant::now();
-    let mut seen = false;
-    while !seen && started.elapsed() < patience {
-        locker
+impl crate::early_probe::Locker for PgLocker<'_> {
+    async fn lock_customers(&mut self) {
+        self.0
+            .client()
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {}.customers IN ACCESS EXCLUSIVE MODE",
+                self.0.name
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn orders_running(&mut self) -> bool {
+        let client = self.0.client();
+        // Inside the locking transaction, activity is read as of its first read unless
+        // the snapshot is cleared.
+        client
             .batch_execute("SELECT pg_stat_clear_snapshot()")
             .await
             .unwrap();
-        seen = locker
+        let orders = format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE query LIKE '%\"{}\".\"orders\"%' AND pid <> pg_backend_pid()",
+            self.0.name
+        );
+        client
             .query_one(&orders, &[])
             .await
             .unwrap()
             .get::<_, i64>(0)
-            > 0;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            > 0
     }
-    locker.batch_execute("COMMIT").await.unwrap();
-    let batches = query.await.unwrap().unwrap();
-    let answer = arrow::util::pretty::pretty_format_batches(&batches)
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        answer,
-        "+------+---+-------+\n| id   | n | total |\n+------+---+-------+\n| 2000 | 0 |       |\n| 1999 | 0 |       |\n+------+---+-------+"
-    );
-    seen
+
+    async fn unlock(&mut self) {
+        self.0.client().batch_execute("COMMIT").await.unwrap();
+    }
 }
 
-/// A hash join's probe side that queries PostgreSQL starts with the join when the pool
-/// can give both sides every connection they need at once (here 2 × (2 parts and their
-/// shared snapshot's)), and not when it cannot: started early, it would hold connections the
-/// build side waits for.
+/// A probe side that queries PostgreSQL starts early with a pool for both sides' 2 parts
+/// and their shared snapshot's connection (2 × 3), and not with one fewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_probe_side_starts_early_only_with_connections_for_both_sides() {
     let schema = customers_and_orders("early_probe").await;
@@ -1089,23 +1065,19 @@ async fn a_remote_probe_side_starts_early_only_with_connections_for_both_sides()
         false,
         &format!("    pool_size: 6\n{settings}"),
     );
-    assert!(
-        orders_read_while_customers_wait(&schema, &roomy, std::time::Duration::from_secs(30)).await,
-        "the probe side did not start before the build side was read"
-    );
     let tight = pg_engine(
         &schema.name,
         false,
         &format!("    pool_size: 5\n{settings}"),
     );
-    assert!(
-        !orders_read_while_customers_wait(&schema, &tight, std::time::Duration::from_secs(2)).await,
-        "the probe side started early without connections for the build side"
-    );
+    crate::early_probe::starts_only_with_connections_for_both_sides(
+        &roomy,
+        &tight,
+        &mut PgLocker(&schema),
+    )
+    .await;
 }
 
-/// Many joins with early probe sides at once on a pool that fits one join at a time:
-/// those that cannot reserve every connection they need start late, and all finish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_early_probe_sides_share_a_small_pool() {
     let schema = customers_and_orders("early_probe_pool").await;
@@ -1114,22 +1086,5 @@ async fn concurrent_early_probe_sides_share_a_small_pool() {
         false,
         "    pool_size: 6\n    partitions: 2\n    partition_rows: 1000\n    batch_size: 1000\n",
     );
-    let queries: Vec<_> = (0..8)
-        .map(|_| {
-            let engine = engine.clone();
-            tokio::spawn(async move { table(&engine, ORDERS_PER_CUSTOMER).await })
-        })
-        .collect();
-    let all = tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        futures::future::join_all(queries),
-    )
-    .await
-    .expect("joins waited on each other's connections for ever");
-    for answer in all {
-        assert_eq!(
-            answer.unwrap(),
-            "+------+---+-------+\n| id   | n | total |\n+------+---+-------+\n| 2000 | 0 |       |\n| 1999 | 0 |       |\n+------+---+-------+"
-        );
-    }
+    crate::early_probe::concurrent_joins_share_a_small_pool(&engine).await;
 }
