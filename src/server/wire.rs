@@ -173,7 +173,7 @@ mod tests {
         .unwrap();
 
         let announced = wire_schema(batch.schema());
-        let sent = to_wire(batch.clone(), &wire_schema(batch.schema())).unwrap();
+        let sent = to_wire(batch.clone(), &announced).unwrap();
         assert_eq!(sent.schema(), announced);
         let types: Vec<String> = announced
             .fields()

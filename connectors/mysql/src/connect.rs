@@ -159,24 +159,25 @@ impl Connector {
     /// A connection from the pool for the holder of `place`. The pool never makes it
     /// wait for another holder's connection: there are as many places as connections.
     async fn take(&self, place: OwnedSemaphorePermit) -> Result<Pooled> {
-        let conn = self.connect(|pool, _| Box::pin(pool.get_conn())).await?;
-        Ok(Pooled {
-            conn,
-            _place: place,
-        })
+        let conn = self.connect(true).await?;
+        Ok(Pooled { conn, place })
     }
 
-    /// Connects with `open` (given the pool and its options), over plain TCP from then on
-    /// if `ssl-mode: preferred` meets a server without TLS.
-    async fn connect(
-        &self,
-        open: impl Fn(&Pool, &Opts) -> futures::future::BoxFuture<'static, mysql_async::Result<Conn>>,
-    ) -> Result<Conn> {
+    /// A connection from the pool (`pooled`) or one of its own, over plain TCP from then
+    /// on if `ssl-mode: preferred` meets a server without TLS.
+    async fn connect(&self, pooled: bool) -> Result<Conn> {
         let (pool, opts) = match &self.plain {
             Some((plain, opts, chosen)) if chosen.load(Ordering::Relaxed) => (plain, opts),
             _ => (&self.pool, &self.opts),
         };
-        match tokio::time::timeout(self.connect_timeout, open(pool, opts)).await {
+        let opening = async {
+            if pooled {
+                pool.get_conn().await
+            } else {
+                Conn::new(opts.clone()).await
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, opening).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(mysql_async::Error::Driver(
                 mysql_async::DriverError::NoClientSslFlagFromServer,
@@ -184,7 +185,7 @@ impl Connector {
                 if let Some((_, _, chosen)) = &self.plain {
                     chosen.store(true, Ordering::Relaxed);
                 }
-                Box::pin(self.connect(open)).await
+                Box::pin(self.connect(pooled)).await
             }
             Ok(Err(e)) => Err(Error::Unavailable(format!(
                 "cannot connect to {}: {}",
@@ -203,10 +204,7 @@ impl Connector {
     /// already have finished. Over a connection of its own, outside the pool: the query
     /// to stop may hold the pool's last connection.
     pub async fn kill_query(&self, id: u32) {
-        let result = match self
-            .connect(|_, opts| Box::pin(Conn::new(opts.clone())))
-            .await
-        {
+        let result = match self.connect(false).await {
             Ok(mut conn) => {
                 let killed = conn
                     .query_drop(format!("KILL QUERY {id}"))
@@ -247,14 +245,14 @@ pub struct Pooled {
     // Declared first, so dropped first: the connection is on its way back to the pool
     // before its place goes to whoever waits for one.
     conn: Conn,
-    _place: OwnedSemaphorePermit,
+    place: OwnedSemaphorePermit,
 }
 
 impl Pooled {
     /// The connection, and its place in the pool: held for as long as the connection is
     /// (a query that owns its connection until its rows are read).
     pub fn into_parts(self) -> (Conn, OwnedSemaphorePermit) {
-        (self.conn, self._place)
+        (self.conn, self.place)
     }
 }
 
