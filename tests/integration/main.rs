@@ -18,6 +18,7 @@ mod matrix;
 mod mysql;
 mod mysql_pushdown;
 mod object_stores;
+mod pool_timeout;
 mod postgres;
 mod postgres_pushdown;
 mod rest;

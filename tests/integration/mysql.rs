@@ -466,3 +466,10 @@ async fn concurrent_early_probe_sides_share_a_small_pool() {
     );
     crate::early_probe::concurrent_joins_share_a_small_pool(&engine).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_waits_for_a_busy_pool_at_most_pool_timeout() {
+    let db = customers_and_orders("pool_timeout").await;
+    let engine = my_engine(&db.name, false, crate::pool_timeout::ONE_CONNECTION);
+    crate::pool_timeout::a_query_waits_at_most_pool_timeout(&engine).await;
+}

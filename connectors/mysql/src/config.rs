@@ -37,6 +37,10 @@ pub struct MysqlConfig {
     /// How long connecting may take (default 10s).
     #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
     pub connect_timeout: Duration,
+    /// Longest a query waits for a free connection when all `pool_size` are in use; for
+    /// as long as it takes if unset.
+    #[serde(default, deserialize_with = "de::option_duration")]
+    pub pool_timeout: Option<Duration>,
     /// Longest a statement may run on the server; unlimited if unset.
     #[serde(default, deserialize_with = "de::option_duration")]
     pub statement_timeout: Option<Duration>,

@@ -132,7 +132,7 @@ impl Connector {
             pool: Pool::new(opts.clone()),
             opts,
             plain,
-            slots: Slots::new(max),
+            slots: Slots::new(max, config.pool_timeout, key),
             target,
             connect_timeout: config.connect_timeout,
             flavor,
@@ -141,7 +141,7 @@ impl Connector {
 
     /// A connection from the pool, opening one if needed.
     pub async fn get(&self) -> Result<Pooled> {
-        let place = self.slots.one().await;
+        let place = self.slots.one().await?;
         self.take(place).await
     }
 
@@ -152,7 +152,7 @@ impl Connector {
 
     /// A connection of `reservation`: the first reserves all of them at once.
     pub async fn get_reserved(&self, reservation: &Reservation) -> Result<Pooled> {
-        let place = reservation.take().await;
+        let place = reservation.take().await?;
         self.take(place).await
     }
 

@@ -90,7 +90,7 @@ impl Connector {
             .map_err(|e| Error::config(format!("{key}.pool_size"), e.to_string()))?;
         Ok(Connector {
             pool,
-            slots: Slots::new(size),
+            slots: Slots::new(size, config.pool_timeout, key),
             opener,
             target,
         })
@@ -98,7 +98,7 @@ impl Connector {
 
     /// A connection from the pool, opening one if needed.
     pub async fn get(&self) -> Result<Pooled> {
-        let place = self.slots.one().await;
+        let place = self.slots.one().await?;
         self.take(place).await
     }
 
@@ -109,7 +109,7 @@ impl Connector {
 
     /// A connection of `reservation`: the first reserves all of them at once.
     pub async fn get_reserved(&self, reservation: &Reservation) -> Result<Pooled> {
-        let place = reservation.take().await;
+        let place = reservation.take().await?;
         self.take(place).await
     }
 
