@@ -10,8 +10,8 @@
 //! each query through all of them before the next starts, in `--runs` rounds of one run of
 //! each (so that they meet the machine in the same state; each round starts with the next
 //! contender, so that none always follows the same one), reporting each contender's
-//! median; with every Tributary answer compared to DuckDB's (a mismatch or an error other
-//! than a timeout fails the run). Writes a Markdown table and an SVG chart to
+//! median; with every Tributary answer compared to DuckDB's, or the ceiling's where DuckDB
+//! gives none (a mismatch or an error other than a timeout fails the run). Writes a Markdown table and an SVG chart to
 //! `$CARGO_TARGET_DIR/bench/`.
 //!
 //! The data is generated once per scale factor and kept: schema/database
@@ -36,7 +36,7 @@ use tributary::{Config, Engine};
 use tributary_testkit::tpch::{Dataset, DuckDb, Placement, Query, compare, queries};
 use tributary_tpch::TpchTable;
 
-use report::{Contender, Outcome, PlacementReport};
+use report::{Checked, Contender, Outcome, PlacementReport};
 
 struct Args {
     scale: f64,
@@ -49,6 +49,20 @@ struct Args {
     settings: Vec<(String, String)>,
 }
 
+/// The options, as `--help` prints them.
+const USAGE: &str =
+    "cargo bench --bench tpch -- [--scale 1] [--placement mixed]... [--query 3]... \
+[--runs 1] [--timeout 120] [--no-flight] [--set datafusion.key=value]...
+
+  --scale N        TPC-H scale factor (1; 0.1 for a quick run)
+  --placement P    a placement of sql/tpch/placements/ (every one if none is given)
+  --query N        a query, 1 to 22 (every one if none is given)
+  --runs N         rounds of one run of each contender; the median is reported
+  --timeout S      seconds any contender may take on one query
+  --no-flight      leave out Tributary over Flight SQL
+  --set K=V        a DataFusion setting for Tributary (server.datafusion)";
+
+/// What was asked for, or the usage and exit status 2 for an option it does not know.
 fn args() -> Args {
     let mut args = Args {
         scale: 1.0,
@@ -65,9 +79,13 @@ fn args() -> Args {
         match flag.as_str() {
             "--scale" => args.scale = value().parse().expect("--scale: a number"),
             "--placement" => args.placements.push(value()),
-            "--query" => args
-                .queries
-                .push(value().parse().expect("--query: 1 to 22")),
+            "--query" => args.queries.push(
+                value()
+                    .parse()
+                    .ok()
+                    .filter(|q| (1..=22).contains(q))
+                    .expect("--query: 1 to 22"),
+            ),
             "--runs" => args.runs = value().parse().expect("--runs: a number"),
             "--timeout" => {
                 args.timeout = Duration::from_secs(value().parse().expect("--timeout: seconds"))
@@ -80,8 +98,16 @@ fn args() -> Args {
                     .unwrap_or_else(|| panic!("--set {setting}: key=value"));
                 args.settings.push((key.to_string(), value.to_string()));
             }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             // `cargo bench` passes `--bench`.
-            _ => {}
+            "--bench" => {}
+            other => {
+                eprintln!("unknown option {other}\n\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     args
@@ -101,23 +127,24 @@ async fn timed<T>(
     }
 }
 
-/// The contenders, in their order in the first round; each later round starts with the
-/// next one.
+/// The contenders, in their order in the first round (the two whose answers are the
+/// references first: DuckDB's, or the ceiling's where DuckDB gives none); each later round
+/// starts with the next one.
 #[derive(Clone, Copy)]
 enum Turn {
     DuckDb,
+    Ceiling,
     InProcess,
     Flight,
-    Ceiling,
     Alone,
 }
 
 impl Turn {
     const ALL: [Turn; 5] = [
         Turn::DuckDb,
+        Turn::Ceiling,
         Turn::InProcess,
         Turn::Flight,
-        Turn::Ceiling,
         Turn::Alone,
     ];
 }
@@ -127,9 +154,9 @@ struct Tally {
     times: Vec<Duration>,
     /// What stopped it: a query that fails or times out once is not run again.
     failed: Option<String>,
-    /// Every answer checked matched DuckDB's (checking stops at the first that does not,
-    /// so that it is recorded once).
-    correct: bool,
+    /// How the answers checked so far compared with the reference (checking stops at the
+    /// first that differs, so that it is recorded once).
+    checked: Checked,
 }
 
 impl Tally {
@@ -137,7 +164,7 @@ impl Tally {
         Tally {
             times: Vec::new(),
             failed: None,
-            correct: true,
+            checked: Checked::Unchecked,
         }
     }
 
@@ -145,28 +172,29 @@ impl Tally {
         self.failed.is_none()
     }
 
-    /// Adds a run whose answer is checked with `check`, which records a mismatch (an
-    /// error is recorded too: the run fails unless the query only ran out of time).
+    /// Adds a run whose answer is checked with `check` (see [`check`]).
     fn add(
         &mut self,
         result: Result<(Duration, Vec<RecordBatch>), String>,
-        check: &mut impl FnMut(&str, Result<&[RecordBatch], &str>) -> bool,
-        who: &str,
+        check: impl FnOnce(Result<&[RecordBatch], &str>) -> Option<bool>,
     ) {
-        match result {
+        // A wrong answer before this one is the mismatch already recorded.
+        let checking = self.checked != Checked::Wrong;
+        let verdict = match result {
             Ok((time, answer)) => {
                 self.times.push(time);
-                if self.correct {
-                    self.correct = check(who, Ok(&answer));
-                }
+                checking.then(|| check(Ok(&answer))).flatten()
             }
             Err(e) => {
-                // A wrong answer before it is the mismatch already recorded.
-                if self.correct {
-                    check(who, Err(&e));
-                }
+                let verdict = checking.then(|| check(Err(&e))).flatten();
                 self.failed = Some(e);
+                verdict
             }
+        };
+        match verdict {
+            Some(true) => self.checked = Checked::Matched,
+            Some(false) => self.checked = Checked::Wrong,
+            None => {}
         }
     }
 
@@ -176,10 +204,34 @@ impl Tally {
             Some(e) => Outcome::Failed(e),
             None => {
                 self.times.sort();
-                Outcome::Time(self.times[self.times.len() / 2], self.correct)
+                Outcome::Time(self.times[self.times.len() / 2], self.checked)
             }
         }
     }
+}
+
+/// Checks one answer (or error) against the reference answer, recording a mismatch, or
+/// an error other than running out of time, in `mismatches` under `what`: whether it
+/// matched, or `None` with no reference or after a timeout (the run is reported as timed
+/// out; there is no answer to check).
+fn check(
+    reference: Option<&[RecordBatch]>,
+    answer: Result<&[RecordBatch], &str>,
+    ordered: bool,
+    mismatches: &mut Vec<String>,
+    what: String,
+) -> Option<bool> {
+    let verdict = match (answer, reference) {
+        (Err(e), _) if e.starts_with(TIMED_OUT) => return None,
+        (Err(e), _) => Err(format!("failed: {e}")),
+        (Ok(_), None) => return None,
+        (Ok(answer), Some(reference)) => compare(reference, answer, ordered),
+    };
+    Some(
+        verdict
+            .map_err(|e| mismatches.push(format!("{what}: {e}")))
+            .is_ok(),
+    )
 }
 
 async fn in_process(engine: &Engine, sql: &str) -> Result<Vec<RecordBatch>, String> {
@@ -298,29 +350,20 @@ async fn bench_placement(
     let mut report = PlacementReport::new(placement, alone.as_ref().map(|a| a.label()));
     for query in queries {
         let sql = data.qualify(placement, &query.sql);
-        let mut expected: Option<Vec<RecordBatch>> = None;
+        // The answer the others are checked against: DuckDB's, or where DuckDB gives
+        // none, DataFusion's over the Parquet files (the same engine as Tributary's, but
+        // with nothing federated, pushed down or filtered dynamically).
+        let mut expected: Option<(Vec<RecordBatch>, Contender)> = None;
         let [mut duck, mut ours, mut flown, mut ceiling_runs, mut whole] =
             [(); 5].map(|()| Tally::new());
         // Round by round, each contender once in each, so that a slow spell of the
         // machine (a neighbour's burst) meets every contender rather than one
         // contender's every run; and each first in turn, so that none always follows the
-        // same one. DuckDB starts the first round: its answer is the one the others are
-        // checked against.
+        // same one. The first round starts with DuckDB and the ceiling, whose answers
+        // are the references.
         for round in 0..args.runs.max(1) {
             for turn in 0..Turn::ALL.len() {
-                let mut check = |who: &str, answer: Result<&[RecordBatch], &str>| {
-                    let verdict = match (answer, &expected) {
-                        (Ok(answer), Some(expected)) => compare(expected, answer, query.ordered),
-                        (Ok(_), None) => return false,
-                        (Err(e), _) if e.starts_with(TIMED_OUT) => return false,
-                        (Err(e), _) => Err(format!("failed: {e}")),
-                    };
-                    verdict
-                        .map_err(|e| {
-                            mismatches.push(format!("{} {} {who}: {e}", placement.name, query.name))
-                        })
-                        .is_ok()
-                };
+                let what = |who: &str| format!("{} {} {who}", placement.name, query.name);
                 match Turn::ALL[(round + turn) % Turn::ALL.len()] {
                     Turn::DuckDb if duck.running() => {
                         let run = duck_session.run(query);
@@ -329,19 +372,29 @@ async fn bench_placement(
                             (None, None) => duck.failed = Some("no time".into()),
                             (None, Some(&seconds)) => {
                                 duck.times.push(Duration::from_secs_f64(seconds));
-                                expected = expected.or(run.answer);
+                                if expected.is_none() {
+                                    expected = run.answer.map(|a| (a, Contender::DuckDb));
+                                }
                             }
                         }
                     }
                     Turn::InProcess if ours.running() => {
                         let run = timed(args.timeout, in_process(&engine, &sql)).await;
-                        ours.add(run, &mut check, "in process");
+                        let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
+                        ours.add(run, |answer| {
+                            let what = what("in process");
+                            check(reference, answer, query.ordered, mismatches, what)
+                        });
                     }
                     Turn::Flight if flown.running() => {
                         if let Some(client) = &flight {
                             let run =
                                 timed(args.timeout, over_flight(&mut client.clone(), &sql)).await;
-                            flown.add(run, &mut check, "over Flight SQL");
+                            let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
+                            flown.add(run, |answer| {
+                                let what = what("over Flight SQL");
+                                check(reference, answer, query.ordered, mismatches, what)
+                            });
                         }
                     }
                     Turn::Ceiling if ceiling_runs.running() => {
@@ -350,7 +403,16 @@ async fn bench_placement(
                             frame.collect().await.map_err(|e| e.to_string())
                         })
                         .await;
-                        ceiling_runs.add(run, &mut check, "DataFusion over Parquet");
+                        if let (Ok((_, answer)), None) = (&run, &expected)
+                            && duck.failed.is_some()
+                        {
+                            expected = Some((answer.clone(), Contender::Ceiling));
+                        }
+                        let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
+                        ceiling_runs.add(run, |answer| {
+                            let what = what("DataFusion over Parquet");
+                            check(reference, answer, query.ordered, mismatches, what)
+                        });
                     }
                     // Stopped by the database itself after the timeout.
                     Turn::Alone if whole.running() => {
@@ -376,7 +438,7 @@ async fn bench_placement(
             outcomes.push((Contender::Alone, whole.outcome()));
         }
         eprintln!("  {} {}", query.name, report::line(&outcomes));
-        report.add(query, outcomes);
+        report.add(query, outcomes, expected.map(|(_, whose)| whose));
     }
     report
 }

@@ -39,11 +39,22 @@ impl Contender {
     }
 }
 
+/// How a contender's answers to one query compared with the reference answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Every answer checked matched.
+    Matched,
+    /// An answer differed (or the contender failed other than by timing out).
+    Wrong,
+    /// There was no reference answer to check against.
+    Unchecked,
+}
+
 /// One contender's result for one query.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Median time, and whether the answer matched DuckDB's.
-    Time(Duration, bool),
+    /// Median time, and how its answers compared with the reference.
+    Time(Duration, Checked),
     /// An error or timeout.
     Failed(String),
 }
@@ -63,6 +74,9 @@ pub struct PlacementReport {
     alone: Option<&'static str>,
     contenders: Vec<Contender>,
     rows: Vec<(String, Vec<(Contender, Outcome)>)>,
+    /// Queries whose answers were checked against another contender's than DuckDB's
+    /// (`Some`), or against none (`None`), because DuckDB gave none.
+    other_references: Vec<(String, Option<Contender>)>,
 }
 
 impl PlacementReport {
@@ -72,14 +86,24 @@ impl PlacementReport {
             alone,
             contenders: Vec::new(),
             rows: Vec::new(),
+            other_references: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, query: &Query, outcomes: Vec<(Contender, Outcome)>) {
+    /// Adds a query's outcomes, whose answers were checked against `reference`'s.
+    pub fn add(
+        &mut self,
+        query: &Query,
+        outcomes: Vec<(Contender, Outcome)>,
+        reference: Option<Contender>,
+    ) {
         for (c, _) in &outcomes {
             if !self.contenders.contains(c) {
                 self.contenders.push(*c);
             }
+        }
+        if reference != Some(Contender::DuckDb) {
+            self.other_references.push((query.name.clone(), reference));
         }
         self.rows.push((query.name.clone(), outcomes));
     }
@@ -144,10 +168,10 @@ impl PlacementReport {
                 .contenders
                 .iter()
                 .map(|c| match outcomes.iter().find(|(o, _)| o == c) {
-                    Some((_, Outcome::Time(t, true))) => format!("{:.3}", t.as_secs_f64()),
-                    Some((_, Outcome::Time(t, false))) => {
+                    Some((_, Outcome::Time(t, Checked::Wrong))) => {
                         format!("{:.3} ✗ wrong answer", t.as_secs_f64())
                     }
+                    Some((_, Outcome::Time(t, _))) => format!("{:.3}", t.as_secs_f64()),
                     Some((_, Outcome::Failed(e))) => {
                         failures.push(format!("- {name}, {}: {e}", c.label(self.alone)));
                         "failed".into()
@@ -214,6 +238,19 @@ impl PlacementReport {
         }
         if !failures.is_empty() {
             let _ = writeln!(out, "\nFailures:\n{}", failures.join("\n"));
+        }
+        if !self.other_references.is_empty() {
+            let _ = writeln!(out, "\nWhere DuckDB gave no answer:");
+            for (query, reference) in &self.other_references {
+                let _ = match reference {
+                    Some(c) => writeln!(
+                        out,
+                        "- {query}: the answers were checked against {}'s",
+                        c.label(self.alone)
+                    ),
+                    None => writeln!(out, "- {query}: no answer to check the others against"),
+                };
+            }
         }
     }
 
@@ -386,11 +423,15 @@ pub fn line(outcomes: &[(Contender, Outcome)]) -> String {
     outcomes
         .iter()
         .map(|(c, o)| match o {
-            Outcome::Time(t, ok) => format!(
+            Outcome::Time(t, checked) => format!(
                 "{}={:.3}s{}",
                 c.label(None),
                 t.as_secs_f64(),
-                if *ok { "" } else { " WRONG" }
+                match checked {
+                    Checked::Matched => "",
+                    Checked::Wrong => " WRONG",
+                    Checked::Unchecked => " (unchecked)",
+                }
             ),
             Outcome::Failed(e) => format!("{}=failed ({e})", c.label(None)),
         })
