@@ -34,6 +34,7 @@ use datafusion_federation::{
 };
 
 use super::dynamic::DynamicFilterTarget;
+use super::group_bound::most_groups;
 use super::pushdown::{
     ColumnTraits, NotPushed, PushdownRules, check_expr, check_expr_with_subqueries,
 };
@@ -284,6 +285,20 @@ fn top_aggregate(plan: &LogicalPlan) -> Option<(&Aggregate, bool)> {
     }
 }
 
+/// For a source that estimates the rows an aggregate reads rather than its groups, the
+/// rows `plan` returns if its top is an aggregate whose groups are bounded (see
+/// [`most_groups`]): at most that many groups, of which a `HAVING` keeps the share
+/// `selectivity` (in percent: DataFusion's default for filters it cannot estimate).
+fn aggregate_rows(plan: &LogicalPlan, selectivity: u8) -> Option<usize> {
+    let (aggregate, having) = top_aggregate(plan)?;
+    let groups = most_groups(aggregate)?;
+    Some(if having {
+        (groups as f64 * f64::from(selectivity.min(100)) / 100.0).ceil() as usize
+    } else {
+        groups
+    })
+}
+
 /// `plan` with the input of its [`top_aggregate`] replaced by `input`.
 fn replace_aggregate_input(plan: &LogicalPlan, input: LogicalPlan) -> Result<LogicalPlan> {
     let child = match plan {
@@ -305,7 +320,17 @@ impl FederationPlanner for Planner {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let statement = remote_sql(self.source.as_ref(), node.plan())?;
         let estimate = self.source.estimate(&statement.to_string()).await;
-        let rows = estimate.map(|e| e.rows);
+        let mut rows = estimate.map(|e| e.rows);
+        let selectivity = session
+            .config()
+            .options()
+            .optimizer
+            .default_filter_selectivity;
+        if !self.source.estimates_groups()
+            && let Some(most) = aggregate_rows(node.plan(), selectivity)
+        {
+            rows = Some(rows.map_or(most, |rows| rows.min(most)));
+        }
         let apart = match self.aggregate_apart(node.plan(), rows).await? {
             Some(plan) => Some(plan),
             None if estimate.is_some_and(|e| e.hashes_larger_input) => {

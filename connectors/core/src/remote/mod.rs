@@ -12,6 +12,7 @@ pub mod dynamic;
 pub mod early_probe;
 mod exec;
 mod federate;
+mod group_bound;
 mod join_order;
 mod name_clash;
 pub mod pushdown;

@@ -247,7 +247,7 @@ fn table_statistics(info: &RemoteTableInfo, schema: &SchemaRef) -> Statistics {
 
 /// The estimated number of distinct values of the column `name`: the server's, or the
 /// row estimate for a single-column primary key. Never more than the rows.
-fn distinct_values(info: &RemoteTableInfo, name: &str) -> Option<usize> {
+pub(super) fn distinct_values(info: &RemoteTableInfo, name: &str) -> Option<usize> {
     let i = info.schema.index_of(name).ok()?;
     let distinct = if info.primary_key == [i] {
         info.rows
