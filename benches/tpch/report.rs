@@ -427,10 +427,12 @@ pub fn line(outcomes: &[(Contender, Outcome)]) -> String {
                 "{}={:.3}s{}",
                 c.label(None),
                 t.as_secs_f64(),
-                match checked {
-                    Checked::Matched => "",
-                    Checked::Wrong => " WRONG",
-                    Checked::Unchecked => " (unchecked)",
+                match (checked, c) {
+                    (Checked::Wrong, _) => " WRONG",
+                    // DuckDB's answer is the reference; the database alone's is not kept.
+                    (Checked::Unchecked, Contender::DuckDb | Contender::Alone) => "",
+                    (Checked::Unchecked, _) => " (unchecked)",
+                    (Checked::Matched, _) => "",
                 }
             ),
             Outcome::Failed(e) => format!("{}=failed ({e})", c.label(None)),
