@@ -11,8 +11,8 @@
 //! each (so that they meet the machine in the same state; each round starts with the next
 //! contender, so that none always follows the same one), reporting each contender's
 //! median; with every Tributary answer compared to DuckDB's, or the ceiling's where DuckDB
-//! gives none (a mismatch or an error other than a timeout fails the run). Writes a Markdown table and an SVG chart to
-//! `$CARGO_TARGET_DIR/bench/`.
+//! gives none (a mismatch or an error other than a timeout fails the run). Writes a
+//! Markdown table and an SVG chart to `$CARGO_TARGET_DIR/bench/`.
 //!
 //! The data is generated once per scale factor and kept: schema/database
 //! `tributary_tpch_sf<scale>` in the local PostgreSQL and MariaDB (see scripts/services.sh)
@@ -172,21 +172,29 @@ impl Tally {
         self.failed.is_none()
     }
 
-    /// Adds a run whose answer is checked with `check` (see [`check`]).
+    /// Adds a run whose answer is checked against `reference` (see [`check`]).
     fn add(
         &mut self,
         result: Result<(Duration, Vec<RecordBatch>), String>,
-        check: impl FnOnce(Result<&[RecordBatch], &str>) -> Option<bool>,
+        reference: Option<&[RecordBatch]>,
+        ordered: bool,
+        mismatches: &mut Vec<String>,
+        what: String,
     ) {
         // A wrong answer before this one is the mismatch already recorded.
         let checking = self.checked != Checked::Wrong;
+        let verdict_of = |answer| {
+            checking
+                .then(|| check(reference, answer, ordered, mismatches, what))
+                .flatten()
+        };
         let verdict = match result {
             Ok((time, answer)) => {
                 self.times.push(time);
-                checking.then(|| check(Ok(&answer))).flatten()
+                verdict_of(Ok(&answer))
             }
             Err(e) => {
-                let verdict = checking.then(|| check(Err(&e))).flatten();
+                let verdict = verdict_of(Err(&e));
                 self.failed = Some(e);
                 verdict
             }
@@ -232,6 +240,11 @@ fn check(
             .map_err(|e| mismatches.push(format!("{what}: {e}")))
             .is_ok(),
     )
+}
+
+/// The reference answer, if there is one yet.
+fn reference(expected: &Option<(Vec<RecordBatch>, Contender)>) -> Option<&[RecordBatch]> {
+    expected.as_ref().map(|(answer, _)| answer.as_slice())
 }
 
 async fn in_process(engine: &Engine, sql: &str) -> Result<Vec<RecordBatch>, String> {
@@ -380,21 +393,15 @@ async fn bench_placement(
                     }
                     Turn::InProcess if ours.running() => {
                         let run = timed(args.timeout, in_process(&engine, &sql)).await;
-                        let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
-                        ours.add(run, |answer| {
-                            let what = what("in process");
-                            check(reference, answer, query.ordered, mismatches, what)
-                        });
+                        let what = what("in process");
+                        ours.add(run, reference(&expected), query.ordered, mismatches, what);
                     }
                     Turn::Flight if flown.running() => {
                         if let Some(client) = &flight {
                             let run =
                                 timed(args.timeout, over_flight(&mut client.clone(), &sql)).await;
-                            let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
-                            flown.add(run, |answer| {
-                                let what = what("over Flight SQL");
-                                check(reference, answer, query.ordered, mismatches, what)
-                            });
+                            let what = what("over Flight SQL");
+                            flown.add(run, reference(&expected), query.ordered, mismatches, what);
                         }
                     }
                     Turn::Ceiling if ceiling_runs.running() => {
@@ -408,11 +415,9 @@ async fn bench_placement(
                         {
                             expected = Some((answer.clone(), Contender::Ceiling));
                         }
-                        let reference = expected.as_ref().map(|(answer, _)| answer.as_slice());
-                        ceiling_runs.add(run, |answer| {
-                            let what = what("DataFusion over Parquet");
-                            check(reference, answer, query.ordered, mismatches, what)
-                        });
+                        let what = what("DataFusion over Parquet");
+                        let reference = reference(&expected);
+                        ceiling_runs.add(run, reference, query.ordered, mismatches, what);
                     }
                     // Stopped by the database itself after the timeout.
                     Turn::Alone if whole.running() => {
