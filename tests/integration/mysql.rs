@@ -249,6 +249,39 @@ async fn queries_reuse_pooled_connections() {
     assert!(ids.len() <= 3, "connection ids of 8 queries: {ids:?}");
 }
 
+/// Every connection's session is what the pushdown rules and the decoder assume (see
+/// `SESSION` in `connect.rs`), read back through a view of the server's session variables,
+/// which the server evaluates in the session of whoever queries it.
+#[tokio::test]
+async fn every_connection_is_set_up_as_the_pushdown_rules_assume() {
+    let db = Database::create("session").await;
+    db.execute(
+        "CREATE VIEW session AS SELECT LOWER(VARIABLE_NAME) AS name, VARIABLE_VALUE AS value
+         FROM information_schema.SESSION_VARIABLES
+         WHERE VARIABLE_NAME IN ('CHARACTER_SET_RESULTS', 'TIME_ZONE',
+                                 'IN_PREDICATE_CONVERSION_THRESHOLD');
+         CREATE VIEW modes AS SELECT VARIABLE_VALUE AS sql_mode
+         FROM information_schema.SESSION_VARIABLES WHERE VARIABLE_NAME = 'SQL_MODE';",
+    )
+    .await;
+    let engine = my_engine(&db.name, true, "");
+    assert_eq!(
+        table(&engine, "SELECT name, value FROM session ORDER BY name").await,
+        "+-----------------------------------+---------+
+| name                              | value   |
++-----------------------------------+---------+
+| character_set_results             | utf8mb4 |
+| in_predicate_conversion_threshold | 0       |
+| time_zone                         | +00:00  |
++-----------------------------------+---------+",
+        "MariaDB keeps long IN lists (dynamic filters) as lists for the range optimizer"
+    );
+    let modes = table(&engine, "SELECT sql_mode FROM modes").await;
+    for mode in ["NO_BACKSLASH_ESCAPES", "PIPES_AS_CONCAT"] {
+        assert!(modes.contains(mode), "{mode} missing from {modes}");
+    }
+}
+
 /// `count(*)` over a scan DataFusion runs reads no column: the server is sent `SELECT 1`
 /// and only the rows count, in partitions, in batches, and none at all.
 #[tokio::test]
