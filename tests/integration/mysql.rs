@@ -547,3 +547,78 @@ async fn a_grouped_subquery_is_estimated_by_its_groups() {
     assert_eq!(ours, table(&my_engine(&db.name, false, ""), sql).await);
     assert_eq!(ours.lines().count(), 20_000 / 997 + 4, "{ours}");
 }
+
+/// A join the server would run over a full scan of a table it splits (here `orders`, no
+/// index on `customer`) is run by DataFusion over the two tables read apart: `orders` in
+/// parallel parts, narrowed by the customers' keys. Where the source splits no scan, the
+/// server runs the join.
+#[tokio::test]
+async fn a_join_reading_a_split_table_whole_is_read_apart() {
+    let db = customers_and_orders("join_apart").await;
+    let sql = "SELECT c.name, count(*) AS n, sum(o.amount) AS total \
+        FROM orders o, customers c \
+        WHERE o.customer = c.id AND c.id BETWEEN 100 AND 400 \
+        GROUP BY c.name ORDER BY total DESC, c.name";
+    let plan_of = |engine: Engine| async move {
+        let frame = engine.sql(sql).await.unwrap();
+        let plan = frame.create_physical_plan().await.unwrap();
+        datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string()
+    };
+    let split = "    partition_rows: 50000\n";
+    let apart = plan_of(my_engine(&db.name, true, split)).await;
+    assert!(!apart.contains("(sub-plan)"), "{apart}");
+    // Joined on its keys, though the comma join's equality came as a filter.
+    assert!(apart.contains("HashJoinExec"), "{apart}");
+    assert!(!apart.contains("NestedLoopJoinExec"), "{apart}");
+    let orders = apart
+        .lines()
+        .find(|l| l.contains("RemoteScanExec") && l.contains(".orders"))
+        .unwrap_or_else(|| panic!("no scan of orders:\n{apart}"));
+    assert!(orders.contains("partitions=2"), "{apart}");
+    assert!(orders.contains("dynamic_filters=1"), "{apart}");
+
+    // Estimated as the source estimated the join whole.
+    assert!(apart.contains("EstimatedExec: rows="), "{apart}");
+
+    let unsplit = plan_of(my_engine(&db.name, true, "    partitions: 1\n")).await;
+    assert!(unsplit.contains("(sub-plan)"), "{unsplit}");
+
+    let ours = table(&my_engine(&db.name, true, split), sql).await;
+    assert_eq!(ours, table(&my_engine(&db.name, false, ""), sql).await);
+    assert_eq!(ours.lines().count(), 301 + 4, "{ours}");
+}
+
+/// Above a join read apart (as in the test before), a semi join builds on the side its
+/// source estimates smaller, a grouped subquery's (TPC-H q18's shape), and that side's keys
+/// pass down to the scans below as a dynamic filter.
+#[tokio::test]
+async fn keys_from_above_reach_a_join_read_apart() {
+    let db = customers_and_orders("apart_keys").await;
+    let sql = "SELECT c.name, o.id, o.amount FROM orders o, customers c \
+        WHERE o.customer = c.id \
+          AND o.id IN (SELECT id FROM orders GROUP BY id HAVING sum(amount) > 3995) \
+        ORDER BY o.id";
+    let engine = my_engine(&db.name, true, "    partition_rows: 50000\n");
+    let frame = engine.sql(sql).await.unwrap();
+    let plan = frame.create_physical_plan().await.unwrap();
+    let shown = datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(false)
+        .to_string();
+    let semi = shown
+        .lines()
+        .find(|l| l.contains("join_type=RightSemi"))
+        .unwrap_or_else(|| panic!("no semi join building on the subquery:\n{shown}"));
+    assert!(semi.contains("HashJoinExec"), "{shown}");
+    assert!(shown.contains("EstimatedExec"), "{shown}");
+    let orders = shown
+        .lines()
+        .find(|l| l.contains("RemoteScanExec") && l.contains(".orders,"))
+        .unwrap_or_else(|| panic!("no scan of orders:\n{shown}"));
+    // The customers' keys and the subquery's.
+    assert!(orders.contains("dynamic_filters=2"), "{shown}");
+    let ours = table(&engine, sql).await;
+    assert_eq!(ours, table(&my_engine(&db.name, false, ""), sql).await);
+    assert_eq!(ours.lines().count(), 500 + 4, "{ours}");
+}

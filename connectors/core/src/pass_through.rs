@@ -1,18 +1,22 @@
 //! Operators that pass their one input's rows on unchanged and change only when or how the
-//! input runs: started early ([`crate::start_early`], [`crate::remote::early_probe`]), or
-//! counted against the memory pool ([`crate::window_memory`]).
+//! input runs: started early ([`crate::start_early`], [`crate::remote::early_probe`]),
+//! counted against the memory pool ([`crate::window_memory`]), or estimated as a source
+//! estimated it (`remote::estimated`).
 //!
 //! Each is a [`PassThrough`] (its input, how it is rebuilt over a new input, what it shows
 //! in plans, and how it runs a partition) made an [`ExecutionPlan`] by [`PassThroughExec`],
-//! which gives it its input's schema, partitioning, order and statistics.
+//! which gives it its input's schema, partitioning and order, and unless the operator says
+//! otherwise its input's statistics.
 
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, Statistics, internal_err};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::{
     ChildStats, ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr,
     PlanProperties, ReplaceChildrenOptions, SendableRecordBatchStream, StatisticsArgs,
@@ -34,6 +38,16 @@ pub trait PassThrough: Send + Sync + 'static {
     fn details(&self) -> Option<String> {
         None
     }
+
+    /// Its statistics, from its input's (`input`): the same, unless it knows better.
+    fn statistics(&self, input: &Arc<Statistics>) -> Arc<Statistics> {
+        Arc::clone(input)
+    }
+
+    /// Whether filters from the plan above (a hash join's dynamic filter among them) pass
+    /// through it to its input. Operators placed after filters are pushed down need not
+    /// say; one placed before must, or it would stop them.
+    const PASSES_FILTERS: bool = false;
 
     /// The stream of one partition: the input's batches, unchanged.
     fn run(&self, partition: usize, context: Arc<TaskContext>)
@@ -142,8 +156,24 @@ impl<T: PassThrough> ExecutionPlan for PassThroughExec<T> {
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
         match input_stats.first() {
-            Some(stats) => Ok(Arc::clone(stats)),
+            Some(stats) => Ok(self.0.statistics(stats)),
             None => internal_err!("{} has no input statistics", T::NAME),
+        }
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        if T::PASSES_FILTERS {
+            FilterDescription::from_children(parent_filters, &self.children())
+        } else {
+            Ok(FilterDescription::all_unsupported(
+                &parent_filters,
+                &self.children(),
+            ))
         }
     }
 }

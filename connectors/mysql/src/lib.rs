@@ -8,6 +8,7 @@ mod connect;
 mod decode;
 mod dialect;
 mod discovery;
+mod explain;
 mod reader;
 mod source;
 mod types;

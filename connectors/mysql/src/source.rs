@@ -21,6 +21,7 @@ use crate::config::MysqlConfig;
 use crate::connect::{Connector, Flavor, describe_error};
 use crate::dialect::MysqlDialect;
 use crate::discovery::{self, SYSTEM_SCHEMAS};
+use crate::explain::{self, PlanRow};
 use crate::reader::{MysqlReader, Shared};
 
 /// What MySQL and MariaDB evaluate exactly as DataFusion does; the tests in
@@ -272,24 +273,35 @@ impl RemoteSource for MysqlRemote {
             _ => "EXPLAIN",
         };
         let plan: Vec<mysql_async::Row> = conn.query(format!("{explain} {sql}")).await.ok()?;
-        let mut estimate: Option<f64> = None;
-        for row in &plan {
-            let select: Option<u64> = row.get_opt::<Option<u64>, _>("id")?.ok()?;
-            if select != Some(1) {
-                continue;
-            }
-            let rows: u64 = row.get_opt::<Option<u64>, _>("rows")?.ok()??;
-            let filtered: f64 = row
-                .get_opt::<Option<f64>, _>("filtered")
-                .and_then(Result::ok)
-                .flatten()
-                .unwrap_or(100.0);
-            estimate = Some(estimate.unwrap_or(1.0) * rows as f64 * filtered / 100.0);
-        }
-        Some(Estimate::rows(estimate?.round() as usize))
+        let plan: Vec<PlanRow> = plan.iter().map(plan_row).collect();
+        let connections = self.shared.connector.max_connections();
+        explain::estimate(&plan, |rows| {
+            connections > 1
+                && self
+                    .partitions
+                    .wanted(Some(rows as usize), self.partition_rows, 2)
+                    > 1
+        })
     }
 
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader> {
         Arc::new(MysqlReader::new(Arc::clone(&self.shared), parts))
+    }
+}
+
+/// An `EXPLAIN` row's columns the estimate uses; a column missing or of another type reads
+/// as unknown.
+fn plan_row(row: &mysql_async::Row) -> PlanRow {
+    fn column<T: mysql_async::prelude::FromValue>(row: &mysql_async::Row, name: &str) -> Option<T> {
+        row.get_opt::<Option<T>, _>(name)
+            .and_then(Result::ok)
+            .flatten()
+    }
+    PlanRow {
+        select: column(row, "id"),
+        table: column(row, "table"),
+        access: column(row, "type"),
+        rows: column(row, "rows"),
+        filtered: column(row, "filtered"),
     }
 }

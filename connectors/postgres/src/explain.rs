@@ -19,7 +19,7 @@ pub fn estimate(explain: &str) -> Option<Estimate> {
     let rows = plan.get("Plan Rows")?.as_f64()?;
     Some(Estimate {
         rows: rows.max(0.0).round() as usize,
-        hashes_larger_input: hashes_larger_input(plan),
+        joins_better_apart: hashes_larger_input(plan),
     })
 }
 
@@ -107,7 +107,7 @@ mod tests {
         let q13 = join("Hash Join", 62_500, 624_938, 624_938);
         let e = estimate(&explain(&q13)).unwrap();
         assert_eq!(e.rows, 150_000);
-        assert!(e.hashes_larger_input);
+        assert!(e.joins_better_apart);
     }
 
     #[test]
@@ -118,7 +118,7 @@ mod tests {
                 {}, {{"Node Type": "Hash", "Parent Relationship": "Inner", "Plan Rows": 25}}]}}"#,
             bad.replacen("{", r#"{"Parent Relationship": "Outer", "#, 1)
         );
-        assert!(!estimate(&explain(&below)).unwrap().hashes_larger_input);
+        assert!(!estimate(&explain(&below)).unwrap().joins_better_apart);
         let in_init_plan = format!(
             r#"{{"Node Type": "Seq Scan", "Plan Rows": 10, "Plans": [
                 {}]}}"#,
@@ -127,7 +127,7 @@ mod tests {
         assert!(
             !estimate(&explain(&in_init_plan))
                 .unwrap()
-                .hashes_larger_input
+                .joins_better_apart
         );
         // The same join under nodes that are not joins is found.
         let under_gather = format!(
@@ -138,7 +138,7 @@ mod tests {
         assert!(
             estimate(&explain(&under_gather))
                 .unwrap()
-                .hashes_larger_input
+                .joins_better_apart
         );
     }
 
@@ -155,11 +155,11 @@ mod tests {
         for (outer, inner, joined) in cases {
             let e = estimate(&explain(&join("Hash Join", outer, inner, joined))).unwrap();
             assert!(
-                !e.hashes_larger_input,
+                !e.joins_better_apart,
                 "{outer} probing {inner} into {joined}"
             );
         }
         let merge = join("Merge Join", 10, 1_000_000, 1_000_000);
-        assert!(!estimate(&explain(&merge)).unwrap().hashes_larger_input);
+        assert!(!estimate(&explain(&merge)).unwrap().joins_better_apart);
     }
 }

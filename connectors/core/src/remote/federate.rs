@@ -25,8 +25,9 @@ use datafusion::logical_expr::{
     Aggregate, Distinct, Expr, ExprSchemable, Extension, Join, LogicalPlan, Projection, SortExpr,
     Subquery, TableSource, TableType,
 };
+use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
 use datafusion::optimizer::optimizer::Optimizer;
-use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::optimizer::{OptimizerConfig, OptimizerContext, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_federation::{
     FederatedPlanNode, FederatedTableProviderAdaptor, FederatedTableSource, FederationPlanner,
@@ -34,6 +35,7 @@ use datafusion_federation::{
 };
 
 use super::dynamic::DynamicFilterTarget;
+use super::estimated::EstimatedExec;
 use super::group_bound::most_groups;
 use super::pushdown::{
     ColumnTraits, NotPushed, PushdownRules, check_expr, check_expr_with_subqueries,
@@ -212,9 +214,9 @@ impl Planner {
     }
 
     /// `plan` with its topmost join computed by DataFusion over the source's answers to the
-    /// join's two inputs, for a plan whose join the source runs by hashing the larger
-    /// input (see [`Estimate`](super::Estimate)). TPC-H q13 on PostgreSQL 15: 0.45 s pushed
-    /// whole, 0.39–0.41 s read apart. An input's own sub-plan goes through this planner
+    /// join's two inputs, for a plan whose join the source runs worse (see
+    /// [`Estimate`](super::Estimate)). TPC-H q13 on PostgreSQL 15: 0.45 s pushed whole,
+    /// 0.39–0.41 s read apart. An input's own sub-plan goes through this planner
     /// again, so a join below the topmost one that the source runs badly is split in turn.
     /// `None` where an input cannot be written as SQL on its own: the source runs it all.
     fn join_apart(&self, plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
@@ -236,12 +238,17 @@ impl Planner {
             },
         };
         let apart = plan.with_new_exprs(plan.expressions(), inputs)?;
+        // The federation rule took the sub-plan in the optimizer's first pass, before the
+        // equalities that filters pushed into joins were made join keys (comma joins, as
+        // in TPC-H q18 and q21): without that, DataFusion would join by nested loops.
+        let keyed = Optimizer::with_rules(vec![Arc::new(ExtractEquijoinPredicate::new())])
+            .optimize(apart, &OptimizerContext::new(), |_, _| {})?;
         // The subqueries of the nodes DataFusion now runs are pushed on their own, as
         // the federation rule pushes those of any node it leaves to DataFusion.
         let rule = SubPlanRule {
             source: Arc::clone(&self.source),
         };
-        apart
+        keyed
             .transform_down(|node| rule.push_subqueries(node))
             .map(|t| Some(t.data))
     }
@@ -333,7 +340,7 @@ impl FederationPlanner for Planner {
         }
         let apart = match self.aggregate_apart(node.plan(), rows).await? {
             Some(plan) => Some(plan),
-            None if estimate.is_some_and(|e| e.hashes_larger_input) => {
+            None if estimate.is_some_and(|e| e.joins_better_apart) => {
                 self.join_apart(node.plan())?
             }
             None => None,
@@ -345,7 +352,12 @@ impl FederationPlanner for Planner {
                 .create_physical_plan(&plan, session)
                 .await
             {
-                Ok(physical) => return Ok(physical),
+                Ok(physical) => {
+                    return Ok(match rows {
+                        Some(rows) => Arc::new(EstimatedExec::new(physical, rows)),
+                        None => physical,
+                    });
+                }
                 Err(e) => tracing::debug!(source = self.source.name(), error = %e,
                     "a sub-plan read apart could not be planned; the source runs it whole"),
             }

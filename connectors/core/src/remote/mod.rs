@@ -10,6 +10,7 @@
 pub mod connections;
 pub mod dynamic;
 pub mod early_probe;
+mod estimated;
 mod exec;
 mod federate;
 mod group_bound;
@@ -91,11 +92,12 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
 pub struct Estimate {
     /// The rows the query returns.
     pub rows: usize,
-    /// Whether the source would run a join by hashing the larger of its inputs, as
-    /// PostgreSQL before 16 must for a parallel outer join or any anti join: then
-    /// DataFusion, which hashes the smaller one, runs that join better over the two inputs
-    /// read apart.
-    pub hashes_larger_input: bool,
+    /// Whether DataFusion runs the query's topmost join better over the join's inputs read
+    /// apart than the source runs it: PostgreSQL before 16 hashes the larger input of a
+    /// parallel outer join or any anti join, where DataFusion hashes the smaller one;
+    /// MySQL and MariaDB run a query in one thread, so a join that reads a large table
+    /// whole is faster with that table read apart in parallel parts.
+    pub joins_better_apart: bool,
 }
 
 impl Estimate {
@@ -103,7 +105,7 @@ impl Estimate {
     pub fn rows(rows: usize) -> Self {
         Estimate {
             rows,
-            hashes_larger_input: false,
+            joins_better_apart: false,
         }
     }
 }
