@@ -76,19 +76,33 @@ pub struct Dataset {
 impl Dataset {
     /// A Tributary config with one source per store `placement` uses: `pg`, `my`, `pq`.
     pub fn tributary_config(&self, placement: &Placement) -> String {
+        self.tributary_config_with(placement, None)
+    }
+
+    /// [`tributary_config`](Self::tributary_config) with the SQL sources' scans split
+    /// past `partition_rows` rows instead of their default, so that small scale factors
+    /// also read tables in parallel parts (and plan as larger ones do).
+    pub fn tributary_config_with(
+        &self,
+        placement: &Placement,
+        partition_rows: Option<u64>,
+    ) -> String {
+        let split = partition_rows
+            .map(|rows| format!("\n    partition_rows: {rows}"))
+            .unwrap_or_default();
         let mut yaml = String::from("sources:\n");
         for store in placement.stores() {
             let catalog = store.catalog();
             let _ = match store {
                 Store::Postgres => writeln!(
                     yaml,
-                    "  - name: {catalog}\n    kind: postgres\n    url: {}\n    schemas: {{include: [{}]}}",
+                    "  - name: {catalog}\n    kind: postgres\n    url: {}\n    schemas: {{include: [{}]}}{split}",
                     crate::postgres::url(),
                     self.postgres_schema
                 ),
                 Store::Mysql => writeln!(
                     yaml,
-                    "  - name: {catalog}\n    kind: mysql\n    url: {}\n    schemas: {{include: [{}]}}",
+                    "  - name: {catalog}\n    kind: mysql\n    url: {}\n    schemas: {{include: [{}]}}{split}",
                     crate::mysql::server_url(),
                     self.mysql_database
                 ),
