@@ -179,6 +179,17 @@ pub struct MysqlRemote {
     pushdown: bool,
 }
 
+impl MysqlRemote {
+    /// How many parallel parts a scan of a table of `rows` rows asks for, at most
+    /// `max_parts`: by the `partitions` setting, never more than the pool's connections.
+    fn parts(&self, rows: Option<usize>, max_parts: usize) -> usize {
+        self.partitions
+            .wanted(rows, self.partition_rows, max_parts)
+            .min(self.shared.connector.max_connections())
+            .max(1)
+    }
+}
+
 #[async_trait]
 impl RemoteSource for MysqlRemote {
     fn name(&self) -> &str {
@@ -209,10 +220,7 @@ impl RemoteSource for MysqlRemote {
         table: &RemoteTableInfo,
         max_parts: usize,
     ) -> DfResult<Vec<Option<ast::Expr>>> {
-        let wanted = self
-            .partitions
-            .wanted(table.rows, self.partition_rows, max_parts);
-        let parts = wanted.min(self.shared.connector.max_connections()).max(1);
+        let parts = self.parts(table.rows, max_parts);
         let key = table
             .primary_key
             .first()
@@ -274,14 +282,7 @@ impl RemoteSource for MysqlRemote {
         };
         let plan: Vec<mysql_async::Row> = conn.query(format!("{explain} {sql}")).await.ok()?;
         let plan: Vec<PlanRow> = plan.iter().map(plan_row).collect();
-        let connections = self.shared.connector.max_connections();
-        explain::estimate(&plan, |rows| {
-            connections > 1
-                && self
-                    .partitions
-                    .wanted(Some(rows as usize), self.partition_rows, 2)
-                    > 1
-        })
+        explain::estimate(&plan, |rows| self.parts(Some(rows as usize), 2) > 1)
     }
 
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader> {
