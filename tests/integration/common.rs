@@ -25,6 +25,21 @@ pub async fn run(engine: &Engine, sql: &str) -> datafusion::error::Result<Vec<Re
     engine.sql(sql).await?.collect().await
 }
 
+/// The physical plan of one statement, one operator per line.
+pub async fn physical_plan(engine: &Engine, sql: &str) -> String {
+    let frame = engine
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let plan = frame
+        .create_physical_plan()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(false)
+        .to_string()
+}
+
 /// Runs one statement and renders the result as a text table.
 pub async fn table(engine: &Engine, sql: &str) -> String {
     let batches = run(engine, sql)

@@ -6,7 +6,7 @@ use mysql_async::prelude::Queryable;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
 
-use crate::common::{assert_counts_without_columns, cells, error, run, table};
+use crate::common::{assert_counts_without_columns, cells, error, physical_plan, run, table};
 
 /// An engine with one `mysql` source, `my`, limited to `database`, which is also the
 /// default schema. `extra` adds settings to the source.
@@ -559,15 +559,8 @@ async fn a_join_reading_a_split_table_whole_is_read_apart() {
         FROM orders o, customers c \
         WHERE o.customer = c.id AND c.id BETWEEN 100 AND 400 \
         GROUP BY c.name ORDER BY total DESC, c.name";
-    let plan_of = |engine: Engine| async move {
-        let frame = engine.sql(sql).await.unwrap();
-        let plan = frame.create_physical_plan().await.unwrap();
-        datafusion::physical_plan::displayable(plan.as_ref())
-            .indent(false)
-            .to_string()
-    };
     let split = "    partition_rows: 50000\n";
-    let apart = plan_of(my_engine(&db.name, true, split)).await;
+    let apart = physical_plan(&my_engine(&db.name, true, split), sql).await;
     assert!(!apart.contains("(sub-plan)"), "{apart}");
     // Joined on its keys (the next test is the shape where that needed help).
     assert!(apart.contains("HashJoinExec"), "{apart}");
@@ -582,7 +575,7 @@ async fn a_join_reading_a_split_table_whole_is_read_apart() {
     // Estimated as the source estimated the join whole.
     assert!(apart.contains("EstimatedExec: rows="), "{apart}");
 
-    let unsplit = plan_of(my_engine(&db.name, true, "    partitions: 1\n")).await;
+    let unsplit = physical_plan(&my_engine(&db.name, true, "    partitions: 1\n"), sql).await;
     assert!(unsplit.contains("(sub-plan)"), "{unsplit}");
 
     let ours = table(&my_engine(&db.name, true, split), sql).await;
@@ -601,11 +594,7 @@ async fn a_three_table_comma_join_read_apart_is_joined_on_its_keys() {
           AND o.id IN (SELECT id FROM orders GROUP BY id HAVING sum(amount) > 3995) \
         ORDER BY o.id";
     let engine = my_engine(&db.name, true, "    partition_rows: 50000\n");
-    let frame = engine.sql(sql).await.unwrap();
-    let plan = frame.create_physical_plan().await.unwrap();
-    let shown = datafusion::physical_plan::displayable(plan.as_ref())
-        .indent(false)
-        .to_string();
+    let shown = physical_plan(&engine, sql).await;
     assert!(shown.contains("EstimatedExec"), "{shown}");
     assert!(!shown.contains("NestedLoopJoinExec"), "{shown}");
     assert!(!shown.contains("CrossJoinExec"), "{shown}");
@@ -627,11 +616,7 @@ async fn keys_from_above_reach_a_join_read_apart() {
           AND o.id IN (SELECT id FROM orders GROUP BY id HAVING sum(amount) > 3995) \
         ORDER BY o.id";
     let engine = my_engine(&db.name, true, "    partition_rows: 50000\n");
-    let frame = engine.sql(sql).await.unwrap();
-    let plan = frame.create_physical_plan().await.unwrap();
-    let shown = datafusion::physical_plan::displayable(plan.as_ref())
-        .indent(false)
-        .to_string();
+    let shown = physical_plan(&engine, sql).await;
     let semi = shown
         .lines()
         .find(|l| l.contains("join_type=RightSemi"))
