@@ -2,6 +2,9 @@
 //! partitions, cancellation, and failures that name the source without leaking the
 //! password.
 
+use datafusion::common::stats::Precision;
+use datafusion::physical_plan::StatisticsArgs;
+use datafusion::physical_plan::statistics::StatisticsContext;
 use mysql_async::prelude::Queryable;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
@@ -505,6 +508,64 @@ async fn a_query_waits_for_a_busy_pool_at_most_pool_timeout() {
     let db = customers_and_orders("pool_timeout").await;
     let engine = my_engine(&db.name, false, crate::pool_timeout::ONE_CONNECTION);
     crate::pool_timeout::a_query_waits_at_most_pool_timeout(&engine).await;
+}
+
+/// A scan's row estimate is the server's, except that a condition MariaDB does not
+/// estimate (on a column without an index or histogram, where it counts every row) keeps
+/// DataFusion's default 20%. A condition on the key stays as MariaDB estimates it, and so
+/// does the `IS NOT NULL` MariaDB adds to a nullable column it looks another table up by.
+#[tokio::test]
+async fn a_filter_the_server_cannot_estimate_keeps_the_default_share_of_rows() {
+    let db = customers_and_orders("unestimated").await;
+    let engine = my_engine(&db.name, true, "");
+    let mut conn = tributary_testkit::mysql::connect().await;
+    let mut explained = async |sql: &str| -> u64 {
+        let sql = sql
+            .replace(" orders", &format!(" {}.orders", db.name))
+            .replace(" customers", &format!(" {}.customers", db.name));
+        let rows: Vec<mysql_async::Row> = conn.query(format!("EXPLAIN {sql}")).await.unwrap();
+        rows.iter()
+            .map(|r| r.get::<u64, _>("rows").unwrap())
+            .product()
+    };
+    let unindexed = "SELECT id, customer FROM orders WHERE customer > 10";
+    let whole = explained(unindexed).await;
+    assert_eq!(
+        estimated_rows(&engine, unindexed).await,
+        (whole as f64 * 0.2).round() as usize
+    );
+    let keyed = "SELECT id, customer FROM orders WHERE id <= 100000";
+    assert_eq!(
+        estimated_rows(&engine, keyed).await,
+        explained(keyed).await as usize
+    );
+    // `customer` is nullable: MariaDB checks `o.customer is not null` before each lookup.
+    let lookup = "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer";
+    assert_eq!(
+        estimated_rows(&engine, lookup).await,
+        explained(lookup).await as usize
+    );
+}
+
+/// The row estimate of `sql`'s physical plan, which must have one.
+async fn estimated_rows(engine: &Engine, sql: &str) -> usize {
+    let plan = engine
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let stats = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .unwrap();
+    match stats.num_rows {
+        Precision::Exact(rows) | Precision::Inexact(rows) => rows,
+        Precision::Absent => panic!(
+            "no estimate for {sql}:\n{}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(false)
+        ),
+    }
 }
 
 /// MariaDB estimates an aggregate at the rows it reads. A grouped subquery that keeps few

@@ -271,17 +271,31 @@ impl RemoteSource for MysqlRemote {
 
     /// The server's estimate of the rows `sql` returns: over the tables of the outermost
     /// `SELECT`, the product of the rows each examines per row of the tables before it and
-    /// the share its filter keeps (MariaDB shows that share only with `EXPLAIN EXTENDED`,
-    /// which MySQL 8 no longer accepts). The server does not estimate groups, so for an
-    /// aggregate this is the rows it reads, an upper bound.
+    /// the share its filter keeps. MariaDB's plan is read as JSON, which shows each table's
+    /// condition, because MariaDB does not estimate conditions on most columns (see
+    /// [`explain`]); MySQL 8 does, and its tabular `EXPLAIN` shows the share. The server
+    /// does not estimate groups, so for an aggregate this is the rows it reads, an upper
+    /// bound.
     async fn estimate(&self, sql: &str) -> Option<Estimate> {
         let mut conn = self.shared.connector.get().await.ok()?;
-        let explain = match self.shared.connector.flavor() {
-            Some(Flavor::Mariadb) => "EXPLAIN EXTENDED",
-            _ => "EXPLAIN",
+        let plan = match self.shared.connector.flavor() {
+            Some(Flavor::Mariadb) => {
+                let json: String = conn
+                    .query_first(format!("EXPLAIN FORMAT=JSON {sql}"))
+                    .await
+                    .ok()??;
+                explain::mariadb::plan_rows(&json)
+                    .inspect_err(|e| {
+                        tracing::warn!(source = %self.shared.name, error = %e, "unreadable EXPLAIN FORMAT=JSON")
+                    })
+                    .ok()?
+            }
+            _ => {
+                let rows: Vec<mysql_async::Row> =
+                    conn.query(format!("EXPLAIN {sql}")).await.ok()?;
+                rows.iter().map(plan_row).collect()
+            }
         };
-        let plan: Vec<mysql_async::Row> = conn.query(format!("{explain} {sql}")).await.ok()?;
-        let plan: Vec<PlanRow> = plan.iter().map(plan_row).collect();
         explain::estimate(&plan, |rows| self.parts(Some(rows as usize), 2) > 1)
     }
 
@@ -290,7 +304,7 @@ impl RemoteSource for MysqlRemote {
     }
 }
 
-/// An `EXPLAIN` row's columns the estimate uses; a column missing or of another type reads
+/// A MySQL 8 `EXPLAIN` row's columns the estimate uses; a column missing or of another type reads
 /// as unknown.
 fn plan_row(row: &mysql_async::Row) -> PlanRow {
     fn column<T: mysql_async::prelude::FromValue>(row: &mysql_async::Row, name: &str) -> Option<T> {
@@ -304,5 +318,6 @@ fn plan_row(row: &mysql_async::Row) -> PlanRow {
         access: column(row, "type"),
         rows: column(row, "rows"),
         filtered: column(row, "filtered"),
+        unestimated_filter: false,
     }
 }
