@@ -128,8 +128,7 @@ async fn timed<T>(
 }
 
 /// The contenders, in their order in the first round (the two whose answers are the
-/// references first: DuckDB's, or the ceiling's where DuckDB gives none); each later round
-/// starts with the next one.
+/// references first: DuckDB's, or the ceiling's where DuckDB gives none).
 #[derive(Clone, Copy)]
 enum Turn {
     DuckDb,
@@ -147,6 +146,22 @@ impl Turn {
         Turn::Flight,
         Turn::Alone,
     ];
+
+    /// The contenders in the order they run in `round`: from the `round`th one, every
+    /// `step`th one, the step going 1, 2, 3, 4, 1, … round by round. What runs just
+    /// before a contender changes what it measures: DuckDB's scans of MariaDB evict the
+    /// pages the next query reads from InnoDB's buffer pool, and a contender that follows
+    /// another running the same query reads them warm. With each round starting one
+    /// further on (1, 2, 3, …), the contender before each would always be the same
+    /// one, so all-MariaDB q02 measured 0.19 s in process (always after DuckDB or the
+    /// ceiling) and 0.10 s over Flight SQL (after the in-process run). With the step
+    /// changing as well (5 contenders, a prime, so every step visits each once), each
+    /// contender follows each of the others once in 4 rounds.
+    fn order(round: usize) -> impl Iterator<Item = Turn> {
+        let n = Turn::ALL.len();
+        let step = 1 + round % (n - 1);
+        (0..n).map(move |turn| Turn::ALL[(round + turn * step) % n])
+    }
 }
 
 /// One contender's runs of one query so far.
@@ -371,13 +386,13 @@ async fn bench_placement(
             [(); 5].map(|()| Tally::new());
         // Round by round, each contender once in each, so that a slow spell of the
         // machine (a neighbour's burst) meets every contender rather than one
-        // contender's every run; and each first in turn, so that none always follows the
-        // same one. The first round starts with DuckDB and the ceiling, whose answers
-        // are the references.
+        // contender's every run; and in an order that changes round by round, so that
+        // none always follows the same one ([`Turn::order`]). The first round starts
+        // with DuckDB and the ceiling, whose answers are the references.
         for round in 0..args.runs.max(1) {
-            for turn in 0..Turn::ALL.len() {
+            for turn in Turn::order(round) {
                 let what = |who: &str| format!("{} {} {who}", placement.name, query.name);
-                match Turn::ALL[(round + turn) % Turn::ALL.len()] {
+                match turn {
                     Turn::DuckDb if duck.running() => {
                         let run = duck_session.run(query);
                         match (run.error, run.seconds.first()) {
