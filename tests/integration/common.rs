@@ -10,6 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::util::pretty::pretty_format_batches;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::physical_plan::ExecutionPlan;
 use tributary::{Config, Engine};
 
 /// Loads `yaml` as a config file written into `dir`, and builds the engine.
@@ -25,16 +26,21 @@ pub async fn run(engine: &Engine, sql: &str) -> datafusion::error::Result<Vec<Re
     engine.sql(sql).await?.collect().await
 }
 
-/// The physical plan of one statement, one operator per line.
-pub async fn physical_plan(engine: &Engine, sql: &str) -> String {
+/// The physical plan of one statement.
+pub async fn plan(engine: &Engine, sql: &str) -> Arc<dyn ExecutionPlan> {
     let frame = engine
         .sql(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let plan = frame
+    frame
         .create_physical_plan()
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The physical plan of one statement, one operator per line.
+pub async fn physical_plan(engine: &Engine, sql: &str) -> String {
+    let plan = plan(engine, sql).await;
     datafusion::physical_plan::displayable(plan.as_ref())
         .indent(false)
         .to_string()

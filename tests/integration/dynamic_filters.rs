@@ -534,14 +534,7 @@ async fn a_build_side_with_every_key_sends_no_filter() {
 
 /// The sources the probe side of the hash join in `sql`'s plan reads.
 async fn probe_sources(engine: &Engine, sql: &str) -> Vec<String> {
-    let plan = engine
-        .sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![plan];
+    let mut stack: Vec<Arc<dyn ExecutionPlan>> = vec![crate::common::plan(engine, sql).await];
     while let Some(node) = stack.pop() {
         if let Some(join) = node.downcast_ref::<HashJoinExec>() {
             let mut sources = vec![];

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use tributary::{Config, Engine};
 use tributary_testkit::mysql::{Database, server_url};
 
-use crate::common::{assert_counts_without_columns, cells, error, physical_plan, run, table};
+use crate::common::{assert_counts_without_columns, cells, error, physical_plan, plan, run, table};
 
 /// An engine with one `mysql` source, `my`, limited to `database`, which is also the
 /// default schema. `extra` adds settings to the source.
@@ -549,13 +549,7 @@ async fn a_filter_the_server_cannot_estimate_keeps_the_default_share_of_rows() {
 
 /// The row estimate of `sql`'s physical plan, which must have one.
 async fn estimated_rows(engine: &Engine, sql: &str) -> usize {
-    let plan = engine
-        .sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
+    let plan = plan(engine, sql).await;
     let stats = StatisticsContext::new()
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .unwrap();
@@ -592,8 +586,7 @@ async fn a_grouped_subquery_is_estimated_by_its_groups() {
         WHERE o.id IN (SELECT order_id FROM items GROUP BY order_id HAVING sum(qty) > 300) \
         GROUP BY o.id, o.note, o.placed ORDER BY qty DESC, o.id";
     let engine = my_engine(&db.name, true, "");
-    let frame = engine.sql(sql).await.unwrap();
-    let plan = frame.create_physical_plan().await.unwrap();
+    let plan = plan(&engine, sql).await;
     let shown = datafusion::physical_plan::displayable(plan.as_ref())
         .indent(true)
         .to_string();
