@@ -155,8 +155,9 @@ impl Turn {
     /// further on (1, 2, 3, …), the contender before each would always be the same
     /// one, so all-MariaDB q02 measured 0.19 s in process (always after DuckDB or the
     /// ceiling) and 0.10 s over Flight SQL (after the in-process run). With the step
-    /// changing as well (5 contenders, a prime, so every step visits each once), each
-    /// contender follows each of the others once in 4 rounds.
+    /// changing as well (5 contenders, a prime, so every step visits each once), in 4
+    /// rounds each contender runs right after each of the others once, except in the
+    /// round it starts.
     fn order(round: usize) -> impl Iterator<Item = Turn> {
         let n = Turn::ALL.len();
         let step = 1 + round % (n - 1);

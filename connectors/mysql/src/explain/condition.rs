@@ -7,15 +7,15 @@
 //! case. The reading errs on the side of finding no filter: a conjunct it cannot tell
 //! apart counts as not filtering, which leaves the server's own estimate as it is.
 
-/// The table a condition is attached to, and the names of the query's other tables.
+/// The table a condition is attached to, and the names of the query's tables.
 pub struct Table<'a> {
     /// The table's name or alias, as `EXPLAIN` names it.
     pub name: &'a str,
     /// The columns of the key the server reads the table by (a range or a lookup), whose
     /// conditions its row count already reflects; empty for a whole read.
     pub key_parts: &'a [String],
-    /// The names of every other table in the query.
-    pub others: &'a [&'a str],
+    /// The names of every table in the query (this one's among them).
+    pub tables: &'a [&'a str],
 }
 
 /// Whether `condition` holds a conjunct that filters `table` by its own columns alone:
@@ -23,68 +23,35 @@ pub struct Table<'a> {
 /// column it looks another table up by, and is not a condition on the key the server
 /// reads the table by.
 pub fn filters_alone(condition: &str, table: &Table) -> bool {
-    conjuncts(condition).any(|conjunct| {
-        let tokens = tokens(conjunct);
-        let columns = own_columns(&tokens, table);
-        let named = match columns {
-            Some(columns) => columns,
-            None => return false,
+    let tokens = tokens(condition);
+    conjuncts(&tokens).any(|conjunct| {
+        let Some(named) = own_columns(conjunct, table) else {
+            return false;
         };
         !named.is_empty()
-            && !is_not_null_check(&tokens)
+            && !is_not_null_check(conjunct)
             && !named
                 .iter()
                 .all(|c| table.key_parts.iter().any(|k| k.eq_ignore_ascii_case(c)))
     })
 }
 
-/// The conjuncts of `condition`: its parts joined by `and` outside parentheses and
-/// quotes. A `BETWEEN … AND …` is cut in two; each half still names its column.
-fn conjuncts(condition: &str) -> impl Iterator<Item = &str> {
-    let bytes = condition.as_bytes();
-    let mut parts = Vec::new();
-    let (mut depth, mut start, mut i) = (0usize, 0, 0);
-    let mut quote: Option<u8> = None;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(q) => {
-                if b == b'\\' && q != b'`' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                }
-            }
-            None => match b {
-                b'\'' | b'"' | b'`' => quote = Some(b),
-                b'(' => depth += 1,
-                b')' => depth = depth.saturating_sub(1),
-                b' ' if depth == 0 && starts_with_and(&bytes[i..]) => {
-                    parts.push(&condition[start..i]);
-                    i += " and ".len();
-                    start = i;
-                    continue;
-                }
-                _ => {}
-            },
-        }
-        i += 1;
-    }
-    parts.push(&condition[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
-}
-
-fn starts_with_and(bytes: &[u8]) -> bool {
-    bytes.len() >= 5 && bytes[..5].eq_ignore_ascii_case(b" and ")
-}
-
-/// A token of a condition: a name (a word, or a backtick-quoted name), a dot, or anything
-/// else (an operator, a literal, a parenthesis).
+/// A token of a condition: a name (a word, or a backtick-quoted name), a dot, a
+/// parenthesis, or anything else (an operator, a literal).
 #[derive(Debug, PartialEq)]
 enum Token {
     Name { text: String, quoted: bool },
     Dot,
+    Open,
+    Close,
     Other,
+}
+
+impl Token {
+    /// Whether the token is the unquoted keyword `word`.
+    fn is_keyword(&self, word: &str) -> bool {
+        matches!(self, Token::Name { text, quoted: false } if text.eq_ignore_ascii_case(word))
+    }
 }
 
 fn tokens(text: &str) -> Vec<Token> {
@@ -94,6 +61,8 @@ fn tokens(text: &str) -> Vec<Token> {
         match c {
             c if c.is_whitespace() => {}
             '.' => out.push(Token::Dot),
+            '(' => out.push(Token::Open),
+            ')' => out.push(Token::Close),
             '`' => {
                 let mut name = String::new();
                 while let Some(c) = chars.next() {
@@ -148,6 +117,22 @@ fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_' || c == '$'
 }
 
+/// The conjuncts of a condition: its tokens between the `and`s outside parentheses. A
+/// `BETWEEN … AND …` is cut in two; the first half still names its column.
+fn conjuncts(tokens: &[Token]) -> impl Iterator<Item = &[Token]> {
+    let mut depth = 0usize;
+    tokens
+        .split(move |token| {
+            match token {
+                Token::Open => depth += 1,
+                Token::Close => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            depth == 0 && token.is_keyword("and")
+        })
+        .filter(|conjunct| !conjunct.is_empty())
+}
+
 /// The columns of `table` a conjunct names as `table.column`, or `None` if it names
 /// another table of the query.
 fn own_columns(tokens: &[Token], table: &Table) -> Option<Vec<String>> {
@@ -166,7 +151,7 @@ fn own_columns(tokens: &[Token], table: &Table) -> Option<Vec<String>> {
         if qualifier.eq_ignore_ascii_case(table.name) {
             columns.push(column.clone());
         } else if table
-            .others
+            .tables
             .iter()
             .any(|other| other.eq_ignore_ascii_case(qualifier))
         {
@@ -178,13 +163,12 @@ fn own_columns(tokens: &[Token], table: &Table) -> Option<Vec<String>> {
 
 /// Whether the conjunct is `name.column IS NOT NULL` and nothing else.
 fn is_not_null_check(tokens: &[Token]) -> bool {
-    let keyword = |token: &Token, word: &str| matches!(token, Token::Name { text, quoted: false } if text.eq_ignore_ascii_case(word));
     let [reference @ .., is, not, null] = tokens else {
         return false;
     };
-    keyword(is, "is")
-        && keyword(not, "not")
-        && keyword(null, "null")
+    is.is_keyword("is")
+        && not.is_keyword("not")
+        && null.is_keyword("null")
         && !reference.is_empty()
         && reference.iter().enumerate().all(|(i, token)| {
             if i % 2 == 0 {
@@ -200,12 +184,14 @@ mod tests {
     use super::*;
 
     fn alone(condition: &str, name: &str, others: &[&str]) -> bool {
+        let mut tables = vec![name];
+        tables.extend(others);
         filters_alone(
             condition,
             &Table {
                 name,
                 key_parts: &[],
-                others,
+                tables: &tables,
             },
         )
     }
@@ -241,6 +227,12 @@ mod tests {
             "t2",
             &["w"]
         ));
+        // An `and` inside parentheses joins no conjuncts.
+        assert!(!alone(
+            "(t2.wid = w.n and t2.s = 'x') or t2.s = 'y'",
+            "t2",
+            &["w"]
+        ));
         // A string that looks like another table's column is no reference.
         assert!(alone("t2.s = 'w.n'", "t2", &["w"]));
     }
@@ -251,7 +243,7 @@ mod tests {
         let table = Table {
             name: "orders",
             key_parts: &key_parts,
-            others: &[],
+            tables: &["orders"],
         };
         let range = "orders.o_orderdate >= '1993-10-01' and orders.o_orderdate < '1994-01-01'";
         assert!(!filters_alone(range, &table));

@@ -39,7 +39,9 @@ fn collect<'a>(
         Value::Object(object) => {
             let select = object.get("select_id").and_then(Value::as_u64).or(select);
             for (key, child) in object {
-                if let (true, Value::Object(table)) = (key == "table", child) {
+                if key == "table"
+                    && let Value::Object(table) = child
+                {
                     out.push((select, table));
                 }
                 collect(child, select, out);
@@ -64,11 +66,10 @@ fn plan_row(select: Option<u64>, table: &Map<String, Value>, names: &[&str]) -> 
     };
     let unestimated_filter = match (&name, table.get("attached_condition")) {
         (Some(name), Some(Value::String(condition))) => {
-            let others: Vec<&str> = names.iter().copied().filter(|n| n != name).collect();
             let table = Table {
                 name,
                 key_parts: &key_parts,
-                others: &others,
+                tables: names,
             };
             condition::filters_alone(condition, &table)
         }
