@@ -637,6 +637,63 @@ async fn a_join_reading_a_split_table_whole_is_read_apart() {
     assert_eq!(ours.lines().count(), 301 + 4, "{ours}");
 }
 
+/// Whether a join that scans a split table runs on the server or over its inputs read
+/// apart is decided by the server's work both ways. For a fifth of the orders, the
+/// server scans `orders` and looks up their items by key (TPC-H q04's and q05's shape),
+/// reading and returning less than it would reading both tables apart. For a seventh of
+/// the items, joined with the five kinds of line (TPC-H q14's shape), reading apart costs
+/// less: `items` in parallel parts and `kinds` whole, where the server would scan `items`
+/// in one thread.
+#[tokio::test]
+async fn a_join_runs_where_the_server_reads_less() {
+    let db = Database::create("join_work").await;
+    db.execute(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, note varchar(20), priority int);
+         INSERT INTO orders SELECT seq,
+             CASE seq % 4 WHEN 0 THEN NULL WHEN 1 THEN 'o''brien' WHEN 2 THEN '東京 \"q\"' ELSE '' END,
+             seq % 5
+             FROM seq_1_to_20000;
+         CREATE TABLE items (order_id bigint, line int, qty decimal(12, 2), PRIMARY KEY (order_id, line));
+         INSERT INTO items SELECT o.seq, l.seq, (o.seq * l.seq) % 7 + 0.25
+             FROM seq_1_to_20000 o, seq_1_to_5 l;
+         CREATE TABLE kinds (line int PRIMARY KEY, label varchar(20));
+         INSERT INTO kinds VALUES (1, 'ä'), (2, 'it''s'), (3, NULL), (4, '\"x\"'), (5, '');
+         ANALYZE TABLE orders, items, kinds;",
+    )
+    .await;
+    let split = "    partition_rows: 10000\n";
+    let engine = my_engine(&db.name, true, split);
+    let unpushed = my_engine(&db.name, false, "");
+
+    let by_key = "SELECT o.note, sum(l.qty) AS qty FROM orders o JOIN items l ON l.order_id = o.id \
+        WHERE o.priority = 1 GROUP BY o.note ORDER BY o.note";
+    let whole = physical_plan(&engine, by_key).await;
+    let pushed = whole
+        .lines()
+        .find(|l| l.contains("(sub-plan)"))
+        .unwrap_or_else(|| panic!("the join was read apart:\n{whole}"));
+    assert!(
+        pushed.contains("`items`") && pushed.contains("`orders`"),
+        "{whole}"
+    );
+    let ours = table(&engine, by_key).await;
+    assert_eq!(ours, table(&unpushed, by_key).await);
+    assert_eq!(ours.lines().count(), 4 + 4, "{ours}");
+
+    let scanned = "SELECT k.label, sum(l.qty) AS qty FROM items l JOIN kinds k ON k.line = l.line \
+        WHERE l.qty > 6 GROUP BY k.label ORDER BY k.label";
+    let apart = physical_plan(&engine, scanned).await;
+    assert!(!apart.contains("(sub-plan)"), "{apart}");
+    let items = apart
+        .lines()
+        .find(|l| l.contains("RemoteScanExec") && l.contains(".items"))
+        .unwrap_or_else(|| panic!("no scan of items:\n{apart}"));
+    assert!(items.contains("partitions=2"), "{apart}");
+    let ours = table(&engine, scanned).await;
+    assert_eq!(ours, table(&unpushed, scanned).await);
+    assert_eq!(ours.lines().count(), 5 + 4, "{ours}");
+}
+
 /// A join of three tables written as a comma join, under a semi join (TPC-H q18's and
 /// q21's shape), read apart: the equalities of its `WHERE` reach DataFusion as join
 /// filters and must become join keys, or DataFusion would join by nested loops.

@@ -88,16 +88,22 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
 }
 
 /// A source planner's expectations of one query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Estimate {
     /// The rows the query returns.
     pub rows: usize,
-    /// Whether DataFusion runs the query's topmost join better over the join's inputs read
-    /// apart than the source runs it: PostgreSQL before 16 hashes the larger input of a
-    /// parallel outer join or any anti join, where DataFusion hashes the smaller one;
+    /// Whether DataFusion may run the query's topmost join better over the join's inputs
+    /// read apart than the source runs it: PostgreSQL before 16 hashes the larger input of
+    /// a parallel outer join or any anti join, where DataFusion hashes the smaller one;
     /// MySQL and MariaDB run a query in one thread, so a join that reads a large table
-    /// whole is faster with that table read apart in parallel parts.
+    /// whole may be faster with that table read apart in parallel parts. Where the source
+    /// gives the query's [`work`](Self::work), the planner reads the join apart only if
+    /// its inputs' work, each read in its parallel parts, is less.
     pub joins_better_apart: bool,
+    /// The work the source does to run the query as one query, in rows read (an index
+    /// lookup counts as a few rows), if the source can tell: comparable between queries
+    /// of one source, not between sources.
+    pub work: Option<f64>,
 }
 
 impl Estimate {
@@ -106,6 +112,7 @@ impl Estimate {
         Estimate {
             rows,
             joins_better_apart: false,
+            work: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Reading a condition as MariaDB prints it in `EXPLAIN FORMAT=JSON`
-//! (`attached_condition`): which of its conjuncts filter one table by that table's own
-//! columns.
+//! (`attached_condition`): whether one of its conjuncts filters the table it is attached
+//! to by a condition the server did not estimate.
 //!
 //! MariaDB prints column references as `alias.column`, quoting a name with backticks
 //! where it needs them (`` w.`my col` ``), strings in single quotes, and `and` in lower
@@ -18,17 +18,19 @@ pub struct Table<'a> {
     pub tables: &'a [&'a str],
 }
 
-/// Whether `condition` holds a conjunct that filters `table` by its own columns alone:
-/// one that names the table and no other, is not the `… IS NOT NULL` the server adds to a
-/// column it looks another table up by, and is not a condition on the key the server
-/// reads the table by.
-pub fn filters_alone(condition: &str, table: &Table) -> bool {
+/// Whether `condition` holds a conjunct that filters `table`: one that names the table's
+/// columns, other than the key the server reads the table by, and is not the
+/// `… IS NOT NULL` the server adds to a column it looks another table up by. For a table
+/// read whole, the conjunct must name no other table: a buffered join's condition is the
+/// join itself. For a table read by key, one that names another table too is a join
+/// condition beside the key, which the server does not estimate either (TPC-H q05's
+/// `s_nationkey = c_nationkey` on `supplier`, looked up by `s_suppkey`).
+pub fn filters(condition: &str, table: &Table) -> bool {
     let tokens = tokens(condition);
     conjuncts(&tokens).any(|conjunct| {
-        let Some(named) = own_columns(conjunct, table) else {
-            return false;
-        };
+        let (named, others) = references(conjunct, table);
         !named.is_empty()
+            && (!others || !table.key_parts.is_empty())
             && !is_not_null_check(conjunct)
             && !named
                 .iter()
@@ -133,10 +135,11 @@ fn conjuncts(tokens: &[Token]) -> impl Iterator<Item = &[Token]> {
         .filter(|conjunct| !conjunct.is_empty())
 }
 
-/// The columns of `table` a conjunct names as `table.column`, or `None` if it names
+/// The columns of `table` a conjunct names as `table.column`, and whether it names
 /// another table of the query.
-fn own_columns(tokens: &[Token], table: &Table) -> Option<Vec<String>> {
+fn references(tokens: &[Token], table: &Table) -> (Vec<String>, bool) {
     let mut columns = Vec::new();
+    let mut others = false;
     for window in tokens.windows(3) {
         let [
             Token::Name {
@@ -155,10 +158,10 @@ fn own_columns(tokens: &[Token], table: &Table) -> Option<Vec<String>> {
             .iter()
             .any(|other| other.eq_ignore_ascii_case(qualifier))
         {
-            return None;
+            others = true;
         }
     }
-    Some(columns)
+    (columns, others)
 }
 
 /// Whether the conjunct is `name.column IS NOT NULL` and nothing else.
@@ -186,7 +189,7 @@ mod tests {
     fn alone(condition: &str, name: &str, others: &[&str]) -> bool {
         let mut tables = vec![name];
         tables.extend(others);
-        filters_alone(
+        filters(
             condition,
             &Table {
                 name,
@@ -238,6 +241,23 @@ mod tests {
     }
 
     #[test]
+    fn a_join_condition_beside_the_key_a_table_is_looked_up_by_does() {
+        let key_parts = ["s_suppkey".to_string()];
+        let table = Table {
+            name: "supplier",
+            key_parts: &key_parts,
+            tables: &["supplier", "customer", "lineitem"],
+        };
+        assert!(filters(
+            "supplier.s_nationkey = customer.c_nationkey",
+            &table
+        ));
+        // The key's own equality is what the lookup reads by.
+        assert!(!filters("supplier.s_suppkey = lineitem.l_suppkey", &table));
+        assert!(!filters("lineitem.l_suppkey is not null", &table));
+    }
+
+    #[test]
     fn a_condition_on_the_key_the_table_is_read_by_does_not() {
         let key_parts = ["o_orderdate".to_string()];
         let table = Table {
@@ -246,8 +266,8 @@ mod tests {
             tables: &["orders"],
         };
         let range = "orders.o_orderdate >= '1993-10-01' and orders.o_orderdate < '1994-01-01'";
-        assert!(!filters_alone(range, &table));
-        assert!(filters_alone(
+        assert!(!filters(range, &table));
+        assert!(filters(
             &format!("{range} and orders.o_comment like '%x%'"),
             &table
         ));

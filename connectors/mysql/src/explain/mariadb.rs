@@ -71,7 +71,7 @@ fn plan_row(select: Option<u64>, table: &Map<String, Value>, names: &[&str]) -> 
                 key_parts: &key_parts,
                 tables: names,
             };
-            condition::filters_alone(condition, &table)
+            condition::filters(condition, &table)
         }
         _ => false,
     };

@@ -9,6 +9,8 @@
 //! unparser writes wrongly); the rest stays in DataFusion, reading through [`RemoteTable`]
 //! scans. Plain scans are never federated: the remote scan splits them into parallel parts.
 
+mod apart_work;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -340,10 +342,15 @@ impl FederationPlanner for Planner {
         }
         let apart = match self.aggregate_apart(node.plan(), rows).await? {
             Some(plan) => Some(plan),
-            None if estimate.is_some_and(|e| e.joins_better_apart) => {
-                self.join_apart(node.plan())?
-            }
-            None => None,
+            None => match estimate {
+                Some(e)
+                    if e.joins_better_apart
+                        && self.cheaper_apart(node.plan(), e.work, session).await? =>
+                {
+                    self.join_apart(node.plan())?
+                }
+                _ => None,
+            },
         };
         if let Some(plan) = apart {
             // Planned without optimizing again, which would push it back whole.
