@@ -547,6 +547,14 @@ async fn a_filter_the_server_cannot_estimate_keeps_the_default_share_of_rows() {
     );
 }
 
+/// The line of the remote scan of `table` in the shown plan `plan`, which must have one.
+fn scan_of<'a>(plan: &'a str, table: &str) -> &'a str {
+    let name = format!(".{table},");
+    plan.lines()
+        .find(|l| l.contains("RemoteScanExec") && l.contains(&name))
+        .unwrap_or_else(|| panic!("no scan of {table}:\n{plan}"))
+}
+
 /// The row estimate of `sql`'s physical plan, which must have one.
 async fn estimated_rows(engine: &Engine, sql: &str) -> usize {
     let plan = plan(engine, sql).await;
@@ -619,10 +627,7 @@ async fn a_join_reading_a_split_table_whole_is_read_apart() {
     // Joined on its keys (the next test is the shape where that needed help).
     assert!(apart.contains("HashJoinExec"), "{apart}");
     assert!(!apart.contains("NestedLoopJoinExec"), "{apart}");
-    let orders = apart
-        .lines()
-        .find(|l| l.contains("RemoteScanExec") && l.contains(".orders"))
-        .unwrap_or_else(|| panic!("no scan of orders:\n{apart}"));
+    let orders = scan_of(&apart, "orders");
     assert!(orders.contains("partitions=2"), "{apart}");
     assert!(orders.contains("dynamic_filters=1"), "{apart}");
 
@@ -684,10 +689,7 @@ async fn a_join_runs_where_the_server_reads_less() {
         WHERE l.qty > 6 GROUP BY k.label ORDER BY k.label";
     let apart = physical_plan(&engine, scanned).await;
     assert!(!apart.contains("(sub-plan)"), "{apart}");
-    let items = apart
-        .lines()
-        .find(|l| l.contains("RemoteScanExec") && l.contains(".items"))
-        .unwrap_or_else(|| panic!("no scan of items:\n{apart}"));
+    let items = scan_of(&apart, "items");
     assert!(items.contains("partitions=2"), "{apart}");
     let ours = table(&engine, scanned).await;
     assert_eq!(ours, table(&unpushed, scanned).await);
@@ -734,10 +736,7 @@ async fn keys_from_above_reach_a_join_read_apart() {
         .unwrap_or_else(|| panic!("no semi join building on the subquery:\n{shown}"));
     assert!(semi.contains("HashJoinExec"), "{shown}");
     assert!(shown.contains("EstimatedExec"), "{shown}");
-    let orders = shown
-        .lines()
-        .find(|l| l.contains("RemoteScanExec") && l.contains(".orders,"))
-        .unwrap_or_else(|| panic!("no scan of orders:\n{shown}"));
+    let orders = scan_of(&shown, "orders");
     // The customers' keys and the subquery's.
     assert!(orders.contains("dynamic_filters=2"), "{shown}");
     let ours = table(&engine, sql).await;

@@ -22,7 +22,7 @@ use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::LogicalPlan;
 use futures::future::BoxFuture;
 
-use super::{Planner, SubPlanRule, project_aggregates, remote_sql, remote_table};
+use super::{Planner, project_aggregates, remote_sql, remote_table};
 
 impl Planner {
     /// Whether `plan`, whose work on the source run as one query is `whole`, costs the
@@ -80,10 +80,7 @@ impl Planner {
     /// each doing its share of the scan's work; a sub-plan as one query, or, where the
     /// source suggests its own join is better apart, the lesser of the two ways.
     async fn least_work(&self, input: &LogicalPlan, session: &dyn Session) -> Result<Option<f64>> {
-        let analysis = SubPlanRule {
-            source: self.source.clone(),
-        }
-        .analyze(input);
+        let analysis = self.rule().analyze(input);
         if analysis.blocked.is_some() {
             // DataFusion computes part of it, which the source cannot price.
             return Ok(None);

@@ -154,6 +154,13 @@ struct Planner {
 const MIN_ROWS_TO_PLACE_AGGREGATE: usize = 10_000;
 
 impl Planner {
+    /// The federation rule of this planner's source, to analyze and push parts of its plan.
+    fn rule(&self) -> SubPlanRule {
+        SubPlanRule {
+            source: Arc::clone(&self.source),
+        }
+    }
+
     /// `plan` with its top aggregate computed by DataFusion over the source's answer to the
     /// aggregate's input, when the source estimates at least half as many groups as input
     /// rows: then the aggregate saves little transfer, and PostgreSQL groups (by sorting,
@@ -247,9 +254,7 @@ impl Planner {
             .optimize(apart, &OptimizerContext::new(), |_, _| {})?;
         // The subqueries of the nodes DataFusion now runs are pushed on their own, as
         // the federation rule pushes those of any node it leaves to DataFusion.
-        let rule = SubPlanRule {
-            source: Arc::clone(&self.source),
-        };
+        let rule = self.rule();
         keyed
             .transform_down(|node| rule.push_subqueries(node))
             .map(|t| Some(t.data))
@@ -260,9 +265,7 @@ impl Planner {
     /// limit DataFusion applies to the scan), else the plan as it is, its scans read in
     /// parallel parts. `None` if its sub-plan cannot be written as SQL.
     fn read_apart(&self, input: LogicalPlan) -> Result<Option<LogicalPlan>> {
-        let rule = SubPlanRule {
-            source: Arc::clone(&self.source),
-        };
+        let rule = self.rule();
         let analysis = rule.analyze(&input);
         if !analysis.worthwhile || analysis.blocked.is_some() {
             return Ok(Some(input));
