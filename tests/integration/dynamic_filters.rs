@@ -42,11 +42,17 @@ FROM generate_series(1, 3000) AS id;
 ANALYZE facts;
 "#;
 
+/// `s` has the default, case-insensitive collation: `O'BRIEN-3` is not a key of `o'brien-3`.
 const MY_FACTS: &str = r#"
-CREATE TABLE facts (id int PRIMARY KEY, k int, n decimal(12, 2), d date);
+CREATE TABLE facts (id int PRIMARY KEY, k int, s varchar(40), n decimal(12, 2), d date);
 INSERT INTO facts
 SELECT seq,
        CASE WHEN seq % 97 = 0 THEN NULL ELSE seq % 300 END,
+       CASE WHEN seq % 97 = 0 THEN NULL
+            WHEN seq % 9 = 0 THEN CONCAT('O''BRIEN-', seq % 50)
+            WHEN seq % 3 = 0 THEN CONCAT('o''brien-', seq % 50)
+            WHEN seq % 3 = 1 THEN CONCAT('東京 "q"-', seq % 50)
+            ELSE CONCAT('back\\slash-', seq % 50) END,
        CASE WHEN seq % 97 = 0 THEN NULL ELSE (seq % 100) / 4.0 END,
        CASE WHEN seq % 97 = 0 THEN NULL ELSE DATE '2024-01-01' + INTERVAL (seq % 100) DAY END
 FROM seq_1_to_3000;
@@ -211,7 +217,7 @@ fn joins(pg: &str, my: &str) -> Vec<(String, bool)> {
             )
         })
         .collect();
-    joins.extend(["k", "n", "d"].iter().map(|key| {
+    joins.extend(["k", "s", "n", "d"].iter().map(|key| {
         (
             format!(
                 "SELECT f.id FROM my.{my}.facts f JOIN lake.main.picks p ON f.{key} = p.{key} ORDER BY f.id"

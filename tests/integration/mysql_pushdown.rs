@@ -40,17 +40,54 @@ INSERT INTO pd VALUES
  (12, 'b', 'b', 'b', 'b', 2.00, 4.0, 12, 12, 12, '2024-01-01 00:00:00', '2024-01-01', true, 'medium'),
  (13, 'B', 'B', 'B', 'B', 3.00, 5.0, 13, 13, 13, '2024-01-01 00:00:00', '2024-01-01', true, 'small'),
  (14, '', '', '', '', 0.00, 0.0, 14, 14, 14, '2024-01-01 00:00:00', '2024-01-01', false, 'small');
+ALTER TABLE pd ADD COLUMN cc char(4) COLLATE utf8mb4_general_ci,
+ ADD COLUMN s3 varchar(20) CHARACTER SET utf8mb3 COLLATE utf8mb3_general_ci;
+UPDATE pd SET cc = c, s3 = s;
 "#;
 
 /// Filters and whether each must reach the server.
 const FILTERS: &[(&str, bool)] = &[
-    // The default collation is case- and accent-insensitive: 'abc' = 'ABC' there.
-    ("s = 'abc'", false),
-    ("s = 'unicode'", false),
-    ("s IN ('abc', 'b')", false),
+    // The default collation is case- and accent-insensitive ('abc' = 'ABC' there), and
+    // ignores trailing spaces; literals written as binary strings compare bytes.
+    ("s = 'abc'", true),
+    ("s = 'abc '", true),
+    ("s = 'unicode'", true),
+    ("s = 'ÜNÏCÖDÉ'", true),
+    ("s = '東京'", true),
+    ("s = 'a''b'", true),
+    ("s = 'back\\slash'", true),
+    ("s = ''", true),
+    ("s <> 'abc'", true),
+    ("s < 'b'", true),
+    ("s >= 'B'", true),
+    ("s BETWEEN 'B' AND 'b'", true),
+    ("s IN ('abc', 'b')", true),
+    ("s IN ('東京', 'abc ', 'nope')", true),
+    ("s NOT IN ('abc', 'B')", true),
+    ("s IS DISTINCT FROM 'abc'", true),
+    ("s IS NOT DISTINCT FROM 'ABC'", true),
+    ("NOT (s = 'abc' AND i > 0)", true),
+    ("'abc' IN (s, 'zzz')", true),
+    ("'abc' NOT IN (s, 'zzz')", true),
+    // A utf8mb3 column holds no character beyond the Basic Multilingual Plane.
+    ("s3 = 'abc'", true),
+    ("s3 = '😀'", true),
+    ("s3 IN ('abc', '😀')", true),
+    ("s3 LIKE '%😀'", true),
+    // Only literals are written as binary strings: columns compare under the collation.
+    ("s = sb", false),
+    ("CASE s WHEN 'abc' THEN 1 ELSE 0 END = 1", false),
+    ("nullif(s, 'abc') IS NULL", false),
+    // CHAR drops trailing spaces as it reads, and so compares.
+    ("cc = 'ab'", true),
+    ("cc = 'AB'", true),
+    ("cc = 'ab '", true),
+    ("cc < 'b'", true),
+    ("cc LIKE 'ab'", true),
     // utf8mb4_bin ignores trailing spaces ('abc' = 'abc ').
-    ("sp = 'abc'", false),
-    ("sp < 'b'", false),
+    ("sp = 'abc'", true),
+    ("sp = 'abc '", true),
+    ("sp < 'b'", true),
     // A binary NO PAD collation compares bytes, as DataFusion does.
     ("sb = 'abc'", true),
     ("sb <> 'abc'", true),
@@ -74,9 +111,22 @@ const FILTERS: &[(&str, bool)] = &[
     ("coalesce(sb, 'none') = 'none'", false),
     ("sb || '!' = 'abc!'", false),
     ("CASE WHEN i > 0 THEN 'pos' ELSE 'neg' END = 'POS'", false),
-    // LIKE has no escape character without backslash escapes.
-    ("sb LIKE 'a%'", false),
-    ("sb LIKE '%\\%%'", false),
+    // LIKE matches code points case-sensitively, with backslash escapes, whatever the
+    // collation; `_` is one character.
+    ("sb LIKE 'a%'", true),
+    ("sb LIKE '%\\%%'", true),
+    ("s LIKE 'a%'", true),
+    ("s LIKE 'abc'", true),
+    ("s LIKE 'under\\_score'", true),
+    ("s LIKE 'under_score'", true),
+    ("s LIKE '_'", true),
+    ("s LIKE '東_'", true),
+    ("s LIKE 'ünïc%'", true),
+    ("s LIKE 'back\\\\slash'", true),
+    ("s LIKE '%\\'", true),
+    ("s NOT LIKE '%c%'", true),
+    ("s ILIKE 'abc'", false),
+    ("e LIKE 's%'", false),
     ("upper(sb) = 'ABC'", false),
     // Enums compare by text under their collation, order by position.
     ("e = 'small'", false),
@@ -110,7 +160,7 @@ const FILTERS: &[(&str, bool)] = &[
     ("flag", true),
     ("NOT flag", true),
     ("flag IS NOT TRUE", true),
-    ("s = 'abc' OR i > 10", false),
+    ("s = 'abc' OR i > 10", true),
     ("(sb < 'b' OR sb IS NULL) AND i <> 7", true),
 ];
 
@@ -156,6 +206,12 @@ const SUB_PLANS: &[(&str, bool)] = &[
     ),
     (
         "SELECT a.id AS x, b.i AS y FROM pd a LEFT JOIN pd b ON a.id = b.i ORDER BY x",
+        true,
+    ),
+    // A collated column compared with literals, in the joined tables' query.
+    (
+        "SELECT a.id AS x, b.id AS y FROM pd a JOIN pd b ON a.id = b.i \
+         WHERE a.s IN ('abc', 'b') AND b.s <> 'ABC' ORDER BY x, y",
         true,
     ),
     ("SELECT DISTINCT sb FROM pd ORDER BY sb", true),

@@ -31,8 +31,9 @@ pub static RULES: PushdownRules = PushdownRules {
     dialect_name: "MySQL",
     functions: &["coalesce", "nullif", "character_length"],
     // Without backslash escapes (the session's mode) LIKE has no escape character, where
-    // DataFusion's is `\`.
-    like: false,
+    // DataFusion's is `\`, and follows the column's collation: `exact_strings` writes
+    // `ESCAPE '\'` and a binary collation.
+    like: true,
     // `/` on integers gives a decimal in MySQL.
     integer_division: false,
     string_equality: true,
@@ -45,6 +46,9 @@ pub static RULES: PushdownRules = PushdownRules {
     // with their join regrouped to run there, 0.66 s with both read apart.
     hash_joins: false,
     integer_arrays: false,
+    // Default collations ignore case, accents and trailing spaces; binary string literals
+    // and binary `LIKE` patterns make comparisons with UTF-8 text exact (see `types.rs`).
+    exact_strings: true,
 };
 
 /// Types the MySQL dialect writes as valid `CAST` targets (`SIGNED`, `DECIMAL(p,s)`,

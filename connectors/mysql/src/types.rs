@@ -61,6 +61,9 @@ impl Mapping {
                 opaque: false,
                 bytewise_order: exact && ordered,
                 collated: !exact,
+                // An enum or set compared with a string compares its member's text, but
+                // orders by position: only text columns.
+                exact_as_bytes: ordered && utf8(info),
             },
             unknown: false,
         }
@@ -136,14 +139,20 @@ pub fn map_column(info: &ColumnInfo) -> Mapping {
 /// Whether a text column's collation compares like DataFusion: byte (code point) order on
 /// a UTF-8 character set, and no padding of trailing spaces.
 fn bytewise_collation(info: &ColumnInfo) -> bool {
-    let utf8 = matches!(
-        info.charset.as_deref(),
-        Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii")
-    );
+    let ascii = info.charset.as_deref() == Some("ascii");
     let collation = info.collation.as_deref().unwrap_or_default();
     let binary_nopad = collation.ends_with("_bin")
         && (collation.contains("_nopad_") || collation.contains("_0900_"));
-    utf8 && binary_nopad
+    (utf8(info) || ascii) && binary_nopad
+}
+
+/// Whether a text column holds UTF-8, the connection's character set: its bytes are those
+/// of the string DataFusion reads, and of a literal written for it.
+fn utf8(info: &ColumnInfo) -> bool {
+    matches!(
+        info.charset.as_deref(),
+        Some("utf8mb4" | "utf8mb3" | "utf8")
+    )
 }
 
 #[cfg(test)]
@@ -190,6 +199,21 @@ mod tests {
             let t = map_column(&text(loose)).traits;
             assert!(!t.bytewise_order && t.collated, "{loose}");
         }
+    }
+
+    #[test]
+    fn utf8_text_compares_as_bytes_whatever_its_collation() {
+        let text = |data_type: &str, charset: &str| ColumnInfo {
+            charset: Some(charset.into()),
+            collation: Some(format!("{charset}_general_ci")),
+            ..column(data_type, data_type)
+        };
+        for charset in ["utf8mb4", "utf8mb3", "utf8"] {
+            assert!(map_column(&text("varchar", charset)).traits.exact_as_bytes);
+        }
+        // Other character sets' bytes are not the literal's; enums order by position.
+        assert!(!map_column(&text("varchar", "latin1")).traits.exact_as_bytes);
+        assert!(!map_column(&text("enum", "utf8mb4")).traits.exact_as_bytes);
     }
 
     #[test]

@@ -169,6 +169,7 @@ pub async fn describe(
             opaque: mapping.opaque || !deterministic,
             bytewise_order: bytewise,
             collated: false,
+            exact_as_bytes: false,
         });
         fields.push(Field::new(&name, mapping.arrow, !not_null));
     }

@@ -37,6 +37,9 @@ pub static RULES: PushdownRules = PushdownRules {
     cast_to: |_| true,
     hash_joins: true,
     integer_arrays: true,
+    // Deterministic collations already compare bytes for equality; a nondeterministic
+    // one makes its column opaque.
+    exact_strings: false,
 };
 
 /// A PostgreSQL database as a catalog.

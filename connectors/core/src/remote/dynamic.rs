@@ -31,7 +31,8 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::unparser::Unparser;
 
 use super::RemoteSource;
-use super::pushdown::{ColumnTraits, check_expr};
+use super::exact_strings::write_exact_strings;
+use super::pushdown::{ColumnTraits, check_expr, is_string};
 use super::sql::and_where;
 
 /// The most values one key's `IN` list sends (the partitions' lists together); past it
@@ -116,6 +117,7 @@ impl DynamicFilterTarget {
         if self.source.rules().integer_arrays {
             integer_arrays(&mut written);
         }
+        write_exact_strings(self.source.rules(), &mut written);
         Ok(Some(written))
     }
 
@@ -187,10 +189,12 @@ impl DynamicFilterTarget {
     }
 
     fn key_expr(&self, key: &Key) -> Expr {
-        let column = Expr::Column(Column::new_unqualified(
-            self.schema.field(key.column).name().clone(),
-        ));
+        let field = self.schema.field(key.column);
+        let column = Expr::Column(Column::new_unqualified(field.name().clone()));
         match &key.cast {
+            // Between string types (a Parquet side's `Utf8View`) the value is the same:
+            // the bare column, which an index answers and every dialect writes.
+            Some(to) if is_string(to) && is_string(field.data_type()) => column,
             Some(to) => Expr::Cast(Cast::new(Box::new(column), to.clone())),
             None => column,
         }
@@ -207,6 +211,7 @@ impl DynamicFilterTarget {
                     opaque: true,
                     bytewise_order: false,
                     collated: true,
+                    exact_as_bytes: false,
                 })
         };
         let checked = check_expr(expr, &self.schema, self.source.rules(), &traits);

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod dynamic;
 pub mod early_probe;
 mod estimated;
+mod exact_strings;
 mod exec;
 mod federate;
 mod group_bound;

@@ -27,8 +27,13 @@ pub struct ColumnTraits {
     pub bytewise_order: bool,
     /// String equality (`=`, grouping, joins, `LIKE`) follows a collation that equates
     /// different strings (case- or accent-insensitive, or ignoring trailing spaces): none
-    /// of it is pushed.
+    /// of it is pushed, unless [`exact_as_bytes`](Self::exact_as_bytes) is.
     pub collated: bool,
+    /// The column's text is stored as UTF-8, so where the source's rules write string
+    /// literals as binary strings ([`PushdownRules::exact_strings`]), comparing the
+    /// column with literals compares its bytes, without padding, as DataFusion does:
+    /// such comparisons are pushed whatever its collation.
+    pub exact_as_bytes: bool,
 }
 
 /// What a source evaluates with DataFusion's semantics, beyond plain comparisons of
@@ -67,6 +72,15 @@ pub struct PushdownRules {
     /// BIGINT[])`, which the source reads at once, instead of `k IN (1, 2, …)`, whose
     /// tens of thousands of constants cost PostgreSQL's parser and planner about 100 ms.
     pub integer_arrays: bool,
+    /// The SQL writer makes MySQL's string comparisons exact, whatever the column's
+    /// collation: string literals compared with a column become binary strings
+    /// (`CAST('…' AS BINARY)`), which compare byte by byte, trailing spaces included
+    /// (equality keeps the collated comparison beside it, `s = 'x' AND s = CAST('x' AS
+    /// BINARY)`, which an index on the column answers), and `LIKE` patterns compare code
+    /// points with backslash escapes (`COLLATE utf8mb4_bin ESCAPE '\'`). Comparisons of a
+    /// column whose traits say [`exact_as_bytes`](ColumnTraits::exact_as_bytes) with
+    /// literals, and `LIKE` on it, are then pushed.
+    pub exact_strings: bool,
 }
 
 /// Why an expression is evaluated by DataFusion instead of the source.
@@ -198,9 +212,16 @@ impl Checker<'_> {
             Expr::TryCast(_) => Err(NotPushed::Unsupported("TRY_CAST".into())),
             Expr::Case(case) => {
                 if let Some(e) = &case.expr {
-                    self.comparable(e, Operator::Eq)?;
                     let mut operands: Vec<&Expr> = vec![e];
                     operands.extend(case.when_then_expr.iter().map(|(when, _)| when.as_ref()));
+                    // `CASE s WHEN 'x'` compares without an operator the SQL writer sees.
+                    if operands.iter().any(|o| self.is_collated(o)) {
+                        return Err(NotPushed::Semantics(format!(
+                            "`CASE` on a string compares under the collation in {}",
+                            self.rules.dialect_name
+                        )));
+                    }
+                    self.comparable(e, Operator::Eq)?;
                     self.string_operands(&operands)?;
                     self.check(e)?;
                 }
@@ -231,6 +252,14 @@ impl Checker<'_> {
                     return Err(NotPushed::Unsupported(
                         "substr with positions that are not constants".into(),
                     ));
+                }
+                // `nullif` compares its arguments, under a collation the SQL writer does
+                // not see there.
+                if name == "nullif" && args.iter().any(|a| self.is_collated(a)) {
+                    return Err(NotPushed::Semantics(format!(
+                        "nullif compares strings under the collation in {}",
+                        self.rules.dialect_name
+                    )));
                 }
                 for arg in args {
                     self.check(arg)?;
@@ -334,6 +363,9 @@ impl Checker<'_> {
                     | Operator::IsDistinctFrom
                     | Operator::IsNotDistinctFrom
             );
+            if self.compared_as_bytes(operand) {
+                return Ok(());
+            }
             if !ordering && (!self.rules.string_equality || self.is_collated(operand)) {
                 return Err(NotPushed::Semantics(format!(
                     "string equality follows the collation in {name}"
@@ -360,6 +392,19 @@ impl Checker<'_> {
                 self.rules.dialect_name
             )));
         }
+        if like.escape_char.is_some_and(|c| c != '\\') {
+            return Err(NotPushed::Semantics(
+                "LIKE with an escape character other than `\\`".into(),
+            ));
+        }
+        // The pattern takes a binary collation, which a column of another character set
+        // refuses.
+        if self.rules.exact_strings && !matches!(like.pattern.as_ref(), Expr::Literal(..)) {
+            return Err(NotPushed::Semantics(format!(
+                "LIKE with a pattern other than a constant in {}",
+                self.rules.dialect_name
+            )));
+        }
         for side in [&like.expr, &like.pattern] {
             if self.is_opaque(side) {
                 return Err(NotPushed::Semantics(format!(
@@ -367,7 +412,9 @@ impl Checker<'_> {
                     self.rules.dialect_name
                 )));
             }
-            if !self.rules.string_equality || self.is_collated(side) {
+            if (!self.rules.string_equality || self.is_collated(side))
+                && !self.compared_as_bytes(side)
+            {
                 return Err(NotPushed::Semantics("LIKE follows the collation".into()));
             }
         }
@@ -437,11 +484,17 @@ impl Checker<'_> {
         {
             return Ok(());
         }
-        let mut column = false;
+        let mut columns = 0;
+        let mut as_bytes = false;
+        let mut cast_literal = false;
         for operand in operands {
             match strip(operand) {
-                Expr::Literal(..) => {}
-                Expr::Column(c) if !(self.traits)(c).collated => column = true,
+                Expr::Literal(..) => cast_literal |= !matches!(operand, Expr::Literal(..)),
+                Expr::Column(c) if !(self.traits)(c).collated => columns += 1,
+                Expr::Column(_) if self.compared_as_bytes(operand) => {
+                    columns += 1;
+                    as_bytes = true;
+                }
                 _ => {
                     return Err(NotPushed::Semantics(format!(
                         "computed strings compare under the connection's collation in {}",
@@ -450,7 +503,16 @@ impl Checker<'_> {
                 }
             }
         }
-        if column {
+        // Only literals, as they stand, are written as binary strings: a collated column
+        // compared with another column, or with a cast literal, would still compare under
+        // its collation.
+        if as_bytes && (columns > 1 || cast_literal) {
+            return Err(NotPushed::Semantics(format!(
+                "columns compare under their collation in {}",
+                self.rules.dialect_name
+            )));
+        }
+        if columns > 0 {
             Ok(())
         } else {
             Err(NotPushed::Semantics(format!(
@@ -458,6 +520,13 @@ impl Checker<'_> {
                 self.rules.dialect_name
             )))
         }
+    }
+
+    /// A column the source compares with literals by its bytes, as the SQL writer puts
+    /// them ([`PushdownRules::exact_strings`]).
+    fn compared_as_bytes(&self, expr: &Expr) -> bool {
+        self.rules.exact_strings
+            && matches!(strip(expr), Expr::Column(c) if (self.traits)(c).exact_as_bytes)
     }
 
     /// An expression over a column whose string equality follows a collation.
@@ -499,11 +568,11 @@ fn describe(expr: &Expr) -> String {
     }
 }
 
-fn is_string(t: &DataType) -> bool {
+pub(crate) fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
-fn is_decimal(t: &DataType) -> bool {
+pub(crate) fn is_decimal(t: &DataType) -> bool {
     matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
 }
 

@@ -9,7 +9,9 @@ use datafusion::logical_expr::logical_plan::builder::LogicalTableSource;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::sql::sqlparser::ast::{self, BinaryOperator, SetExpr, Statement};
 use datafusion::sql::unparser::Unparser;
-use datafusion::sql::unparser::dialect::Dialect;
+
+use super::RemoteSource;
+use super::exact_strings::write_exact_strings;
 
 /// What one scan asks of its table.
 #[derive(Debug, Clone, Default)]
@@ -22,10 +24,10 @@ pub struct ScanSpec<'a> {
     pub limit: Option<usize>,
 }
 
-/// The `SELECT` for a scan of `remote` (whose columns are `schema`), plus `split`, a
-/// predicate restricting it to one partition.
+/// The `SELECT` for a scan of `remote` (whose columns are `schema`) in `source`'s dialect,
+/// plus `split`, a predicate restricting it to one partition.
 pub fn scan_sql(
-    dialect: &dyn Dialect,
+    source: &dyn RemoteSource,
     remote: &TableReference,
     schema: &SchemaRef,
     spec: &ScanSpec<'_>,
@@ -45,7 +47,9 @@ pub fn scan_sql(
     if let Some(limit) = spec.limit {
         plan = plan.limit(0, Some(limit))?;
     }
-    let mut statement = Unparser::new(dialect).plan_to_sql(&plan.build()?)?;
+    let dialect = source.dialect();
+    let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&plan.build()?)?;
+    write_exact_strings(source.rules(), &mut statement);
     if let Some(split) = split {
         and_where(&mut statement, split.clone())?;
     }

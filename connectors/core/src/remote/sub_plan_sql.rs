@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::ast::{self, Visit};
 use datafusion::sql::unparser::Unparser;
 
 use super::RemoteSource;
+use super::exact_strings::write_exact_strings;
 use super::federate::{remote_table, unalias};
 use super::sql::unqualify;
 
@@ -44,7 +45,8 @@ pub(super) fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Resul
     let renamed = semi_joins_as_exists(renamed)?;
     let renamed = truncate_decimal_averages(renamed)?;
     let dialect = source.dialect();
-    let statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
+    let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
+    write_exact_strings(source.rules(), &mut statement);
     if let Some(width) = select_width(&statement)
         && width != plan.schema().fields().len()
     {

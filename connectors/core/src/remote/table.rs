@@ -170,8 +170,6 @@ impl TableProvider for RemoteTable {
             filters,
             limit,
         };
-        let dialect = self.source.dialect();
-        let dialect = dialect.as_ref();
         // A limited scan reads little: one query. A full scan may be split.
         let splits = if limit.is_some() {
             vec![None]
@@ -183,7 +181,7 @@ impl TableProvider for RemoteTable {
             .iter()
             .map(|split| {
                 scan_sql(
-                    dialect,
+                    self.source.as_ref(),
                     &self.info.remote,
                     &self.info.schema,
                     &spec,
@@ -194,7 +192,13 @@ impl TableProvider for RemoteTable {
 
         let mut statistics = table_statistics(&self.info, &projected);
         if !filters.is_empty() {
-            let whole = scan_sql(dialect, &self.info.remote, &self.info.schema, &spec, None)?;
+            let whole = scan_sql(
+                self.source.as_ref(),
+                &self.info.remote,
+                &self.info.schema,
+                &spec,
+                None,
+            )?;
             if let Some(estimate) = self.source.estimate(&whole.to_string()).await {
                 statistics.num_rows = Precision::Inexact(estimate.rows);
             }

@@ -40,7 +40,8 @@ use super::dynamic::DynamicFilterTarget;
 use super::estimated::EstimatedExec;
 use super::group_bound::most_groups;
 use super::pushdown::{
-    ColumnTraits, NotPushed, PushdownRules, check_expr, check_expr_with_subqueries,
+    ColumnTraits, NotPushed, PushdownRules, check_expr, check_expr_with_subqueries, is_decimal,
+    is_string,
 };
 use super::shared::SubPlanCore;
 use super::sub_plan_sql::{remote_sql, single_table};
@@ -562,6 +563,9 @@ impl SubPlanRule {
                     collated: children
                         .iter()
                         .any(|c| c.traits.get(i).is_none_or(|t| t.collated)),
+                    exact_as_bytes: children
+                        .iter()
+                        .all(|c| c.traits.get(i).is_some_and(|t| t.exact_as_bytes)),
                 })
                 .collect(),
             _ => children
@@ -577,7 +581,8 @@ impl SubPlanRule {
                 ColumnTraits {
                     opaque: true,
                     bytewise_order: false,
-                    collated: true
+                    collated: true,
+                    exact_as_bytes: false,
                 };
                 width
             ]
@@ -997,6 +1002,7 @@ fn expr_traits(
                     .column_refs()
                     .iter()
                     .any(|c| lookup(schema, traits, c).collated),
+            exact_as_bytes: false,
         },
     }
 }
@@ -1017,13 +1023,6 @@ fn lookup(schema: &DFSchema, traits: &[ColumnTraits], column: &Column) -> Column
             opaque: true,
             bytewise_order: false,
             collated: true,
+            exact_as_bytes: false,
         })
-}
-
-fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
-}
-
-fn is_decimal(t: &DataType) -> bool {
-    matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..))
 }
