@@ -12,13 +12,6 @@
 //! Equality and `IN` keep the collated comparison beside the exact one: it keeps every
 //! row the exact one keeps (equal bytes are equal under any collation), and the server
 //! answers it from an index on the column, which it cannot use for the binary comparison.
-//!
-//! `LIKE` matches characters, not bytes (`_` is one character), so its pattern takes the
-//! binary collation of the connection's character set instead, `utf8mb4_bin`: code
-//! points, case-sensitively, and no padding (`LIKE` never pads). Without backslash
-//! escapes, the session's mode, MySQL's `LIKE` has no escape character; DataFusion's is
-//! the backslash (`\%`, `\_`, and a trailing backslash is itself), which `ESCAPE '\'`
-//! gives it.
 
 use std::ops::ControlFlow;
 
@@ -27,8 +20,7 @@ use datafusion::sql::sqlparser::ast::{self, BinaryOperator, VisitMut, visit_expr
 use super::PushdownRules;
 
 /// Writes the string literals of `node`'s comparisons (`=`, `<>`, `<`, `<=`, `>`, `>=`,
-/// `<=>`, `IN`, `BETWEEN`) as binary strings, and its `LIKE` patterns in a binary
-/// collation with the backslash as escape character, where `rules` ask for it
+/// `<=>`, `IN`, `BETWEEN`) as binary strings, where `rules` ask for it
 /// ([`PushdownRules::exact_strings`]). The pushdown rules only let through string
 /// comparisons between one column and literals, which this makes exact.
 pub(crate) fn write_exact_strings<V: VisitMut>(rules: &PushdownRules, node: &mut V) {
@@ -98,33 +90,9 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
                 high: Box::new(binary(high)),
             })
         }
-        ast::Expr::Like {
-            negated,
-            any: false,
-            expr,
-            pattern,
-            escape_char,
-        } => Some(ast::Expr::Like {
-            negated: *negated,
-            any: false,
-            expr: expr.clone(),
-            pattern: Box::new(ast::Expr::Collate {
-                expr: pattern.clone(),
-                collation: ast::ObjectName::from(vec![ast::Ident::new(LIKE_COLLATION)]),
-            }),
-            escape_char: Some(
-                escape_char
-                    .clone()
-                    .unwrap_or_else(|| ast::Value::SingleQuotedString("\\".into()).into()),
-            ),
-        }),
         _ => None,
     }
 }
-
-/// The binary collation of `utf8mb4`, the connection's character set, in MySQL and
-/// MariaDB alike: characters compare by code point.
-const LIKE_COLLATION: &str = "utf8mb4_bin";
 
 /// Whether the collated comparison with these operands can stand beside the exact one: a
 /// `utf8mb3` column compared with a character beyond the Basic Multilingual Plane, which
@@ -232,18 +200,6 @@ mod tests {
             "SELECT a FROM t WHERE (s IN ('x', 'y') AND s IN (CAST('x' AS BINARY), \
              CAST('y' AS BINARY))) OR s NOT IN (CAST('z' AS BINARY)) \
              OR s BETWEEN CAST('a' AS BINARY) AND CAST('b' AS BINARY)"
-        );
-    }
-
-    #[test]
-    fn like_matches_code_points_with_backslash_escapes() {
-        assert_eq!(
-            written(
-                "SELECT a FROM t WHERE s LIKE 'a\\_%' AND s NOT LIKE '%x' ESCAPE '!'",
-                true
-            ),
-            "SELECT a FROM t WHERE s LIKE 'a\\_%' COLLATE utf8mb4_bin ESCAPE '\\' \
-             AND s NOT LIKE '%x' COLLATE utf8mb4_bin ESCAPE '!'"
         );
     }
 

@@ -627,7 +627,7 @@ fn has_filter(plan: &LogicalPlan) -> bool {
 }
 
 /// The largest row estimate of the tables `plan` reads (`usize::MAX` when one is unknown).
-fn largest_table_rows(plan: &LogicalPlan) -> usize {
+pub(super) fn largest_table_rows(plan: &LogicalPlan) -> usize {
     let mut largest = 0;
     let _ = plan.apply(|node| {
         if let LogicalPlan::TableScan(scan) = node {

@@ -86,6 +86,13 @@ pub trait RemoteSource: fmt::Debug + Send + Sync + 'static {
 
     /// A reader for the `parts` queries of one scan (they may share a snapshot).
     fn reader(&self, parts: usize) -> Arc<dyn RemoteReader>;
+
+    /// The share of [`Estimate::work`] each row a query returns adds, so the planner can
+    /// price a scan whose rows a dynamic filter narrows: the source still reads them, but
+    /// returns fewer.
+    fn work_per_returned_row(&self) -> f64 {
+        0.0
+    }
 }
 
 /// A source planner's expectations of one query.

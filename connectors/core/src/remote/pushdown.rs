@@ -76,10 +76,9 @@ pub struct PushdownRules {
     /// collation: string literals compared with a column become binary strings
     /// (`CAST('…' AS BINARY)`), which compare byte by byte, trailing spaces included
     /// (equality keeps the collated comparison beside it, `s = 'x' AND s = CAST('x' AS
-    /// BINARY)`, which an index on the column answers), and `LIKE` patterns compare code
-    /// points with backslash escapes (`COLLATE utf8mb4_bin ESCAPE '\'`). Comparisons of a
-    /// column whose traits say [`exact_as_bytes`](ColumnTraits::exact_as_bytes) with
-    /// literals, and `LIKE` on it, are then pushed.
+    /// BINARY)`, which an index on the column answers). Comparisons of a column whose
+    /// traits say [`exact_as_bytes`](ColumnTraits::exact_as_bytes) with literals are then
+    /// pushed.
     pub exact_strings: bool,
 }
 
@@ -397,14 +396,6 @@ impl Checker<'_> {
                 "LIKE with an escape character other than `\\`".into(),
             ));
         }
-        // The pattern takes a binary collation, which a column of another character set
-        // refuses.
-        if self.rules.exact_strings && !matches!(like.pattern.as_ref(), Expr::Literal(..)) {
-            return Err(NotPushed::Semantics(format!(
-                "LIKE with a pattern other than a constant in {}",
-                self.rules.dialect_name
-            )));
-        }
         for side in [&like.expr, &like.pattern] {
             if self.is_opaque(side) {
                 return Err(NotPushed::Semantics(format!(
@@ -412,9 +403,7 @@ impl Checker<'_> {
                     self.rules.dialect_name
                 )));
             }
-            if (!self.rules.string_equality || self.is_collated(side))
-                && !self.compared_as_bytes(side)
-            {
+            if !self.rules.string_equality || self.is_collated(side) {
                 return Err(NotPushed::Semantics("LIKE follows the collation".into()));
             }
         }

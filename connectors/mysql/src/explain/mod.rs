@@ -61,7 +61,7 @@ const LOOKUP_COST: f64 = 2.0;
 /// `lineitem`'s 6 million rows through one connection took 8.96 s, against 1.24 s for a
 /// query that reads them all and returns 446, about 1.3 µs a row returned against 0.2 µs
 /// a row read.
-const RETURN_COST: f64 = 5.0;
+pub const RETURN_COST: f64 = 5.0;
 
 /// The estimate of a query whose `EXPLAIN` is `plan`: the product of the outer query's
 /// tables' rows, each times the share its conditions keep (its `filtered` share, or for a

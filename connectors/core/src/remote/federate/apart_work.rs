@@ -13,16 +13,35 @@
 //! Both ways are priced in the source's work: whole, the work of the query; apart, the
 //! sum over the join's inputs of each input's least work, a plain scan's work divided
 //! among its parallel parts, a sub-plan's the lesser of its own two ways. DataFusion's
-//! work on the join, and the dynamic filters that may narrow a scan read apart, are left
-//! out: they are small beside the source's work, and favour reading apart.
+//! work on the join is left out: it is small beside the source's.
+//!
+//! Read apart, DataFusion hashes the input with fewer rows and sends its keys to the other
+//! input's query (a dynamic filter), which then returns only the rows that join. Where a
+//! filter narrowed the hashed input's table to a share of its rows, the other input is
+//! priced returning that share of its rows. TPC-H q08 over MariaDB: `part` filtered by
+//! `p_type = 'ECONOMY ANODIZED STEEL'` and joined by key with `lineitem`, `supplier` and
+//! `orders` took 6.1 s as one query (MariaDB scans `orders` and looks up the rest),
+//! against 1.6 s read apart, where `lineitem`'s scan returns only the items of those
+//! parts.
 
 use datafusion::catalog::Session;
-use datafusion::common::Result;
+use datafusion::common::{JoinType, Result};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::LogicalPlan;
 use futures::future::BoxFuture;
 
 use super::{Planner, project_aggregates, remote_sql, remote_table};
+use crate::remote::join_order::largest_table_rows;
+
+/// An input of a join read apart, as priced.
+struct Priced {
+    /// The source's work for it, for one of its parallel parts.
+    work: f64,
+    /// The rows it returns, all its parts together.
+    rows: f64,
+    /// The parallel parts it is read in.
+    parts: f64,
+}
 
 impl Planner {
     /// Whether `plan`, whose work on the source run as one query is `whole`, costs the
@@ -58,14 +77,30 @@ impl Planner {
         Box::pin(async move {
             match plan {
                 LogicalPlan::Join(join) => {
-                    let mut total = 0.0;
-                    for input in [join.left.as_ref(), join.right.as_ref()] {
-                        match self.least_work(input, session).await? {
-                            Some(work) => total += work,
-                            None => return Ok(None),
-                        }
-                    }
-                    Ok(Some(total))
+                    let (Some(left), Some(right)) = (
+                        self.least_work(&join.left, session).await?,
+                        self.least_work(&join.right, session).await?,
+                    ) else {
+                        return Ok(None);
+                    };
+                    let filtered = !join.on.is_empty()
+                        && matches!(
+                            join.join_type,
+                            JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
+                        );
+                    let (build, build_plan, probe) = if left.rows <= right.rows {
+                        (&left, join.left.as_ref(), &right)
+                    } else {
+                        (&right, join.right.as_ref(), &left)
+                    };
+                    let saved = if filtered {
+                        let kept = kept_share(build.rows, build_plan);
+                        self.source.work_per_returned_row() * probe.rows * (1.0 - kept)
+                            / probe.parts
+                    } else {
+                        0.0
+                    };
+                    Ok(Some(left.work + right.work - saved))
                 }
                 _ => match plan.inputs()[..] {
                     [input] => self.apart_work(input, session).await,
@@ -79,7 +114,11 @@ impl Planner {
     /// [`read_apart`](Self::read_apart) reads it: a plain scan in its parallel parts,
     /// each doing its share of the scan's work; a sub-plan as one query, or, where the
     /// source suggests its own join is better apart, the lesser of the two ways.
-    async fn least_work(&self, input: &LogicalPlan, session: &dyn Session) -> Result<Option<f64>> {
+    async fn least_work(
+        &self,
+        input: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Option<Priced>> {
         let analysis = self.rule().analyze(input);
         if analysis.blocked.is_some() {
             // DataFusion computes part of it, which the source cannot price.
@@ -100,16 +139,26 @@ impl Planner {
         let Some(work) = estimate.work else {
             return Ok(None);
         };
+        let rows = estimate.rows as f64;
         if plain {
-            let parts = self.scan_parts(input, session).await?;
-            return Ok(Some(work / parts as f64));
+            let parts = self.scan_parts(input, session).await? as f64;
+            return Ok(Some(Priced {
+                work: work / parts,
+                rows,
+                parts,
+            }));
         }
+        let mut least = work;
         if estimate.joins_better_apart
             && let Some(apart) = self.apart_work(input, session).await?
         {
-            return Ok(Some(work.min(apart)));
+            least = least.min(apart);
         }
-        Ok(Some(work))
+        Ok(Some(Priced {
+            work: least,
+            rows,
+            parts: 1.0,
+        }))
     }
 
     /// How many parallel parts the scan of `input`, one table under filters and
@@ -134,5 +183,15 @@ impl Planner {
                 },
             }
         }
+    }
+}
+
+/// The share of its largest table's rows `plan`, which is estimated to return `rows`,
+/// keeps: where its filters keep a share of a dimension, a dynamic filter with its keys
+/// keeps about that share of the rows that join it. 1 where the table's size is unknown.
+fn kept_share(rows: f64, plan: &LogicalPlan) -> f64 {
+    match largest_table_rows(plan) {
+        0 | usize::MAX => 1.0,
+        table => (rows / table as f64).min(1.0),
     }
 }
