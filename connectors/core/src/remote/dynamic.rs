@@ -117,7 +117,7 @@ impl DynamicFilterTarget {
         if self.source.rules().integer_arrays {
             integer_arrays(&mut written);
         }
-        write_exact_strings(self.source.rules(), &mut written);
+        write_exact_strings(self.source.rules().exact_strings, &mut written);
         Ok(Some(written))
     }
 

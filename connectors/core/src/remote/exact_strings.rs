@@ -17,14 +17,13 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{self, BinaryOperator, VisitMut, visit_expressions_mut};
 
-use super::PushdownRules;
-
 /// Writes the string literals of `node`'s comparisons (`=`, `<>`, `<`, `<=`, `>`, `>=`,
-/// `<=>`, `IN`, `BETWEEN`) as binary strings, where `rules` ask for it
-/// ([`PushdownRules::exact_strings`]). The pushdown rules only let through string
-/// comparisons between one column and literals, which this makes exact.
-pub(crate) fn write_exact_strings<V: VisitMut>(rules: &PushdownRules, node: &mut V) {
-    if !rules.exact_strings {
+/// `<=>`, `IN`, `BETWEEN`) as binary strings if `wanted`, as the source's rules say
+/// ([`PushdownRules::exact_strings`](super::PushdownRules::exact_strings)). The pushdown
+/// rules only let through string comparisons between one column and literals, which this
+/// makes exact.
+pub(crate) fn write_exact_strings<V: VisitMut>(wanted: bool, node: &mut V) {
+    if !wanted {
         return;
     }
     let _ = visit_expressions_mut(node, |e| {
@@ -155,28 +154,11 @@ mod tests {
 
     use super::*;
 
-    fn rules(exact_strings: bool) -> PushdownRules {
-        PushdownRules {
-            dialect_name: "MySQL",
-            functions: &[],
-            like: false,
-            integer_division: false,
-            string_equality: true,
-            computed_strings_exact: false,
-            null_ordering: false,
-            decimal_avg: false,
-            cast_to: |_| true,
-            hash_joins: false,
-            integer_arrays: false,
-            exact_strings,
-        }
-    }
-
     fn written(sql: &str, exact_strings: bool) -> String {
         let mut statement = Parser::parse_sql(&GenericDialect {}, sql)
             .unwrap()
             .remove(0);
-        write_exact_strings(&rules(exact_strings), &mut statement);
+        write_exact_strings(exact_strings, &mut statement);
         statement.to_string()
     }
 

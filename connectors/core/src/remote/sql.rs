@@ -49,7 +49,7 @@ pub fn scan_sql(
     }
     let dialect = source.dialect();
     let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&plan.build()?)?;
-    write_exact_strings(source.rules(), &mut statement);
+    write_exact_strings(source.rules().exact_strings, &mut statement);
     if let Some(split) = split {
         and_where(&mut statement, split.clone())?;
     }

@@ -46,7 +46,7 @@ pub(super) fn remote_sql(source: &dyn RemoteSource, plan: &LogicalPlan) -> Resul
     let renamed = truncate_decimal_averages(renamed)?;
     let dialect = source.dialect();
     let mut statement = Unparser::new(dialect.as_ref()).plan_to_sql(&renamed)?;
-    write_exact_strings(source.rules(), &mut statement);
+    write_exact_strings(source.rules().exact_strings, &mut statement);
     if let Some(width) = select_width(&statement)
         && width != plan.schema().fields().len()
     {
