@@ -39,7 +39,7 @@ pub(crate) fn write_exact_strings<V: VisitMut>(wanted: bool, node: &mut V) {
 fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
     match e {
         ast::Expr::BinaryOp { left, op, right }
-            if is_comparison(op) && is_string(left) != is_string(right) =>
+            if is_comparison(op) && is_string_literal(left) != is_string_literal(right) =>
         {
             let exact = ast::Expr::BinaryOp {
                 left: Box::new(binary(left)),
@@ -47,7 +47,8 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
                 right: Box::new(binary(right)),
             };
             Some(
-                if *op == BinaryOperator::Eq && index_usable([left.as_ref(), right.as_ref()]) {
+                if *op == BinaryOperator::Eq && collated_comparable([left.as_ref(), right.as_ref()])
+                {
                     beside(e, exact)
                 } else {
                     exact
@@ -58,8 +59,8 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
             expr,
             list,
             negated,
-        } if list.iter().chain([expr.as_ref()]).any(is_string)
-            && !list.iter().chain([expr.as_ref()]).all(is_string) =>
+        } if list.iter().chain([expr.as_ref()]).any(is_string_literal)
+            && !list.iter().chain([expr.as_ref()]).all(is_string_literal) =>
         {
             let exact = ast::Expr::InList {
                 expr: Box::new(binary(expr)),
@@ -67,7 +68,7 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
                 negated: *negated,
             };
             // `'x' IN (s, t)` compares with columns, which no index on one of them answers.
-            let indexed = !is_string(expr) && index_usable(list);
+            let indexed = !is_string_literal(expr) && collated_comparable(list);
             Some(if !*negated && indexed {
                 beside(e, exact)
             } else {
@@ -79,8 +80,8 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
             negated,
             low,
             high,
-        } if [expr, low, high].iter().any(|o| is_string(o))
-            && ![expr, low, high].iter().all(|o| is_string(o)) =>
+        } if [expr, low, high].iter().any(|o| is_string_literal(o))
+            && ![expr, low, high].iter().all(|o| is_string_literal(o)) =>
         {
             Some(ast::Expr::Between {
                 expr: Box::new(binary(expr)),
@@ -96,7 +97,7 @@ fn exact_form(e: &ast::Expr) -> Option<ast::Expr> {
 /// Whether the collated comparison with these operands can stand beside the exact one: a
 /// `utf8mb3` column compared with a character beyond the Basic Multilingual Plane, which
 /// it cannot hold, fails (error 1267) where the binary comparison is just false.
-fn index_usable<'a>(operands: impl IntoIterator<Item = &'a ast::Expr>) -> bool {
+fn collated_comparable<'a>(operands: impl IntoIterator<Item = &'a ast::Expr>) -> bool {
     operands.into_iter().all(|o| match o {
         ast::Expr::Value(v) => match &v.value {
             ast::Value::SingleQuotedString(s) => s.chars().all(|c| c <= '\u{FFFF}'),
@@ -129,13 +130,13 @@ fn is_comparison(op: &BinaryOperator) -> bool {
     )
 }
 
-fn is_string(e: &ast::Expr) -> bool {
+fn is_string_literal(e: &ast::Expr) -> bool {
     matches!(e, ast::Expr::Value(v) if matches!(v.value, ast::Value::SingleQuotedString(_)))
 }
 
 /// `e` as a binary string if it is a string literal, else unchanged.
 fn binary(e: &ast::Expr) -> ast::Expr {
-    if !is_string(e) {
+    if !is_string_literal(e) {
         return e.clone();
     }
     ast::Expr::Cast {

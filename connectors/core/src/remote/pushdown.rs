@@ -27,7 +27,8 @@ pub struct ColumnTraits {
     pub bytewise_order: bool,
     /// String equality (`=`, grouping, joins, `LIKE`) follows a collation that equates
     /// different strings (case- or accent-insensitive, or ignoring trailing spaces): none
-    /// of it is pushed, unless [`exact_as_bytes`](Self::exact_as_bytes) is.
+    /// of it is pushed, but for comparisons with literals where
+    /// [`exact_as_bytes`](Self::exact_as_bytes) is set.
     pub collated: bool,
     /// The column's text is stored as UTF-8, so where the source's rules write string
     /// literals as binary strings ([`PushdownRules::exact_strings`]), comparing the

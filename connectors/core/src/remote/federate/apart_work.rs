@@ -83,7 +83,7 @@ impl Planner {
                     ) else {
                         return Ok(None);
                     };
-                    let filtered = !join.on.is_empty()
+                    let sends_keys = !join.on.is_empty()
                         && matches!(
                             join.join_type,
                             JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi
@@ -93,7 +93,7 @@ impl Planner {
                     } else {
                         (&right, join.right.as_ref(), &left)
                     };
-                    let saved = if filtered {
+                    let saved = if sends_keys {
                         let kept = kept_share(build.rows, build_plan);
                         self.source.work_per_returned_row() * probe.rows * (1.0 - kept)
                             / probe.parts

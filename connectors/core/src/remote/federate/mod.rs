@@ -552,20 +552,21 @@ impl SubPlanRule {
                 }
                 _ => [children[0].traits.clone(), children[1].traits.clone()].concat(),
             },
+            // A union's column is compared differently if any input's is, and exactly only
+            // if every input's is.
             LogicalPlan::Union(_) => (0..width)
-                .map(|i| ColumnTraits {
-                    opaque: children
-                        .iter()
-                        .any(|c| c.traits.get(i).is_none_or(|t| t.opaque)),
-                    bytewise_order: children
-                        .iter()
-                        .all(|c| c.traits.get(i).is_some_and(|t| t.bytewise_order)),
-                    collated: children
-                        .iter()
-                        .any(|c| c.traits.get(i).is_none_or(|t| t.collated)),
-                    exact_as_bytes: children
-                        .iter()
-                        .all(|c| c.traits.get(i).is_some_and(|t| t.exact_as_bytes)),
+                .map(|i| {
+                    let inputs: Vec<Option<&ColumnTraits>> =
+                        children.iter().map(|c| c.traits.get(i)).collect();
+                    let any = |f: fn(&ColumnTraits) -> bool| inputs.iter().any(|t| t.is_none_or(f));
+                    let all =
+                        |f: fn(&ColumnTraits) -> bool| inputs.iter().all(|t| t.is_some_and(f));
+                    ColumnTraits {
+                        opaque: any(|t| t.opaque),
+                        bytewise_order: all(|t| t.bytewise_order),
+                        collated: any(|t| t.collated),
+                        exact_as_bytes: all(|t| t.exact_as_bytes),
+                    }
                 })
                 .collect(),
             _ => children
