@@ -326,6 +326,17 @@ async fn run(lake: &Lake, query: &str) -> (String, Arc<dyn ExecutionPlan>, Strin
     (ours, plan, got)
 }
 
+/// How many [`BufferExec`]s `plan` has.
+fn buffers(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let mut found = 0;
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        found += usize::from(node.downcast_ref::<BufferExec>().is_some());
+        stack.extend(node.children().into_iter().cloned());
+    }
+    found
+}
+
 /// How many hash joins read their build side under a [`BufferExec`].
 fn buffered_build_sides(plan: &Arc<dyn ExecutionPlan>) -> usize {
     let mut found = 0;
@@ -373,6 +384,23 @@ async fn build_sides_that_would_start_late_start_with_the_query() {
         if got != want {
             failures.push(format!(
                 "{ours}\ngot\n{got}\nDataFusion alone gives\n{want}"
+            ));
+        }
+        // A source's sub-plan is optimized alone, then again in its query: the rule must
+        // find what it started already, under whatever DataFusion placed above it.
+        let state = lake.tributary.context().state();
+        let mut again = Arc::clone(&plan);
+        // Join inputs are not swapped once dynamic filters are placed.
+        for rule in state.physical_optimizers() {
+            if rule.name() != "join_selection" {
+                again = rule.optimize(again, state.config_options()).unwrap();
+            }
+        }
+        let (once, twice) = (buffers(&plan), buffers(&again));
+        if once != twice {
+            failures.push(format!(
+                "{ours}: {once} buffers, {twice} once optimized again\n{}",
+                displayable(again.as_ref()).indent(true)
             ));
         }
         let found = buffered_build_sides(&plan);

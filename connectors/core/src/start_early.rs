@@ -40,6 +40,7 @@ use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::buffer::BufferExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -149,7 +150,7 @@ fn buffer_late_build_sides(
         let input = if i == 0
             && collects_left
             && late
-            && child.downcast_ref::<BufferExec>().is_none()
+            && !started_already(&child)
             && !waits_for_filters(&child)?
         {
             let started = buffer_late_build_sides(child, false)?.data;
@@ -158,7 +159,7 @@ fn buffer_late_build_sides(
         } else {
             // A buffered input starts with the query; a join's probe side waits for its
             // build side.
-            let child_late = if child.downcast_ref::<BufferExec>().is_some() {
+            let child_late = if started_already(&child) {
                 false
             } else {
                 late || (join.is_some() && i == 1)
@@ -193,6 +194,7 @@ fn started_already(plan: &Arc<dyn ExecutionPlan>) -> bool {
         }
         let passes_rows = node.downcast_ref::<RepartitionExec>().is_some()
             || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || node.downcast_ref::<CooperativeExec>().is_some()
             || node.downcast_ref::<ProjectionExec>().is_some();
         match node.children().as_slice() {
             [child] if passes_rows => node = child,
