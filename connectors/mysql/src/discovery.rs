@@ -9,6 +9,7 @@ use tributary_core::remote::{RemoteTableInfo, TableKind, remote_name};
 use tributary_core::{Error, Result};
 
 use crate::connect::{Connector, Flavor, describe_error};
+use crate::explain::mariadb::INNODB_KEY_ROWS_HALVED;
 use crate::types::{ColumnInfo, map_column};
 
 /// The server's own databases, never exposed.
@@ -62,9 +63,9 @@ pub async fn describe(
             .await
             .map_err(|e| query_failed("reading table statistics", &e))?;
     }
-    let Some((table_type, rows, bytes)) = conn
-        .exec_first::<(String, Option<u64>, Option<u64>), _, _>(
-            "SELECT TABLE_TYPE, TABLE_ROWS, DATA_LENGTH FROM information_schema.TABLES \
+    let Some((table_type, engine, rows, bytes)) = conn
+        .exec_first::<(String, Option<String>, Option<u64>, Option<u64>), _, _>(
+            "SELECT TABLE_TYPE, ENGINE, TABLE_ROWS, DATA_LENGTH FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
             (schema, table),
         )
@@ -136,7 +137,11 @@ pub async fn describe(
                 })
                 .filter_map(|(_, _, _, cardinality, _)| cardinality.filter(|c| *c > 0))
                 .max()
-                .map(|c| c as usize)
+                .map(|c| {
+                    let halves = connector.flavor() == Some(Flavor::Mariadb)
+                        && engine.as_deref() == Some("InnoDB");
+                    distinct_values(c, rows, halves) as usize
+                })
         })
         .collect();
     let kind = if table_type.contains("VIEW") {
@@ -156,6 +161,19 @@ pub async fn describe(
         bytes: bytes.filter(|b| *b > 0).map(|b| b as usize),
         kind,
     }))
+}
+
+/// The distinct values of a column whose index's first column has `cardinality` as the
+/// server reports it, in a table of `rows` rows. `halved`: the table is MariaDB's InnoDB,
+/// which tells the server half the rows a key holds ([`INNODB_KEY_ROWS_HALVED`]) and
+/// reports `rows` over that as the cardinality, twice the values there are: 2,978,076
+/// for `lineitem.l_orderkey`'s 1,500,000. A cardinality of `rows` says only that a key
+/// holds fewer than 4 rows, and is left as it is.
+fn distinct_values(cardinality: u64, rows: Option<u64>, halved: bool) -> u64 {
+    match rows {
+        Some(rows) if halved && cardinality < rows => (cardinality / INNODB_KEY_ROWS_HALVED).max(1),
+        _ => cardinality,
+    }
 }
 
 /// The smallest and largest value of an integer column, for splitting a scan into ranges.
@@ -192,4 +210,23 @@ pub fn quote_ident(name: &str) -> String {
 
 fn query_failed(what: &str, e: &mysql_async::Error) -> Error {
     Error::Unavailable(format!("{what} failed: {}", describe_error(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mariadbs_innodb_cardinality_counts_each_value_twice() {
+        // `lineitem.l_orderkey` at SF1: 4 items an order, 2 as InnoDB tells MariaDB.
+        assert_eq!(distinct_values(2_978_076, Some(5_956_152), true), 1_489_038);
+        // Fewer than 4 rows a key: the count says no more.
+        assert_eq!(distinct_values(5_956_152, Some(5_956_152), true), 5_956_152);
+        // MySQL 8, another engine, or no row count: as reported.
+        assert_eq!(
+            distinct_values(2_978_076, Some(5_956_152), false),
+            2_978_076
+        );
+        assert_eq!(distinct_values(2_978_076, None, true), 2_978_076);
+    }
 }
