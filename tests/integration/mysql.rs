@@ -686,6 +686,22 @@ async fn a_join_runs_where_the_server_reads_less() {
     // Priority 1 holds orders 1, 51, 101, …: notes `o'brien` and ''.
     assert_eq!(ours.lines().count(), 2 + 4, "{ours}");
 
+    // A quarter of the orders (by a filter the server does not estimate), grouped by
+    // priority on the server: it returns a row a priority, not a row an item.
+    let grouped = "SELECT o.priority, count(*) AS n, sum(l.qty) AS qty \
+        FROM orders o JOIN items l ON l.order_id = o.id \
+        WHERE o.note IS NULL GROUP BY o.priority ORDER BY o.priority";
+    let whole = physical_plan(&engine, grouped).await;
+    let pushed = whole
+        .lines()
+        .find(|l| l.contains("(sub-plan)"))
+        .unwrap_or_else(|| panic!("the join was read apart:\n{whole}"));
+    assert!(pushed.contains("GROUP BY"), "{whole}");
+    let ours = table(&engine, grouped).await;
+    assert_eq!(ours, table(&unpushed, grouped).await);
+    // Orders 4, 8, 12, …: the even priorities.
+    assert_eq!(ours.lines().count(), 25 + 4, "{ours}");
+
     let scanned = "SELECT k.label, sum(l.qty) AS qty FROM items l JOIN kinds k ON k.line = l.line \
         WHERE l.qty > 6 GROUP BY k.label ORDER BY k.label";
     let apart = physical_plan(&engine, scanned).await;

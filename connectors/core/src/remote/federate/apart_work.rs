@@ -138,7 +138,7 @@ impl Planner {
         let Ok(sql) = sql else {
             return Ok(None);
         };
-        let Some(estimate) = self.source.estimate(&sql.to_string()).await else {
+        let Some(estimate) = self.estimate(input, &sql.to_string(), session).await else {
             return Ok(None);
         };
         let Some(work) = estimate.work else {
