@@ -255,10 +255,11 @@ fn table_statistics(info: &RemoteTableInfo, schema: &SchemaRef) -> Statistics {
 }
 
 /// `statistics` of a scan of the table that returns `rows` of its rows: its bytes shrink
-/// with them, and no column has more distinct values than they. DataFusion picks a hash join's build side by bytes where both sides have
-/// them, so bytes left at the whole table's put a filtered scan on the wrong side: TPC-H
-/// q12 over MariaDB hashed all 1.5 million `orders` to probe with the 30,000 `lineitem`
-/// rows its filters keep, whose bytes still counted all 6 million.
+/// with them, and no column has more distinct values than they. DataFusion picks a hash
+/// join's build side by bytes where both sides have them, so bytes left at the whole
+/// table's put a filtered scan on the wrong side: TPC-H q12 over MariaDB hashed all 1.5
+/// million `orders` to probe with the 30,000 `lineitem` rows its filters keep, whose bytes
+/// still counted all 6 million.
 fn returning(statistics: &mut Statistics, info: &RemoteTableInfo, rows: Precision<usize>) {
     statistics.total_byte_size = match (rows, info.rows, statistics.total_byte_size) {
         (Precision::Exact(n) | Precision::Inexact(n), Some(all), Precision::Inexact(bytes))
