@@ -555,6 +555,13 @@ fn scan_of<'a>(plan: &'a str, table: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no scan of {table}:\n{plan}"))
 }
 
+/// The line of `plan` (a physical plan as shown) that sends a sub-plan to the source.
+fn sub_plan_of(plan: &str) -> &str {
+    plan.lines()
+        .find(|l| l.contains("(sub-plan)"))
+        .unwrap_or_else(|| panic!("the join was read apart:\n{plan}"))
+}
+
 /// The row estimate of `sql`'s physical plan, which must have one.
 async fn estimated_rows(engine: &Engine, sql: &str) -> usize {
     let plan = plan(engine, sql).await;
@@ -673,10 +680,7 @@ async fn a_join_runs_where_the_server_reads_less() {
     let by_key = "SELECT o.note, sum(l.qty) AS qty FROM orders o JOIN items l ON l.order_id = o.id \
         WHERE o.priority = 1 GROUP BY o.note ORDER BY o.note";
     let whole = physical_plan(&engine, by_key).await;
-    let pushed = whole
-        .lines()
-        .find(|l| l.contains("(sub-plan)"))
-        .unwrap_or_else(|| panic!("the join was read apart:\n{whole}"));
+    let pushed = sub_plan_of(&whole);
     assert!(
         pushed.contains("`items`") && pushed.contains("`orders`"),
         "{whole}"
@@ -692,10 +696,7 @@ async fn a_join_runs_where_the_server_reads_less() {
         FROM orders o JOIN items l ON l.order_id = o.id \
         WHERE o.note IS NULL GROUP BY o.priority ORDER BY o.priority";
     let whole = physical_plan(&engine, grouped).await;
-    let pushed = whole
-        .lines()
-        .find(|l| l.contains("(sub-plan)"))
-        .unwrap_or_else(|| panic!("the join was read apart:\n{whole}"));
+    let pushed = sub_plan_of(&whole);
     assert!(pushed.contains("GROUP BY"), "{whole}");
     let ours = table(&engine, grouped).await;
     assert_eq!(ours, table(&unpushed, grouped).await);

@@ -16,6 +16,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::util::pretty::pretty_format_batches;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::physical_plan::buffer::BufferExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::joins::HashJoinExec;
@@ -326,30 +327,28 @@ async fn run(lake: &Lake, query: &str) -> (String, Arc<dyn ExecutionPlan>, Strin
     (ours, plan, got)
 }
 
+/// How many nodes of `plan` satisfy `test`.
+fn count(plan: &Arc<dyn ExecutionPlan>, test: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {
+    let mut found = 0;
+    plan.apply(|node| {
+        found += usize::from(test(node.as_ref()));
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    found
+}
+
 /// How many [`BufferExec`]s `plan` has.
 fn buffers(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let mut found = 0;
-    let mut stack = vec![Arc::clone(plan)];
-    while let Some(node) = stack.pop() {
-        found += usize::from(node.downcast_ref::<BufferExec>().is_some());
-        stack.extend(node.children().into_iter().cloned());
-    }
-    found
+    count(plan, |node| node.downcast_ref::<BufferExec>().is_some())
 }
 
 /// How many hash joins read their build side under a [`BufferExec`].
 fn buffered_build_sides(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let mut found = 0;
-    let mut stack = vec![Arc::clone(plan)];
-    while let Some(node) = stack.pop() {
-        if let Some(join) = node.downcast_ref::<HashJoinExec>()
-            && join.left().downcast_ref::<BufferExec>().is_some()
-        {
-            found += 1;
-        }
-        stack.extend(node.children().into_iter().cloned());
-    }
-    found
+    count(plan, |node| {
+        node.downcast_ref::<HashJoinExec>()
+            .is_some_and(|join| join.left().downcast_ref::<BufferExec>().is_some())
+    })
 }
 
 /// A join inside another join's probe side starts its build side with the query, unless

@@ -127,6 +127,7 @@ pub async fn describe(
         .iter()
         .filter_map(|k| fields.iter().position(|f| f.name() == k))
         .collect();
+    let halved = connector.flavor() == Some(Flavor::Mariadb) && engine.as_deref() == Some("InnoDB");
     let distinct = fields
         .iter()
         .map(|f| {
@@ -137,11 +138,7 @@ pub async fn describe(
                 })
                 .filter_map(|(_, _, _, cardinality, _)| cardinality.filter(|c| *c > 0))
                 .max()
-                .map(|c| {
-                    let halves = connector.flavor() == Some(Flavor::Mariadb)
-                        && engine.as_deref() == Some("InnoDB");
-                    distinct_values(c, rows, halves) as usize
-                })
+                .map(|c| distinct_values(c, rows, halved) as usize)
         })
         .collect();
     let kind = if table_type.contains("VIEW") {

@@ -19,9 +19,8 @@ use super::condition::{self, Table};
 /// (MySQL 8 reads the unhalved count). MariaDB's `EXPLAIN` shows the halved count for a
 /// table looked up by another table's columns (`ref`); a lookup by constants is estimated
 /// by descending the index instead, and the server's own tables (`<derived2>`) are not
-/// InnoDB's. TPC-H's `lineitem` holds 4 items an order, and MariaDB 10.11 estimated 2:
-/// q21 sent whole, priced at half the items it looks up, took 9.6 s against 4.3–5.2 s
-/// read apart. (Tables of other engines, rare on MariaDB, or with `ANALYZE … PERSISTENT`
+/// InnoDB's. TPC-H's `lineitem` holds 4 items an order, and MariaDB 10.11 estimated 2,
+/// so q21's join was priced sent whole at half the items it looks up. (Tables of other engines, rare on MariaDB, or with `ANALYZE … PERSISTENT`
 /// statistics are overcounted as much, which leans towards reading apart.)
 pub const INNODB_KEY_ROWS_HALVED: u64 = 2;
 
