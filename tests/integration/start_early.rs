@@ -263,20 +263,15 @@ impl Lake {
     }
 }
 
+/// Whether `plan` starts some of its work with the query: a hash join's probe side under a
+/// [`BufferExec`], or an [`EarlyStartExec`].
 fn starts_early(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut stack = vec![Arc::clone(plan)];
-    while let Some(node) = stack.pop() {
-        if let Some(join) = node.downcast_ref::<HashJoinExec>()
-            && join.right().downcast_ref::<BufferExec>().is_some()
-        {
-            return true;
-        }
-        if node.downcast_ref::<EarlyStartExec>().is_some() {
-            return true;
-        }
-        stack.extend(node.children().into_iter().cloned());
-    }
-    false
+    count(plan, |node| {
+        node.downcast_ref::<EarlyStartExec>().is_some()
+            || node
+                .downcast_ref::<HashJoinExec>()
+                .is_some_and(|join| join.right().downcast_ref::<BufferExec>().is_some())
+    }) > 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
