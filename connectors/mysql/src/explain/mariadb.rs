@@ -20,8 +20,9 @@ use super::condition::{self, Table};
 /// table looked up by another table's columns (`ref`); a lookup by constants is estimated
 /// by descending the index instead, and the server's own tables (`<derived2>`) are not
 /// InnoDB's. TPC-H's `lineitem` holds 4 items an order, and MariaDB 10.11 estimated 2,
-/// so q21's join was priced sent whole at half the items it looks up. (Tables of other engines, rare on MariaDB, or with `ANALYZE … PERSISTENT`
-/// statistics are overcounted as much, which leans towards reading apart.)
+/// so q21's join was priced sent whole at half the items it looks up. (Tables of other
+/// engines, rare on MariaDB, or with `ANALYZE … PERSISTENT` statistics are overcounted as
+/// much, which leans towards reading apart.)
 pub const INNODB_KEY_ROWS_HALVED: u64 = 2;
 
 /// The plan rows of MariaDB's `EXPLAIN FORMAT=JSON` output `json`, with the rows InnoDB
